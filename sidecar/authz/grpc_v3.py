@@ -1,0 +1,102 @@
+"""Envoy ext_authz v3 over gRPC: CheckRequest → RequestView, Decision → CheckResponse. Translation only.
+
+Headers are read from ``header_map`` when Envoy sends it (``encode_raw_headers: true``: every header line
+separately, raw bytes) and from the ``headers`` map otherwise (duplicates arrive comma-joined there).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.type.v3 import http_status_pb2
+from google.rpc import code_pb2, status_pb2
+
+from sidecar.authz.service import AuthzService
+from sidecar.core.decision import Allow, Decision, Deny, unavailable
+from sidecar.core.request import RequestView
+
+log = logging.getLogger("sidecar.authz")
+
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_OK_STATUS = status_pb2.Status(code=code_pb2.OK)
+_DENY_STATUS = {
+    401: status_pb2.Status(code=code_pb2.UNAUTHENTICATED),
+    403: status_pb2.Status(code=code_pb2.PERMISSION_DENIED),
+    503: status_pb2.Status(code=code_pb2.UNAVAILABLE),
+}
+_OTHER_DENY_STATUS = status_pb2.Status(code=code_pb2.PERMISSION_DENIED)
+
+
+def _text(raw: bytes) -> str:
+    # surrogateescape keeps non-UTF-8 bytes round-trippable (a rewritten Cookie header must stay byte-exact).
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def to_request_view(request: Any) -> RequestView:
+    http = request.attributes.request.http
+    entries = http.header_map.headers
+    if entries:
+        headers = tuple(
+            (entry.key.lower(), _text(entry.raw_value) if entry.raw_value else entry.value) for entry in entries
+        )
+    else:
+        headers = tuple((key.lower(), value) for key, value in http.headers.items())
+    return RequestView(method=http.method, scheme=http.scheme, host=http.host, path=http.path, headers=headers)
+
+
+def _header(key: str, value: str) -> Any:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return base_pb2.HeaderValue(key=key, raw_value=value.encode("utf-8", "surrogateescape"))
+    return base_pb2.HeaderValue(key=key, value=value)
+
+
+def to_check_response(decision: Decision) -> Any:
+    if isinstance(decision, Allow):
+        return external_auth_pb2.CheckResponse(
+            status=_OK_STATUS,
+            ok_response=external_auth_pb2.OkHttpResponse(
+                headers=[
+                    base_pb2.HeaderValueOption(header=_header(k, v), append_action=_OVERWRITE)
+                    for k, v in decision.headers_to_set
+                ],
+                headers_to_remove=decision.headers_to_remove,
+            ),
+        )
+    return _denied(decision)
+
+
+def _denied(deny: Deny) -> Any:
+    return external_auth_pb2.CheckResponse(
+        status=_DENY_STATUS.get(deny.status, _OTHER_DENY_STATUS),
+        denied_response=external_auth_pb2.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=deny.status),  # type: ignore[arg-type]
+            headers=[
+                base_pb2.HeaderValueOption(header=_header(k, v), append_action=_OVERWRITE)
+                for k, v in deny.headers
+            ],
+            body=deny.body.decode("utf-8"),
+        ),
+    )
+
+
+class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+    def __init__(self, service: AuthzService) -> None:
+        self._service = service
+
+    async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:  # noqa: N802
+        try:
+            view = to_request_view(request)
+        except Exception:  # a request we cannot read is denied, never raised to Envoy as an error
+            log.exception("unreadable CheckRequest; denying with 503")
+            return _denied(unavailable())
+        return to_check_response(await self._service.check(view))
+
+
+def add_to_server(server: grpc.aio.Server, service: AuthzService) -> None:
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AuthorizationServicer(service), server)

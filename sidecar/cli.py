@@ -1,0 +1,218 @@
+"""The ``session-sidecar`` command line: serve, session create|revoke|revoke-user|list, config check.
+
+Exit codes: 0 success; 2 bad input or bad config (stderr names the key or argument); 1 a runtime failure such as
+an unreachable store. Errors are one line each on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import yaml
+
+from sidecar import app
+from sidecar.config import Config, load_config, redacted
+from sidecar.core.durations import parse_duration
+from sidecar.core.session import describe
+from sidecar.errors import BadInput, ConfigError, RuntimeFailure, StoreTimeout
+from sidecar.sessions import SessionManager
+
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_BAD_INPUT = 2
+
+
+def _with_manager(config: Config, action: Callable[[SessionManager], Awaitable[T]]) -> T:
+    async def run() -> T:
+        store = app.open_store(config, app.CLI_STORE_TIMEOUT)
+        try:
+            async with asyncio.timeout(app.CLI_STORE_TIMEOUT * 2):
+                return await action(app.session_manager(config, store))
+        except TimeoutError:
+            raise StoreTimeout(f"redis.url: the store did not answer within {app.CLI_STORE_TIMEOUT * 2:.0f}s") from None
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def _duration_arg(flag: str, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise BadInput(f"{flag}: {exc}") from None
+
+
+def _attributes(pairs: Sequence[str]) -> dict[str, str]:
+    attributes: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise BadInput(f"--attr: expected KEY=VALUE, got {pair!r}")
+        if key in attributes:
+            raise BadInput(f"--attr: {key!r} given twice")
+        attributes[key] = value
+    return attributes
+
+
+def _roles(text: str | None) -> tuple[str, ...]:
+    if text is None:
+        return ()
+    roles = tuple(role.strip(" \t") for role in text.split(","))
+    if any(not role for role in roles):
+        raise BadInput(f"--roles: empty role name in {text!r} (use r1,r2)")
+    return roles
+
+
+def _print_json(value: object) -> None:
+    sys.stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    app.configure_logging(config.log.level)
+    try:
+        import uvloop  # noqa: PLC0415 - optional speed-up, absent on some platforms
+
+        uvloop.install()
+    except ImportError:
+        pass
+    try:
+        asyncio.run(app.serve(config))
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def cmd_session_create(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    idle = _duration_arg("--idle-timeout", args.idle_timeout)
+    absolute = _duration_arg("--absolute-timeout", args.absolute_timeout)
+    roles = _roles(args.roles)
+    attributes = _attributes(args.attr or [])
+
+    async def create(manager: SessionManager) -> Any:
+        return await manager.create(
+            args.user,
+            email=args.email,
+            roles=roles,
+            attributes=attributes,
+            idle_timeout=idle,
+            absolute_timeout=absolute,
+        )
+
+    issued = _with_manager(config, create)
+    _print_json({"token": issued.token, "set_cookie": issued.set_cookie, **describe(issued.record)})
+    return EXIT_OK
+
+
+def cmd_session_revoke(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    existed = _with_manager(config, lambda manager: manager.revoke(args.token))
+    _print_json({"revoked": int(existed)})
+    return EXIT_OK
+
+
+def cmd_session_revoke_user(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if not args.user:
+        raise BadInput("USER: must not be empty")
+    count = _with_manager(config, lambda manager: manager.revoke_user(args.user))
+    _print_json({"revoked": count})
+    return EXIT_OK
+
+
+def cmd_session_list(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if not args.user:
+        raise BadInput("USER: must not be empty")
+    records = _with_manager(config, lambda manager: manager.list(args.user))
+    _print_json([describe(record) for record in records])
+    return EXIT_OK
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    sys.stdout.write(yaml.safe_dump(redacted(config), sort_keys=False))
+    return EXIT_OK
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # same exit code (2), but one line plus usage and no Python noise
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    config_help = "YAML config file (default: $SIDECAR_CONFIG, else built-in defaults)"
+    parser = _Parser(prog="session-sidecar", description="Session/identity sidecar for Envoy ext_authz.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    serve = commands.add_parser("serve", help="run the ext_authz gRPC server")
+    serve.add_argument("--config", help=config_help)
+    serve.set_defaults(func=cmd_serve)
+
+    session = commands.add_parser("session", help="create, revoke and list sessions")
+    session_commands = session.add_subparsers(dest="session_command", required=True, parser_class=_Parser)
+
+    create = session_commands.add_parser("create", help="issue a session; prints JSON with the token")
+    create.add_argument("--user", required=True, help="user id (becomes x-user-id)")
+    create.add_argument("--email")
+    create.add_argument("--roles", help="comma-separated roles, e.g. admin,dev")
+    create.add_argument("--attr", action="append", metavar="KEY=VALUE", help="an attribute; repeatable")
+    create.add_argument("--idle-timeout", metavar="DUR", help="e.g. 30m (default: session.idle_timeout)")
+    create.add_argument("--absolute-timeout", metavar="DUR", help="e.g. 12h (default: session.absolute_timeout)")
+    create.add_argument("--config", help=config_help)
+    create.set_defaults(func=cmd_session_create)
+
+    revoke = session_commands.add_parser("revoke", help="revoke one session by its token")
+    revoke.add_argument("token", metavar="TOKEN")
+    revoke.add_argument("--config", help=config_help)
+    revoke.set_defaults(func=cmd_session_revoke)
+
+    revoke_user = session_commands.add_parser("revoke-user", help="revoke every session of a user")
+    revoke_user.add_argument("user", metavar="USER")
+    revoke_user.add_argument("--config", help=config_help)
+    revoke_user.set_defaults(func=cmd_session_revoke_user)
+
+    listing = session_commands.add_parser("list", help="list a user's live sessions (never tokens)")
+    listing.add_argument("user", metavar="USER")
+    listing.add_argument("--config", help=config_help)
+    listing.set_defaults(func=cmd_session_list)
+
+    config = commands.add_parser("config", help="configuration tools")
+    config_commands = config.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
+    check = config_commands.add_parser("check", help="print the effective config (secrets redacted) or its problems")
+    check.add_argument("--config", help=config_help)
+    check.set_defaults(func=cmd_config_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        sys.stderr.write(f"session-sidecar: {len(exc.problems)} configuration problem(s):\n")
+        for problem in exc.problems:
+            sys.stderr.write(f"  {problem}\n")
+        return EXIT_BAD_INPUT
+    except BadInput as exc:
+        sys.stderr.write(f"session-sidecar: error: {exc}\n")
+        return EXIT_BAD_INPUT
+    except RuntimeFailure as exc:
+        sys.stderr.write(f"session-sidecar: error: {exc}\n")
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        return 130
+    sys.stdout.flush()
+    return code

@@ -1,0 +1,193 @@
+"""From a request (and the session it resolved to, if any) to a decision: Allow or Deny.
+
+Everything here is pure. The service in ``sidecar.authz`` does the I/O between ``inspect`` (what the request
+carries) and ``decide`` (what to answer), and the protocol adapters translate the result.
+
+Anti-spoofing: every Allow removes each client-sent header under the identity prefixes, whatever its case or
+count, before the trusted values are set. A header is never listed both to set and to remove, because Envoy
+applies removals after additions and would drop the trusted value.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from sidecar.core.cookies import cookie_values, parse_cookie_headers, without_cookie
+from sidecar.core.policy import Route, RoutePolicy, missing_roles
+from sidecar.core.request import RequestView, is_browser_navigation
+from sidecar.core.session import SessionRecord
+from sidecar.core.tokens import KeyRing, verify_token
+
+MAX_TOKENS_TRIED = 3
+COOKIE_HEADER = "cookie"
+REALM = "session-sidecar"
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeSettings:
+    cookie_name: str
+    strip_upstream: bool
+    user_id_header: str
+    email_header: str
+    roles_header: str
+    session_header: str
+    strip_prefixes: tuple[str, ...]
+    login_url: str
+    policy: RoutePolicy
+
+
+@dataclass(frozen=True, slots=True)
+class Allow:
+    headers_to_set: tuple[tuple[str, str], ...]
+    headers_to_remove: tuple[str, ...]
+    user_id: str | None = None
+    session_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Deny:
+    status: int
+    reason: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...]
+
+
+Decision = Allow | Deny
+
+
+@dataclass(frozen=True, slots=True)
+class Inspection:
+    route: Route
+    session_cookies: tuple[str, ...]  # values of the session cookie, in header order, unverified
+    spoofable_headers: tuple[str, ...]  # client-sent header names under the identity prefixes
+    cookie_header: str | None  # the Cookie value the upstream should get (None: remove the header)
+    cookie_changed: bool
+
+
+def inspect(settings: EdgeSettings, request: RequestView) -> Inspection:
+    """Read what the request carries that matters: its route rule, session cookies and identity headers."""
+    cookie_lines = request.values(COOKIE_HEADER)
+    pairs = parse_cookie_headers(cookie_lines) if cookie_lines else []
+    tokens = tuple(cookie_values(pairs, settings.cookie_name))
+    cookie_header: str | None = None
+    changed = False
+    if tokens and settings.strip_upstream:
+        cookie_header, changed = without_cookie(cookie_lines, settings.cookie_name)
+    prefixes = settings.strip_prefixes
+    spoofable = tuple(dict.fromkeys(name for name, _ in request.headers if name.startswith(prefixes)))
+    return Inspection(
+        route=settings.policy.match(request.path),
+        session_cookies=tokens,
+        spoofable_headers=spoofable,
+        cookie_header=cookie_header,
+        cookie_changed=changed,
+    )
+
+
+def tokens_to_try(ring: KeyRing, inspection: Inspection) -> tuple[str, ...]:
+    """The first MAX_TOKENS_TRIED session cookies whose MAC verifies; forged ones never reach the store."""
+    verified: list[str] = []
+    for token in inspection.session_cookies:
+        if verify_token(ring, token):
+            verified.append(token)
+            if len(verified) == MAX_TOKENS_TRIED:
+                break
+    return tuple(verified)
+
+
+def identity_headers(settings: EdgeSettings, record: SessionRecord) -> list[tuple[str, str]]:
+    headers = [(settings.user_id_header, record.user_id)]
+    if record.email:
+        headers.append((settings.email_header, record.email))
+    if record.roles:
+        headers.append((settings.roles_header, ",".join(record.roles)))
+    headers.append((settings.session_header, record.session_id))
+    return headers
+
+
+def allow(settings: EdgeSettings, inspection: Inspection, record: SessionRecord | None) -> Allow:
+    to_set = identity_headers(settings, record) if record is not None else []
+    to_remove: list[str] = []
+    if inspection.cookie_changed:
+        if inspection.cookie_header is None:
+            to_remove.append(COOKIE_HEADER)
+        else:
+            to_set.append((COOKIE_HEADER, inspection.cookie_header))
+    set_names = {name for name, _ in to_set}
+    to_remove.extend(name for name in inspection.spoofable_headers if name not in set_names)
+    return Allow(
+        headers_to_set=tuple(to_set),
+        headers_to_remove=tuple(to_remove),
+        user_id=record.user_id if record is not None else None,
+        session_id=record.session_id if record is not None else None,
+    )
+
+
+def _json_deny(status: int, error: str, reason: str, extra: Iterable[tuple[str, str]] = ()) -> Deny:
+    body = json.dumps({"error": error, "reason": reason}, separators=(",", ":")).encode()
+    headers = (("content-type", "application/json"), ("cache-control", "no-store"), *extra)
+    return Deny(status=status, reason=reason, body=body, headers=tuple(headers))
+
+
+def unauthenticated(settings: EdgeSettings, request: RequestView, reason: str) -> Deny:
+    if settings.login_url and is_browser_navigation(request):
+        return login_redirect(settings.login_url, request, reason)
+    challenge = f'Cookie realm="{REALM}", cookie-name="{settings.cookie_name}"'
+    return _json_deny(401, "unauthenticated", reason, [("www-authenticate", challenge)])
+
+
+def original_url(request: RequestView) -> str:
+    path = request.path if request.path.startswith("/") else "/" + request.path
+    if not request.host:
+        return path
+    scheme = request.scheme or "http"
+    return f"{scheme}://{request.host}{path}"
+
+
+def login_redirect(login_url: str, request: RequestView, reason: str) -> Deny:
+    separator = "&" if "?" in login_url else "?"
+    location = f"{login_url}{separator}rd={quote(original_url(request), safe='')}"
+    return Deny(
+        status=302,
+        reason=reason,
+        body=b"",
+        headers=(("location", location), ("cache-control", "no-store")),
+    )
+
+
+def forbidden(missing: tuple[str, ...]) -> Deny:
+    return _json_deny(403, "forbidden", "missing_roles:" + ",".join(missing))
+
+
+def unavailable() -> Deny:
+    return _json_deny(503, "unavailable", "session_store_unavailable", [("retry-after", "1")])
+
+
+def decide(
+    settings: EdgeSettings,
+    request: RequestView,
+    inspection: Inspection,
+    record: SessionRecord | None,
+    *,
+    store_failed: bool = False,
+    invalid_reason: str = "session_required",
+) -> Decision:
+    """The answer for a request once its session (or the lack of one) is known.
+
+    ``record`` is a live session already; ``store_failed`` says the store could not tell, which denies with 503
+    everywhere but on public routes (they stay up, anonymously, when the store is down).
+    """
+    route = inspection.route
+    if record is not None:
+        missing = missing_roles(route, record.roles)
+        if missing:
+            return forbidden(missing)
+        return allow(settings, inspection, record)
+    if route.public:
+        return allow(settings, inspection, None)
+    if store_failed:
+        return unavailable()
+    return unauthenticated(settings, request, invalid_reason)

@@ -1,0 +1,238 @@
+"""The session record, its expiry math and its stored form.
+
+Times are POSIX seconds passed in by the caller (``now``), so every rule here is a plain function. A session dies
+at the earlier of its idle expiry (``last_seen_at + idle_timeout``) and its absolute expiry; the store's TTL is
+set to the same instant, and the sidecar checks the record's own times too, so a lagging TTL never lets a
+session outlive its rules.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from sidecar.errors import CorruptRecord
+
+RECORD_VERSION = 1
+MAX_VALUE_LENGTH = 4096
+MAX_ROLES = 64
+MAX_ATTRIBUTES = 32
+# Touching on every request would double the store's write load; refreshing last_seen once a tenth of the idle
+# window (at most once a minute) keeps idle expiry within 10% of the configured value.
+TOUCH_FRACTION = 0.1
+TOUCH_MAX_INTERVAL = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    session_id: str
+    user_id: str
+    email: str | None
+    roles: tuple[str, ...]
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    created_at: float = 0.0
+    last_seen_at: float = 0.0
+    idle_timeout: float = 1800.0
+    absolute_expires_at: float = 0.0
+
+
+def header_value_problem(value: str) -> str | None:
+    """Why ``value`` cannot travel in an HTTP header, or None when it can."""
+    if not value:
+        return "is empty"
+    if len(value) > MAX_VALUE_LENGTH:
+        return f"is longer than {MAX_VALUE_LENGTH} characters"
+    for ch in value:
+        if (ch < " " and ch != "\t") or ch == "\x7f":
+            return f"contains the control character {ch!r}"
+    if value != value.strip(" \t"):
+        return "has leading or trailing whitespace"
+    return None
+
+
+def role_problem(role: str) -> str | None:
+    problem = header_value_problem(role)
+    if problem:
+        return problem
+    if any(ch in role for ch in ", \t"):
+        return "contains a comma or whitespace"
+    return None
+
+
+def validate_identity(
+    user_id: str, email: str | None, roles: tuple[str, ...], attributes: Mapping[str, str]
+) -> list[str]:
+    """Every problem with an identity that is about to become (or came back as) header values."""
+    problems: list[str] = []
+    if (p := header_value_problem(user_id)) is not None:
+        problems.append(f"user id {p}")
+    if email is not None and (p := header_value_problem(email)) is not None:
+        problems.append(f"email {p}")
+    if len(roles) > MAX_ROLES:
+        problems.append(f"more than {MAX_ROLES} roles")
+    for role in roles:
+        if (p := role_problem(role)) is not None:
+            problems.append(f"role {role!r} {p}")
+    if len(attributes) > MAX_ATTRIBUTES:
+        problems.append(f"more than {MAX_ATTRIBUTES} attributes")
+    for key, value in attributes.items():
+        if not key or any(not (ch.isascii() and (ch.isalnum() or ch in "-_.")) for ch in key):
+            problems.append(f"attribute name {key!r} must be letters, digits, '-', '_' or '.'")
+        if (p := header_value_problem(value)) is not None:
+            problems.append(f"attribute {key!r} {p}")
+    return problems
+
+
+def new_session(
+    *,
+    session_id: str,
+    user_id: str,
+    email: str | None,
+    roles: tuple[str, ...],
+    attributes: Mapping[str, str],
+    idle_timeout: float,
+    absolute_timeout: float,
+    now: float,
+) -> SessionRecord:
+    """A fresh record; raises ValueError naming every problem with the identity or the timeouts."""
+    problems = validate_identity(user_id, email, roles, attributes)
+    for name, value in (("idle timeout", idle_timeout), ("absolute timeout", absolute_timeout)):
+        if not math.isfinite(value) or value <= 0:
+            problems.append(f"{name} must be a positive duration")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return SessionRecord(
+        session_id=session_id,
+        user_id=user_id,
+        email=email,
+        roles=tuple(dict.fromkeys(roles)),
+        attributes=dict(attributes),
+        created_at=now,
+        last_seen_at=now,
+        idle_timeout=idle_timeout,
+        absolute_expires_at=now + absolute_timeout,
+    )
+
+
+def expires_at(record: SessionRecord) -> float:
+    return min(record.last_seen_at + record.idle_timeout, record.absolute_expires_at)
+
+
+def is_live(record: SessionRecord, now: float) -> bool:
+    return now < expires_at(record)
+
+
+def ttl_ms(record: SessionRecord, now: float) -> int:
+    """Milliseconds the store should keep the record; at least 1 so a PX argument stays valid."""
+    return max(1, math.ceil((expires_at(record) - now) * 1000))
+
+
+def touch_interval(record: SessionRecord) -> float:
+    return min(TOUCH_MAX_INTERVAL, record.idle_timeout * TOUCH_FRACTION)
+
+
+def needs_touch(record: SessionRecord, now: float) -> bool:
+    """True when last_seen is stale enough to refresh, and refreshing can still extend the session."""
+    if record.last_seen_at + record.idle_timeout >= record.absolute_expires_at:
+        return False
+    return now - record.last_seen_at >= touch_interval(record)
+
+
+def touched(record: SessionRecord, now: float) -> SessionRecord:
+    return replace(record, last_seen_at=max(now, record.last_seen_at))
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def to_json(record: SessionRecord) -> bytes:
+    return json.dumps(
+        {
+            "v": RECORD_VERSION,
+            "sid": record.session_id,
+            "uid": record.user_id,
+            "email": record.email,
+            "roles": list(record.roles),
+            "attrs": dict(record.attributes),
+            "created": record.created_at,
+            "seen": record.last_seen_at,
+            "idle": record.idle_timeout,
+            "abs": record.absolute_expires_at,
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode("utf-8")
+
+
+def _typed(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise CorruptRecord(f"session record field {key!r} is missing or not {_kind_name(kind)}")
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(k.__name__ for k in kinds)
+
+
+def from_json(raw: bytes | str) -> SessionRecord:
+    """Decode a stored record; anything unexpected raises CorruptRecord (it must never turn into an allow)."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptRecord(f"session record is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CorruptRecord("session record is not a JSON object")
+    if data.get("v") != RECORD_VERSION:
+        raise CorruptRecord(f"session record version {data.get('v')!r} is not {RECORD_VERSION}")
+    number = (int, float)
+    email = data.get("email")
+    if email is not None and not isinstance(email, str):
+        raise CorruptRecord("session record field 'email' is not a string")
+    roles = _typed(data, "roles", list)
+    attrs = _typed(data, "attrs", dict)
+    if not all(isinstance(r, str) for r in roles):
+        raise CorruptRecord("session record field 'roles' holds a non-string")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in attrs.items()):
+        raise CorruptRecord("session record field 'attrs' holds a non-string")
+    record = SessionRecord(
+        session_id=_typed(data, "sid", str),
+        user_id=_typed(data, "uid", str),
+        email=email,
+        roles=tuple(roles),
+        attributes=attrs,
+        created_at=float(_typed(data, "created", number)),
+        last_seen_at=float(_typed(data, "seen", number)),
+        idle_timeout=float(_typed(data, "idle", number)),
+        absolute_expires_at=float(_typed(data, "abs", number)),
+    )
+    problems = validate_identity(record.user_id, record.email, record.roles, record.attributes)
+    if header_value_problem(record.session_id) is not None:
+        problems.append("session id is not header-safe")
+    if not all(math.isfinite(t) for t in (record.created_at, record.last_seen_at, record.absolute_expires_at)):
+        problems.append("a timestamp is not finite")
+    if not (math.isfinite(record.idle_timeout) and record.idle_timeout > 0):
+        problems.append("idle timeout is not positive")
+    if problems:
+        raise CorruptRecord("session record is invalid: " + "; ".join(problems))
+    return record
+
+
+def describe(record: SessionRecord) -> dict[str, object]:
+    """The public, token-free view of a session (``session list``, logs)."""
+    return {
+        "session_id": record.session_id,
+        "user_id": record.user_id,
+        "email": record.email,
+        "roles": list(record.roles),
+        "attributes": dict(record.attributes),
+        "created_at": rfc3339(record.created_at),
+        "last_seen_at": rfc3339(record.last_seen_at),
+        "expires_at": rfc3339(expires_at(record)),
+    }

@@ -1,0 +1,129 @@
+"""Session token format: unguessable, MAC-protected, and only ever stored as a hash.
+
+A token is ``s1.<kid>.<body>.<mac>``: ``body`` is 32 bytes from a CSPRNG (256 bits), ``mac`` is the first 16 bytes
+of HMAC-SHA256 over ``s1.<kid>.<body>`` with the key ``kid`` of the key ring. The MAC lets the sidecar reject a
+forged or mangled token before it costs a Redis round trip; the store is keyed by ``token_key`` (SHA-256 of the
+whole token), so a dump of Redis yields no usable cookie. All characters are URL- and cookie-safe, and the
+version prefix guarantees a token never begins with ``-`` (it cannot be mistaken for a CLI flag).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+VERSION = "s1"
+ENTROPY_BYTES = 32
+MAC_BYTES = 16
+MIN_SECRET_BYTES = 32
+_KID = re.compile(r"[A-Za-z0-9_-]{1,16}")
+_B64_BODY_LEN = 43  # base64url of 32 bytes without padding
+_B64_MAC_LEN = 22  # base64url of 16 bytes without padding
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
+MAX_TOKEN_LENGTH = len(VERSION) + 1 + 16 + 1 + _B64_BODY_LEN + 1 + _B64_MAC_LEN
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRing:
+    """Signing keys by id; the first one signs new tokens, every one verifies (so keys can be rotated)."""
+
+    keys: tuple[tuple[str, bytes], ...]
+
+    def __post_init__(self) -> None:
+        if not self.keys:
+            raise ValueError("a key ring needs at least one key")
+        seen: set[str] = set()
+        for kid, secret in self.keys:
+            if not _KID.fullmatch(kid):
+                raise ValueError(f"key id {kid!r} must be 1-16 characters of A-Z a-z 0-9 _ -")
+            if len(secret) < MIN_SECRET_BYTES:
+                raise ValueError(f"key {kid!r} is {len(secret)} bytes; at least {MIN_SECRET_BYTES} are needed")
+            if kid in seen:
+                raise ValueError(f"key id {kid!r} appears twice")
+            seen.add(kid)
+
+    @classmethod
+    def of(cls, keys: Iterable[tuple[str, bytes]]) -> KeyRing:
+        return cls(tuple(keys))
+
+    @property
+    def signing_kid(self) -> str:
+        return self.keys[0][0]
+
+    def secret(self, kid: str) -> bytes | None:
+        for known, secret in self.keys:
+            if known == kid:
+                return secret
+        return None
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _mac(secret: bytes, signed_part: str) -> str:
+    digest = hmac.new(secret, signed_part.encode("ascii"), hashlib.sha256).digest()
+    return _b64(digest[:MAC_BYTES])
+
+
+def mint_token(ring: KeyRing, entropy: bytes) -> str:
+    """Build a token from ``entropy`` (the caller passes ``secrets.token_bytes(ENTROPY_BYTES)``)."""
+    if len(entropy) != ENTROPY_BYTES:
+        raise ValueError(f"token entropy must be {ENTROPY_BYTES} bytes")
+    kid, secret = ring.keys[0]
+    signed_part = f"{VERSION}.{kid}.{_b64(entropy)}"
+    return f"{signed_part}.{_mac(secret, signed_part)}"
+
+
+def is_well_formed(token: str) -> bool:
+    """True when ``token`` has the shape of a token of ours, whatever its MAC says."""
+    if len(token) > MAX_TOKEN_LENGTH:
+        return False
+    parts = token.split(".")
+    if len(parts) != 4:
+        return False
+    version, kid, body, mac = parts
+    return (
+        version == VERSION
+        and _KID.fullmatch(kid) is not None
+        and len(body) == _B64_BODY_LEN
+        and _B64URL.fullmatch(body) is not None
+        and len(mac) == _B64_MAC_LEN
+        and _B64URL.fullmatch(mac) is not None
+    )
+
+
+def verify_token(ring: KeyRing, token: str) -> bool:
+    """True only for a well-formed token whose MAC matches a key of ``ring`` (constant-time compare)."""
+    if not is_well_formed(token):
+        return False
+    signed_part, _, mac = token.rpartition(".")
+    kid = signed_part.split(".", 2)[1]
+    secret = ring.secret(kid)
+    if secret is None:
+        return False
+    return hmac.compare_digest(_mac(secret, signed_part), mac)
+
+
+def token_key(token: str) -> str:
+    """The store key for a token: its SHA-256 in hex, so Redis never holds a usable token."""
+    return hashlib.sha256(token.encode("ascii", "surrogateescape")).hexdigest()
+
+
+def encode_secret(secret: bytes) -> str:
+    return _b64(secret)
+
+
+def decode_secret(text: str) -> bytes:
+    """Decode base64url with or without padding; raises ValueError on anything else."""
+    if not _B64URL.fullmatch(text.rstrip("=")):
+        raise ValueError("not base64url")
+    padded = text.rstrip("=") + "=" * (-len(text.rstrip("=")) % 4)
+    try:
+        return base64.urlsafe_b64decode(padded)
+    except (ValueError, TypeError) as exc:
+        raise ValueError("not base64url") from exc

@@ -1,0 +1,132 @@
+"""Session lifecycle on top of a store: issue, revoke, list; and the key ring the tokens are signed with.
+
+Used by the CLI today and by the SessionService API; the request path only needs ``KeyRingSource``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from sidecar.core.session import SessionRecord, is_live, new_session, ttl_ms
+from sidecar.core.set_cookie import set_cookie_header
+from sidecar.core.tokens import (
+    ENTROPY_BYTES,
+    MIN_SECRET_BYTES,
+    KeyRing,
+    decode_secret,
+    encode_secret,
+    is_well_formed,
+    mint_token,
+    token_key,
+)
+from sidecar.errors import BadInput, StoreUnavailable
+from sidecar.store.base import SessionStore
+
+SHARED_KID = "shared"
+
+
+class KeyRingSource:
+    """The configured key ring, or else one shared through the store and cached once read.
+
+    The shared ring is created by whichever replica (or CLI call) needs it first (SET NX), so every process of a
+    deployment signs and verifies with the same key without any configuration.
+    """
+
+    def __init__(self, store: SessionStore, configured: KeyRing | None) -> None:
+        self._store = store
+        self._ring = configured
+        self._lock = asyncio.Lock()
+
+    @property
+    def cached(self) -> KeyRing | None:
+        return self._ring
+
+    async def ring(self) -> KeyRing:
+        if self._ring is not None:
+            return self._ring
+        async with self._lock:
+            if self._ring is None:
+                stored = await self._store.shared_secret(encode_secret(secrets.token_bytes(MIN_SECRET_BYTES)))
+                try:
+                    secret = decode_secret(stored)
+                    self._ring = KeyRing.of([(SHARED_KID, secret)])
+                except ValueError as exc:
+                    raise StoreUnavailable(f"the shared key ring in the store is unusable: {exc}") from None
+            return self._ring
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedSession:
+    token: str
+    record: SessionRecord
+    set_cookie: str
+
+
+class SessionManager:
+    def __init__(
+        self,
+        store: SessionStore,
+        keys: KeyRingSource,
+        *,
+        cookie_name: str,
+        idle_timeout: float,
+        absolute_timeout: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._keys = keys
+        self._cookie_name = cookie_name
+        self._idle_timeout = idle_timeout
+        self._absolute_timeout = absolute_timeout
+        self._clock = clock
+
+    async def create(
+        self,
+        user_id: str,
+        *,
+        email: str | None = None,
+        roles: tuple[str, ...] = (),
+        attributes: Mapping[str, str] | None = None,
+        idle_timeout: float | None = None,
+        absolute_timeout: float | None = None,
+    ) -> IssuedSession:
+        absolute = absolute_timeout if absolute_timeout is not None else self._absolute_timeout
+        now = self._clock()
+        try:
+            record = new_session(
+                session_id=secrets.token_urlsafe(12),
+                user_id=user_id,
+                email=email,
+                roles=roles,
+                attributes=attributes or {},
+                idle_timeout=idle_timeout if idle_timeout is not None else self._idle_timeout,
+                absolute_timeout=absolute,
+                now=now,
+            )
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
+        ring = await self._keys.ring()
+        token = mint_token(ring, secrets.token_bytes(ENTROPY_BYTES))
+        await self._store.create(token_key(token), record, ttl_ms(record, now))
+        return IssuedSession(token, record, set_cookie_header(self._cookie_name, token, absolute))
+
+    async def revoke(self, token: str) -> bool:
+        if not is_well_formed(token):
+            raise BadInput("token: not a session token of this sidecar (malformed)")
+        return await self._store.revoke(token_key(token))
+
+    async def revoke_user(self, user_id: str) -> int:
+        return await self._store.revoke_user(user_id)
+
+    async def list(self, user_id: str) -> list[SessionRecord]:
+        now = self._clock()
+        records = await self._store.list_user(user_id)
+        return sorted(
+            (r for r in records if is_live(r, now)),
+            key=lambda r: r.created_at,
+        )
+
