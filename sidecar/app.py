@@ -9,7 +9,7 @@ import signal
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
 from sidecar.authz import grpc_v3
 from sidecar.authz.service import AuthzService

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -86,10 +87,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:
         pass
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(app.serve(config))
-    except KeyboardInterrupt:
-        pass
     return EXIT_OK
 
 

@@ -129,4 +129,3 @@ class SessionManager:
             (r for r in records if is_live(r, now)),
             key=lambda r: r.created_at,
         )
-

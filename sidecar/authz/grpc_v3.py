@@ -75,10 +75,9 @@ def _denied(deny: Deny) -> Any:
     return external_auth_pb2.CheckResponse(
         status=_DENY_STATUS.get(deny.status, _OTHER_DENY_STATUS),
         denied_response=external_auth_pb2.DeniedHttpResponse(
-            status=http_status_pb2.HttpStatus(code=deny.status),  # type: ignore[arg-type]
+            status=http_status_pb2.HttpStatus(code=deny.status),
             headers=[
-                base_pb2.HeaderValueOption(header=_header(k, v), append_action=_OVERWRITE)
-                for k, v in deny.headers
+                base_pb2.HeaderValueOption(header=_header(k, v), append_action=_OVERWRITE) for k, v in deny.headers
             ],
             body=deny.body.decode("utf-8"),
         ),
@@ -89,7 +88,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
     def __init__(self, service: AuthzService) -> None:
         self._service = service
 
-    async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:  # noqa: N802
+    async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             view = to_request_view(request)
         except Exception:  # a request we cannot read is denied, never raised to Envoy as an error

@@ -62,7 +62,7 @@ class RoutePolicy:
             return DEFAULT_ROUTE
         for route in self.routes:
             prefix = route.prefix
-            if prefix == "/" or canonical == prefix or canonical.startswith(prefix + "/"):
+            if prefix in ("/", canonical) or canonical.startswith(prefix + "/"):
                 return route
         return DEFAULT_ROUTE
 

@@ -60,6 +60,12 @@ def open_redis(url: str, timeout: float) -> aioredis.Redis:
         raise BadInput(f"redis.url: {exc}") from None
 
 
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return str(value)
+
+
 class RedisStore:
     def __init__(self, client: aioredis.Redis, key_prefix: str, description: str = "redis") -> None:
         self._client = client
@@ -129,7 +135,7 @@ class RedisStore:
             members = await self._client.smembers(user_key)
             if not members:
                 return 0
-            keys = sorted(m.decode() for m in members)
+            keys = sorted(_text(m) for m in members)
             async with self._client.pipeline(transaction=False) as pipe:
                 for key in keys:
                     pipe.delete(self._session_key(key))
@@ -144,7 +150,7 @@ class RedisStore:
             members = await self._client.smembers(user_key)
             if not members:
                 return []
-            keys = sorted(m.decode() for m in members)
+            keys = sorted(_text(m) for m in members)
             async with self._client.pipeline(transaction=False) as pipe:
                 for key in keys:
                     pipe.get(self._session_key(key))
@@ -164,7 +170,7 @@ class RedisStore:
         key = f"{self._prefix}keyring"
         async with self._errors():
             previous = await self._client.set(key, proposal, nx=True, get=True)
-        return proposal if previous is None else bytes(previous).decode()
+        return proposal if previous is None else _text(previous)
 
     async def ping(self) -> None:
         async with self._errors():

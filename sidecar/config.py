@@ -1,0 +1,653 @@
+"""The configuration: one YAML file plus ``SIDECAR_<SECTION>__<KEY>`` environment overrides.
+
+This is the only module that reads config files and the environment. :func:`load_config` returns a frozen,
+fully validated :class:`Config` or raises one :class:`~sidecar.errors.ConfigError` listing every problem,
+each naming its key path (``routes[1].prefix: must start with "/"``) and, for an environment override, the
+variable.
+:func:`redacted` renders the effective config for ``config check`` with secrets hidden.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from sidecar.core.durations import format_duration, parse_duration
+from sidecar.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "CookieConfig",
+    "DenyConfig",
+    "HeadersConfig",
+    "ListenConfig",
+    "LogConfig",
+    "RedisConfig",
+    "RouteConfig",
+    "SessionConfig",
+    "SigningKey",
+    "TokenConfig",
+    "load_config",
+    "redacted",
+]
+
+ENV_PREFIX = "SIDECAR_"
+CONFIG_ENV = "SIDECAR_CONFIG"
+REDACTED = "<redacted>"
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 tchar (also RFC 6265 cookie-name)
+_LOWER_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
+_HOSTNAME = re.compile(r"[A-Za-z0-9_.-]+")
+_KID = re.compile(r"[A-Za-z0-9_-]{1,16}")
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+={0,2}")
+_REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel", "redis+cluster", "unix")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_MIN_SECRET_BYTES = 32
+
+
+Loc = tuple[str | int, ...]  # a key path: ("routes", 1, "prefix")
+Problem = tuple[Loc, str]  # a key path below the validated model, and what is wrong there
+
+
+class _Problems(ValueError):
+    """Raised by a validator to report problems under sub-keys of the model it validates."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(message for _, message in problems))
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(ch) < 32 or ord(ch) == 127 for ch in text)
+
+
+def _duration(value: Any) -> float:
+    return parse_duration(value)
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- listen -------------------------------------------------------------------------------------------------
+
+
+def _check_address(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or len(port) > 5:
+        raise ValueError(f"invalid address {value!r} (use host:port or [ipv6]:port)")
+    if int(port) > 65535:
+        raise ValueError(f"invalid address {value!r}: port must be 0-65535")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"invalid address {value!r}: {host} is not an IPv6 address") from None
+    elif not _HOSTNAME.fullmatch(host):
+        raise ValueError(f"invalid address {value!r} (use host:port or [ipv6]:port)")
+    return value
+
+
+class ListenConfig(_Section):
+    grpc: str = "127.0.0.1:9191"
+    http: str = "127.0.0.1:9192"
+    admin: str = "127.0.0.1:9090"
+
+    @field_validator("grpc")
+    @classmethod
+    def _grpc(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must be set (the gRPC listener cannot be disabled)")
+        return _check_address(value)
+
+    @field_validator("http", "admin")
+    @classmethod
+    def _optional(cls, value: str) -> str:
+        return value if value == "" else _check_address(value)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ListenConfig:
+        seen: dict[str, str] = {}
+        problems: list[Problem] = []
+        for key in ("grpc", "http", "admin"):
+            address: str = getattr(self, key)
+            if not address or address.endswith(":0"):  # disabled, or an ephemeral port
+                continue
+            if address in seen:
+                problems.append(((key,), f"same address as listen.{seen[address]} ({address})"))
+            seen.setdefault(address, key)
+        if problems:
+            raise _Problems(problems)
+        return self
+
+
+# --- redis --------------------------------------------------------------------------------------------------
+
+
+def _redact_url(url: str) -> str:
+    """Replace a password in a URL's userinfo or query string by ``<redacted>``; leave the rest as written."""
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+        netloc = rest[:end]
+        userinfo, at, hostport = netloc.rpartition("@")
+        if at and ":" in userinfo:
+            user = userinfo.split(":", 1)[0]
+            rest = f"{user}:{REDACTED}@{hostport}{rest[end:]}"
+        url = f"{scheme}{sep}{rest}"
+    return re.sub(r"([?&][^=&#]*password[^=&#]*=)[^&#]*", rf"\g<1>{REDACTED}", url, flags=re.IGNORECASE)
+
+
+class RedisConfig(_Section):
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "sidecar:"
+    timeout: Duration = 0.15
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if _has_control(value) or any(ch.isspace() for ch in value):
+            raise ValueError("must not contain whitespace or control characters")
+        parts = urlsplit(value)
+        if parts.scheme not in _REDIS_SCHEMES or "://" not in value:
+            schemes = ", ".join(f"{s}://" for s in _REDIS_SCHEMES)
+            raise ValueError(f"unsupported URL {_redact_url(value)!r} (use {schemes})")
+        if parts.scheme == "unix":
+            if not parts.path:
+                raise ValueError("a unix:// URL needs a socket path, e.g. unix:///run/redis.sock")
+        elif not parts.hostname:
+            raise ValueError(f"{_redact_url(value)!r} has no host")
+        elif parts.scheme in ("redis", "rediss"):
+            try:
+                parts.port  # noqa: B018 - parsing the port is the check
+            except ValueError:
+                raise ValueError(f"{_redact_url(value)!r} has an invalid port") from None
+        return value
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _key_prefix(cls, value: str) -> str:
+        if _has_control(value) or any(ch.isspace() for ch in value):
+            raise ValueError("must not contain whitespace or control characters")
+        return value
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, _redact_url(value) if name == "url" else value
+
+
+# --- cookie, session ----------------------------------------------------------------------------------------
+
+
+class CookieConfig(_Section):
+    name: str = "SESSION"
+    strip_upstream: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _TOKEN.fullmatch(value):
+            raise ValueError(
+                f"invalid cookie name {value!r}: must be an RFC 6265 token "
+                "(letters, digits and !#$%&'*+-.^_`|~; no spaces, separators or control characters)"
+            )
+        return value
+
+
+class SessionConfig(_Section):
+    idle_timeout: Duration = 1800.0
+    absolute_timeout: Duration = 43200.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SessionConfig:
+        if self.idle_timeout > self.absolute_timeout:
+            idle, absolute = format_duration(self.idle_timeout), format_duration(self.absolute_timeout)
+            raise _Problems(
+                [(("idle_timeout",), f"{idle} exceeds session.absolute_timeout ({absolute}); it must not")]
+            )
+        return self
+
+
+# --- headers ------------------------------------------------------------------------------------------------
+
+
+def _header_name(value: str) -> str:
+    if not _TOKEN.fullmatch(value):
+        raise ValueError(f"invalid header name {value!r}: must be an HTTP token")
+    if not _LOWER_TOKEN.fullmatch(value):
+        raise ValueError(f"invalid header name {value!r}: must be lowercase")
+    return value
+
+
+_IDENTITY_HEADERS = ("user_id", "email", "roles", "session")
+
+
+class HeadersConfig(_Section):
+    user_id: str = "x-user-id"
+    email: str = "x-user-email"
+    roles: str = "x-user-roles"
+    session: str = "x-session-id"
+    strip_prefixes: tuple[str, ...] = ("x-user-", "x-session-")
+
+    @field_validator(*_IDENTITY_HEADERS)
+    @classmethod
+    def _names(cls, value: str) -> str:
+        return _header_name(value)
+
+    @field_validator("strip_prefixes")
+    @classmethod
+    def _prefixes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError(
+                "must list at least one prefix (identity headers must be stripped from requests)"
+            )
+        problems: list[Problem] = [
+            ((i,), str(exc)) for i, prefix in enumerate(value) if (exc := _prefix_problem(prefix))
+        ]
+        if problems:
+            raise _Problems(problems)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HeadersConfig:
+        problems: list[Problem] = []
+        owner: dict[str, str] = {}
+        for key in _IDENTITY_HEADERS:
+            name: str = getattr(self, key)
+            if not name.startswith(self.strip_prefixes):
+                listed = ", ".join(self.strip_prefixes)
+                problems.append(
+                    (
+                        (key,),
+                        f"{name!r} does not start with any of headers.strip_prefixes ({listed}), "
+                        "so a client-supplied copy would reach the upstream",
+                    )
+                )
+            if name in owner:
+                problems.append(((key,), f"same header as headers.{owner[name]} ({name!r})"))
+            owner.setdefault(name, key)
+        if problems:
+            raise _Problems(problems)
+        return self
+
+
+def _prefix_problem(prefix: str) -> ValueError | None:
+    try:
+        _header_name(prefix)
+    except ValueError as exc:
+        return ValueError(str(exc).replace("header name", "header prefix"))
+    return None
+
+
+# --- deny, routes -------------------------------------------------------------------------------------------
+
+
+class DenyConfig(_Section):
+    login_url: str = ""
+
+    @field_validator("login_url")
+    @classmethod
+    def _login_url(cls, value: str) -> str:
+        if value == "":
+            return value
+        bad = _has_control(value) or any(ch.isspace() for ch in value)
+        try:
+            parts = urlsplit(value)
+        except ValueError:
+            bad = True
+        else:
+            bad = bad or parts.scheme not in ("http", "https") or not parts.netloc or not parts.hostname
+        if bad:
+            raise ValueError(
+                f'must be "" or an absolute http(s) URL, e.g. https://login.example.com/ (got {value!r})'
+            )
+        return value
+
+
+def _role_problem(role: str) -> str | None:
+    if not role:
+        return "must not be empty"
+    if "," in role or _has_control(role) or any(ch.isspace() for ch in role):
+        return f"invalid role {role!r}: no commas, whitespace or control characters"
+    return None
+
+
+class RouteConfig(_Section):
+    prefix: str
+    public: bool = False
+    roles: tuple[str, ...] = ()
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError('must start with "/"')
+        if _has_control(value) or any(ch.isspace() for ch in value) or "?" in value or "#" in value:
+            raise ValueError(f"invalid path prefix {value!r}: no whitespace, control characters, '?' or '#'")
+        return value
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        problems: list[Problem] = [
+            ((i,), msg) for i, role in enumerate(value) if (msg := _role_problem(role))
+        ]
+        if problems:
+            raise _Problems(problems)
+        return value
+
+    @model_validator(mode="after")
+    def _public_without_roles(self) -> RouteConfig:
+        if self.public and self.roles:
+            raise _Problems([(("roles",), "a public route cannot require roles (drop public or roles)")])
+        return self
+
+
+# --- token, log ---------------------------------------------------------------------------------------------
+
+
+class SigningKey(_Section):
+    kid: str
+    secret: bytes = Field(repr=False)
+
+
+def _signing_key(value: Any) -> Any:
+    if isinstance(value, SigningKey):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be a 'KID:SECRET' string")
+    kid, sep, secret = value.partition(":")
+    if not sep:
+        raise ValueError("must be 'KID:SECRET' (no ':' found)")
+    if not _KID.fullmatch(kid):
+        raise ValueError(f"invalid key id {kid[:20]!r}: 1-16 characters of A-Z a-z 0-9 _ -")
+    if not _BASE64URL.fullmatch(secret) or len(secret.rstrip("=")) % 4 == 1:
+        raise ValueError(f"the secret of key {kid!r} is not base64url")
+    try:
+        raw = base64.urlsafe_b64decode(secret.rstrip("=") + "=" * (-len(secret.rstrip("=")) % 4))
+    except (binascii.Error, ValueError):
+        raise ValueError(f"the secret of key {kid!r} is not base64url") from None
+    if len(raw) < _MIN_SECRET_BYTES:
+        raise ValueError(
+            f"the secret of key {kid!r} is {len(raw)} bytes; at least {_MIN_SECRET_BYTES} are required "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return SigningKey(kid=kid, secret=raw)
+
+
+class TokenConfig(_Section):
+    keys: tuple[Annotated[SigningKey, BeforeValidator(_signing_key)], ...] = ()
+
+    @field_validator("keys")
+    @classmethod
+    def _unique(cls, value: tuple[SigningKey, ...]) -> tuple[SigningKey, ...]:
+        seen: set[str] = set()
+        problems: list[Problem] = []
+        for i, key in enumerate(value):
+            if key.kid in seen:
+                problems.append(((i,), f"duplicate key id {key.kid!r}"))
+            seen.add(key.kid)
+        if problems:
+            raise _Problems(problems)
+        return value
+
+
+class LogConfig(_Section):
+    level: str = "info"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _level(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.lower() in _LOG_LEVELS:
+            return value.lower()
+        raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)} (got {value!r})")
+
+
+# --- the whole ----------------------------------------------------------------------------------------------
+
+
+class Config(_Section):
+    listen: ListenConfig = Field(default_factory=ListenConfig)
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+    cookie: CookieConfig = Field(default_factory=CookieConfig)
+    session: SessionConfig = Field(default_factory=SessionConfig)
+    headers: HeadersConfig = Field(default_factory=HeadersConfig)
+    deny: DenyConfig = Field(default_factory=DenyConfig)
+    routes: tuple[RouteConfig, ...] = ()
+    token: TokenConfig = Field(default_factory=TokenConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @field_validator("routes")
+    @classmethod
+    def _distinct_routes(cls, value: tuple[RouteConfig, ...]) -> tuple[RouteConfig, ...]:
+        first: dict[str, int] = {}
+        problems: list[Problem] = []
+        for i, route in enumerate(value):
+            if route.prefix in first:
+                problems.append(((i, "prefix"), f"duplicate of routes[{first[route.prefix]}].prefix"))
+            first.setdefault(route.prefix, i)
+        if problems:
+            raise _Problems(problems)
+        return value
+
+
+# --- loading ------------------------------------------------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key repeated in one mapping (PyYAML would silently keep the last)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if isinstance(key, str | int | float | bool) and key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    loader.flatten_mapping(node)
+    return dict(loader.construct_pairs(node))
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the config file: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: the config file is not UTF-8 text"]) from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{path}: invalid YAML{where}: {problem}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [f"{path}: the top level must be a mapping of sections, not a {type(data).__name__}"]
+        )
+    # A section written with nothing under it (`routes:`) means "the defaults".
+    return {key: value for key, value in data.items() if value is not None}
+
+
+def _parse_yaml_value(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def _section_models() -> dict[str, type[BaseModel]]:
+    models: dict[str, type[BaseModel]] = {}
+    for name, field in Config.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            models[name] = field.annotation
+    return models
+
+
+def _env_value(section: str, key: str, raw: str) -> Any:
+    """An override's value: a list is a YAML flow sequence or comma-separated; anything else the raw string.
+
+    Strings are taken verbatim (YAML would turn ``""`` into null and ``1:20`` into 80); pydantic parses
+    booleans (``true``/``false``/``1``/``0``/``yes``/``no``) and durations come through ``parse_duration``.
+    """
+    annotation = Config.model_fields[section].annotation
+    assert isinstance(annotation, type)
+    field = annotation.model_fields[key]
+    if getattr(field.annotation, "__origin__", None) is tuple:
+        text = raw.strip()
+        if text.startswith("["):
+            return _parse_yaml_value(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return raw
+
+
+def _apply_env(
+    data: dict[str, Any], environ: Mapping[str, str], problems: list[str], sources: dict[Loc, str]
+) -> None:
+    sections = _section_models()
+    overrides: list[tuple[int, str, list[str], str]] = []
+    for name, raw in environ.items():
+        if not name.upper().startswith(ENV_PREFIX) or name.upper() == CONFIG_ENV:
+            continue
+        parts = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        overrides.append((len(parts), name, parts, raw))
+    # Whole sections (SIDECAR_ROUTES) first, then single keys (SIDECAR_REDIS__URL) on top of them.
+    for _, name, parts, raw in sorted(overrides):
+        section = parts[0]
+        where = f"environment variable {name}"
+        if section not in Config.model_fields:
+            if len(parts) > 1:  # SIDECAR_FOO (no "__") may belong to something else; SIDECAR_FOO__BAR is ours
+                problems.append(
+                    f"{where}: unknown section {section!r} (sections: {', '.join(Config.model_fields)})"
+                )
+            continue
+        if len(parts) == 1:
+            value = _parse_yaml_value(raw)
+            if section in sections and isinstance(value, dict) and isinstance(data.get(section), dict):
+                value = {**data[section], **value}
+            data[section] = value
+            sources[(section,)] = name
+            continue
+        model = sections.get(section)
+        if model is None:
+            problems.append(f"{where}: {section} is a list; set it whole with {ENV_PREFIX}{section.upper()}")
+            continue
+        key = parts[1]
+        if len(parts) > 2 or key not in model.model_fields:
+            problems.append(
+                f"{where}: unknown key {'__'.join(parts[1:])!r} in section {section} "
+                f"(keys: {', '.join(model.model_fields)})"
+            )
+            continue
+        target = data.setdefault(section, {})
+        if isinstance(target, dict):  # else the file's section is malformed, and validation will say so
+            target[key] = _env_value(section, key, raw)
+            sources[(section, key)] = name
+
+
+_MESSAGES = {
+    "extra_forbidden": "unknown key",
+    "missing": "is required",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "tuple_type": "must be a list",
+    "list_type": "must be a list",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+    "dict_type": "must be a mapping",
+}
+
+
+def _path(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _describe(error: Mapping[str, Any], sources: Mapping[Loc, str]) -> Iterator[str]:
+    loc: Loc = tuple(error["loc"])
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, _Problems):
+        entries = [(loc + sub, message) for sub, message in cause.problems]
+    elif isinstance(cause, ValueError):
+        entries = [(loc, str(cause))]
+    else:
+        entries = [(loc, _MESSAGES.get(error["type"], error["msg"]))]
+    for where, message in entries:
+        source = next((sources[where[:n]] for n in range(len(where), 0, -1) if where[:n] in sources), None)
+        suffix = f" (from {source})" if source else ""
+        yield f"{_path(where) or '(top level)'}: {message}{suffix}"
+
+
+def load_config(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load the config file (``path``, else ``$SIDECAR_CONFIG``, else none) plus environment overrides.
+
+    Raises ``ConfigError`` listing every problem found, each naming its key path.
+    """
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    if path is None:
+        path = env.get(CONFIG_ENV) or None
+    data = _read_file(path) if path is not None else {}
+    problems: list[str] = []
+    sources: dict[Loc, str] = {}
+    _apply_env(data, env, problems, sources)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            problems.extend(_describe(error, sources))
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def redacted(config: Config) -> dict[str, object]:
+    """The effective config as plain YAML-able data: durations as ``30m``, passwords and secrets hidden."""
+    data: dict[str, Any] = _plain(config.model_dump())
+    data["redis"]["url"] = _redact_url(config.redis.url)
+    data["redis"]["timeout"] = format_duration(config.redis.timeout)
+    data["session"]["idle_timeout"] = format_duration(config.session.idle_timeout)
+    data["session"]["absolute_timeout"] = format_duration(config.session.absolute_timeout)
+    data["deny"]["login_url"] = _redact_url(config.deny.login_url)
+    data["token"]["keys"] = [f"{key.kid}:{REDACTED}" for key in config.token.keys]
+    return data

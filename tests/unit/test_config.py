@@ -1,0 +1,495 @@
+"""load_config: CONTRACT.md defaults, the YAML file, SIDECAR_* overrides, all problems at once; redacted."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sidecar.config import Config, RouteConfig, SigningKey, load_config, redacted
+from sidecar.errors import BadInput, ConfigError
+
+SECRET_BYTES = bytes(range(32))
+SECRET = base64.urlsafe_b64encode(SECRET_BYTES).decode().rstrip("=")
+OTHER_BYTES = b"\xff" * 40
+OTHER = base64.urlsafe_b64encode(OTHER_BYTES).decode()  # with padding
+PREFIXES3 = ("x-user-", "x-session-", "x-a-")
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def problems_of(path: str | None = None, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ=environ or {})
+    return info.value.problems
+
+
+def only_problem(path: str | None = None, environ: dict[str, str] | None = None) -> str:
+    found = problems_of(path, environ)
+    assert len(found) == 1, found
+    return found[0]
+
+
+# --- defaults and the file ----------------------------------------------------------------------------------
+
+
+def test_defaults_equal_the_contract() -> None:
+    config = load_config(environ={})
+    assert config.listen.grpc == "127.0.0.1:9191"
+    assert config.listen.http == "127.0.0.1:9192"
+    assert config.listen.admin == "127.0.0.1:9090"
+    assert config.redis.url == "redis://127.0.0.1:6379/0"
+    assert config.redis.key_prefix == "sidecar:"
+    assert config.redis.timeout == 0.15
+    assert config.cookie.name == "SESSION"
+    assert config.cookie.strip_upstream is True
+    assert config.session.idle_timeout == 1800.0
+    assert config.session.absolute_timeout == 43200.0
+    assert config.headers.user_id == "x-user-id"
+    assert config.headers.email == "x-user-email"
+    assert config.headers.roles == "x-user-roles"
+    assert config.headers.session == "x-session-id"
+    assert config.headers.strip_prefixes == ("x-user-", "x-session-")
+    assert config.deny.login_url == ""
+    assert config.routes == ()
+    assert config.token.keys == ()
+    assert config.log.level == "info"
+
+
+def test_defaults_validate_and_equal_an_empty_model() -> None:
+    assert load_config(environ={}) == Config() == Config.model_validate({})
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "routes:\nredis:\n"])
+def test_empty_file_or_empty_sections_mean_defaults(tmp_path: Path, text: str) -> None:
+    assert load_config(write(tmp_path, text), environ={}) == Config()
+
+
+def test_file_values_are_loaded(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+listen: {{grpc: "0.0.0.0:9191", http: "", admin: "[::1]:9090"}}
+redis:
+  url: rediss://cache.internal:6380/2
+  key_prefix: "app:"
+  timeout: 90ms
+cookie: {{name: __Host-session, strip_upstream: false}}
+session: {{idle_timeout: 15m, absolute_timeout: 1d}}
+headers:
+  user_id: x-auth-user
+  email: x-auth-email
+  roles: x-auth-roles
+  session: x-auth-session
+  strip_prefixes: [x-auth-]
+deny: {{login_url: "https://login.example.com/start"}}
+routes:
+  - {{prefix: /public, public: true}}
+  - prefix: /admin
+    roles: [admin, ops]
+token: {{keys: ["k1:{SECRET}", "k2:{OTHER}"]}}
+log: {{level: DEBUG}}
+""",
+    )
+    config = load_config(path, environ={})
+    assert (config.listen.grpc, config.listen.http, config.listen.admin) == ("0.0.0.0:9191", "", "[::1]:9090")
+    assert config.redis.url == "rediss://cache.internal:6380/2"
+    assert config.redis.key_prefix == "app:"
+    assert config.redis.timeout == 0.09
+    assert config.cookie.name == "__Host-session"
+    assert config.cookie.strip_upstream is False
+    assert (config.session.idle_timeout, config.session.absolute_timeout) == (900.0, 86400.0)
+    assert config.headers.user_id == "x-auth-user"
+    assert config.headers.strip_prefixes == ("x-auth-",)
+    assert config.deny.login_url == "https://login.example.com/start"
+    assert config.routes == (
+        RouteConfig(prefix="/public", public=True),
+        RouteConfig(prefix="/admin", roles=("admin", "ops")),
+    )
+    assert config.token.keys == (
+        SigningKey(kid="k1", secret=SECRET_BYTES),
+        SigningKey(kid="k2", secret=OTHER_BYTES),
+    )
+    assert config.log.level == "debug"
+
+
+@pytest.mark.parametrize("value", ["90", "90s", "1.5m", "90000ms"])
+def test_durations_accept_every_form_and_are_stored_as_seconds(tmp_path: Path, value: str) -> None:
+    config = load_config(write(tmp_path, f"session: {{idle_timeout: {value}}}"), environ={})
+    assert config.session.idle_timeout == 90.0
+
+
+def test_path_comes_from_sidecar_config_when_not_given(tmp_path: Path) -> None:
+    path = write(tmp_path, "cookie: {name: FROM_FILE}")
+    assert load_config(environ={"SIDECAR_CONFIG": path}).cookie.name == "FROM_FILE"
+
+
+def test_explicit_path_wins_over_sidecar_config(tmp_path: Path) -> None:
+    path = write(tmp_path, "cookie: {name: EXPLICIT}")
+    config = load_config(path, environ={"SIDECAR_CONFIG": str(tmp_path / "missing.yaml")})
+    assert config.cookie.name == "EXPLICIT"
+
+
+def test_config_is_frozen() -> None:
+    config = load_config(environ={})
+    with pytest.raises(ValueError, match="frozen"):
+        config.cookie.name = "OTHER"
+
+
+# --- environment overrides ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "attribute", "expected"),
+    [
+        ("SIDECAR_REDIS__URL", "redis://other:6379/1", ("redis", "url"), "redis://other:6379/1"),
+        ("SIDECAR_REDIS__KEY_PREFIX", "1:20", ("redis", "key_prefix"), "1:20"),
+        ("SIDECAR_DENY__LOGIN_URL", "", ("deny", "login_url"), ""),
+        ("SIDECAR_LISTEN__HTTP", "", ("listen", "http"), ""),
+        ("SIDECAR_COOKIE__STRIP_UPSTREAM", "false", ("cookie", "strip_upstream"), False),
+        ("SIDECAR_COOKIE__STRIP_UPSTREAM", "true", ("cookie", "strip_upstream"), True),
+        ("SIDECAR_REDIS__TIMEOUT", "250ms", ("redis", "timeout"), 0.25),
+        ("SIDECAR_SESSION__IDLE_TIMEOUT", "60", ("session", "idle_timeout"), 60.0),
+        ("SIDECAR_HEADERS__STRIP_PREFIXES", "[x-]", ("headers", "strip_prefixes"), ("x-",)),
+        (
+            "SIDECAR_HEADERS__STRIP_PREFIXES",
+            "x-user-,x-session-,x-a-",
+            ("headers", "strip_prefixes"),
+            PREFIXES3,
+        ),
+        ("SIDECAR_LOG__LEVEL", "warning", ("log", "level"), "warning"),
+        ("sidecar_cookie__name", "lower", ("cookie", "name"), "lower"),
+        ("SIDECAR_Cookie__Name", "mixed", ("cookie", "name"), "mixed"),
+    ],
+)
+def test_env_overrides_each_type(name: str, value: str, attribute: tuple[str, str], expected: object) -> None:
+    config = load_config(environ={name: value})
+    assert getattr(getattr(config, attribute[0]), attribute[1]) == expected
+
+
+def test_env_routes_as_a_yaml_flow_list() -> None:
+    config = load_config(environ={"SIDECAR_ROUTES": "[{prefix: /public, public: true}, {prefix: /a, roles: [x]}]"})
+    assert config.routes == (
+        RouteConfig(prefix="/public", public=True),
+        RouteConfig(prefix="/a", roles=("x",)),
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [f"k1:{SECRET},k2:{OTHER}", f" k1:{SECRET} , k2:{OTHER} ", f'["k1:{SECRET}", "k2:{OTHER}"]'],
+)
+def test_env_token_keys_in_comma_or_list_form(value: str) -> None:
+    config = load_config(environ={"SIDECAR_TOKEN__KEYS": value})
+    assert [key.kid for key in config.token.keys] == ["k1", "k2"]
+    assert config.token.keys[0].secret == SECRET_BYTES
+    assert config.token.keys[1].secret == OTHER_BYTES
+
+
+def test_env_whole_section_merges_with_the_file_and_keys_override_it(tmp_path: Path) -> None:
+    path = write(tmp_path, "redis: {key_prefix: 'file:', url: 'redis://file:6379/0'}")
+    config = load_config(
+        path,
+        environ={
+            "SIDECAR_REDIS": "{url: 'redis://section:6379/0', timeout: 1s}",
+            "SIDECAR_REDIS__TIMEOUT": "2s",
+        },
+    )
+    assert config.redis.key_prefix == "file:"
+    assert config.redis.url == "redis://section:6379/0"
+    assert config.redis.timeout == 2.0
+
+
+def test_env_beats_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "cookie: {name: FILE, strip_upstream: true}\nroutes: [{prefix: /file}]")
+    config = load_config(
+        path, environ={"SIDECAR_COOKIE__NAME": "ENV", "SIDECAR_ROUTES": "[{prefix: /env, public: true}]"}
+    )
+    assert config.cookie.name == "ENV"
+    assert config.cookie.strip_upstream is True  # the file's other keys stay
+    assert config.routes == (RouteConfig(prefix="/env", public=True),)
+
+
+def test_unrelated_and_config_variables_are_not_overrides() -> None:
+    assert load_config(environ={"SIDECAR_CONFIG": "", "SIDECAR_SOMETHING": "x", "PATH": "/bin"}) == Config()
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        ("SIDECAR_BOGUS__KEY", "environment variable SIDECAR_BOGUS__KEY: unknown section 'bogus'"),
+        ("SIDECAR_REDIS__PASSWORD", "environment variable SIDECAR_REDIS__PASSWORD: unknown key 'password'"),
+        ("SIDECAR_REDIS__URL__X", "environment variable SIDECAR_REDIS__URL__X: unknown key"),
+        ("SIDECAR_ROUTES__PREFIX", "environment variable SIDECAR_ROUTES__PREFIX: routes is a list"),
+    ],
+)
+def test_unknown_env_key_is_an_error(name: str, fragment: str) -> None:
+    assert fragment in only_problem(environ={name: "1"})
+
+
+def test_a_problem_from_env_names_the_variable() -> None:
+    problem = only_problem(environ={"SIDECAR_REDIS__TIMEOUT": "fast"})
+    assert problem == (
+        "redis.timeout: invalid duration 'fast' (use 150ms, 90s, 30m, 12h, 7d or plain seconds)"
+        " (from SIDECAR_REDIS__TIMEOUT)"
+    )
+
+
+def test_a_problem_inside_an_env_list_names_the_variable() -> None:
+    problem = only_problem(environ={"SIDECAR_ROUTES": "[{prefix: /ok}, {prefix: nope}]"})
+    assert problem == 'routes[1].prefix: must start with "/" (from SIDECAR_ROUTES)'
+
+
+# --- problems -----------------------------------------------------------------------------------------------
+
+
+def test_unknown_key_in_file_is_an_error(tmp_path: Path) -> None:
+    assert only_problem(write(tmp_path, "listen: {bogus: 1}")) == "listen.bogus: unknown key"
+
+
+def test_unknown_section_in_file_is_an_error(tmp_path: Path) -> None:
+    assert only_problem(write(tmp_path, "bogus: {a: 1}")) == "bogus: unknown key"
+
+
+def test_several_problems_are_reported_together(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+listen: {bogus: 1}
+redis: {timeout: fast}
+cookie: {name: "bad name"}
+routes: [{prefix: /ok}, {prefix: nope}]
+""",
+    )
+    found = problems_of(path, {"SIDECAR_LOG__LEVEL": "loud", "SIDECAR_NOPE__X": "1"})
+    text = "\n".join(found)
+    assert len(found) == 6, found
+    for fragment in [
+        "listen.bogus: unknown key",
+        "redis.timeout: invalid duration 'fast'",
+        "cookie.name: invalid cookie name 'bad name'",
+        'routes[1].prefix: must start with "/"',
+        "log.level: must be one of debug, info, warning, error (got 'loud') (from SIDECAR_LOG__LEVEL)",
+        "environment variable SIDECAR_NOPE__X: unknown section 'nope'",
+    ]:
+        assert fragment in text
+
+
+def test_config_error_is_bad_input_with_every_problem_in_its_message(tmp_path: Path) -> None:
+    with pytest.raises(BadInput) as info:
+        load_config(write(tmp_path, "redis: {timeout: 0}\ncookie: {name: ''}"), environ={})
+    assert "redis.timeout" in str(info.value)
+    assert "cookie.name" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # types
+        ("redis: 5", "redis: must be a mapping"),
+        ("cookie: {name: 123}", "cookie.name: must be a string"),
+        ("cookie: {strip_upstream: maybe}", "cookie.strip_upstream: must be true or false"),
+        ("routes: {prefix: /a}", "routes: must be a list"),
+        ("routes: [/a]", "routes[0]: must be a mapping"),
+        ("routes: [{public: true}]", "routes[0].prefix: is required"),
+        # listen
+        ("listen: {grpc: ''}", "listen.grpc: must be set"),
+        ("listen: {grpc: '9191'}", "listen.grpc: invalid address '9191'"),
+        (
+            "listen: {http: 'localhost:99999'}",
+            "listen.http: invalid address 'localhost:99999': port must be 0-65535",
+        ),
+        ("listen: {admin: '[nope]:1'}", "listen.admin: invalid address '[nope]:1'"),
+        ("listen: {admin: '127.0.0.1:9191'}", "listen.admin: same address as listen.grpc (127.0.0.1:9191)"),
+        # redis
+        ("redis: {url: 'http://x:1'}", "redis.url: unsupported URL 'http://x:1'"),
+        ("redis: {url: 'redis://:6379'}", "redis.url: 'redis://:6379' has no host"),
+        ("redis: {url: 'redis://h:port/0'}", "redis.url: 'redis://h:port/0' has an invalid port"),
+        ("redis: {url: 'unix://'}", "redis.url: a unix:// URL needs a socket path"),
+        ("redis: {key_prefix: 'a b'}", "redis.key_prefix: must not contain whitespace"),
+        ("redis: {timeout: -1s}", "redis.timeout: invalid duration '-1s': must be greater than 0"),
+        # cookie
+        ("cookie: {name: 'a;b'}", "cookie.name: invalid cookie name 'a;b': must be an RFC 6265 token"),
+        ("cookie: {name: 'a=b'}", "cookie.name: invalid cookie name 'a=b'"),
+        ("cookie: {name: ''}", "cookie.name: invalid cookie name ''"),
+        ('cookie: {name: "s\\u00e9ssion"}', "cookie.name: invalid cookie name"),
+        # session
+        (
+            "session: {idle_timeout: 13h}",
+            "session.idle_timeout: 13h exceeds session.absolute_timeout (12h); it must not",
+        ),
+        # headers
+        (
+            "headers: {email: x-email}",
+            "headers.email: 'x-email' does not start with any of headers.strip_prefixes (x-user-, x-session-)",
+        ),
+        ("headers: {roles: x-user-id}", "headers.roles: same header as headers.user_id ('x-user-id')"),
+        (
+            "headers: {user_id: X-User-Id}",
+            "headers.user_id: invalid header name 'X-User-Id': must be lowercase",
+        ),
+        (
+            "headers: {user_id: 'x-user id'}",
+            "headers.user_id: invalid header name 'x-user id': must be an HTTP token",
+        ),
+        ("headers: {strip_prefixes: []}", "headers.strip_prefixes: must list at least one prefix"),
+        ("headers: {strip_prefixes: [x-user-, '']}", "headers.strip_prefixes[1]: invalid header prefix ''"),
+        # deny
+        ("deny: {login_url: /login}", 'deny.login_url: must be "" or an absolute http(s) URL'),
+        ("deny: {login_url: 'ftp://x/'}", 'deny.login_url: must be "" or an absolute http(s) URL'),
+        ("deny: {login_url: 'https://'}", 'deny.login_url: must be "" or an absolute http(s) URL'),
+        ("deny: {login_url: 'https://a b/'}", 'deny.login_url: must be "" or an absolute http(s) URL'),
+        # routes
+        ("routes: [{prefix: admin}]", 'routes[0].prefix: must start with "/"'),
+        ("routes: [{prefix: '/a?b'}]", "routes[0].prefix: invalid path prefix '/a?b'"),
+        (
+            "routes: [{prefix: /a, public: true, roles: [x]}]",
+            "routes[0].roles: a public route cannot require roles",
+        ),
+        ("routes: [{prefix: /a, roles: ['a,b']}]", "routes[0].roles[0]: invalid role 'a,b'"),
+        ("routes: [{prefix: /a, roles: ['a b']}]", "routes[0].roles[0]: invalid role 'a b'"),
+        ("routes: [{prefix: /a, roles: ['']}]", "routes[0].roles[0]: must not be empty"),
+        ("routes: [{prefix: /a}, {prefix: /a}]", "routes[1].prefix: duplicate of routes[0].prefix"),
+        # token
+        ("token: {keys: ['k1:c2hvcnQ']}", "token.keys[0]: the secret of key 'k1' is 5 bytes; at least 32"),
+        ("token: {keys: ['nocolon']}", "token.keys[0]: must be 'KID:SECRET'"),
+        ("token: {keys: [':" + SECRET + "']}", "token.keys[0]: invalid key id ''"),
+        ("token: {keys: ['waytoolongkeyid_17:" + SECRET + "']}", "token.keys[0]: invalid key id"),
+        ("token: {keys: ['k1:not+base64/']}", "token.keys[0]: the secret of key 'k1' is not base64url"),
+        ("token: {keys: [{kid: k1}]}", "token.keys[0]: must be a 'KID:SECRET' string"),
+        (f"token: {{keys: ['a:{SECRET}', 'a:{OTHER}']}}", "token.keys[1]: duplicate key id 'a'"),
+        # log
+        ("log: {level: trace}", "log.level: must be one of debug, info, warning, error"),
+    ],
+)
+def test_invalid_values_are_reported_with_their_key_path(tmp_path: Path, text: str, expected: str) -> None:
+    problem = only_problem(write(tmp_path, text))
+    assert problem.startswith(expected), problem
+    assert "pydantic" not in problem
+
+
+def test_problems_never_echo_a_token_secret(tmp_path: Path) -> None:
+    short = base64.urlsafe_b64encode(b"s3cr3t-value").decode()
+    found = problems_of(environ={"SIDECAR_TOKEN__KEYS": f"k1:{short},{SECRET}"})
+    assert len(found) == 2
+    assert all(short not in p and SECRET not in p for p in found)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0",
+        "rediss://user:pw@cache:6380/1",
+        "redis+sentinel://s1:26379,s2:26379/mymaster",
+        "redis+cluster://node1:7000",
+        "unix:///run/redis.sock?db=1",
+    ],
+)
+def test_every_documented_redis_scheme_is_accepted(url: str) -> None:
+    assert load_config(environ={"SIDECAR_REDIS__URL": url}).redis.url == url
+
+
+def test_yaml_syntax_error_names_the_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "redis:\n  url: redis://x\n  timeout: [150ms\n")
+    problem = only_problem(path)
+    assert problem.startswith(f"{path}: invalid YAML at line ")
+
+
+def test_duplicate_yaml_key_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "redis: {timeout: 1s}\nredis: {timeout: 2s}\n")
+    problem = only_problem(path)
+    assert path in problem
+    assert "duplicate key 'redis'" in problem
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    path = write(tmp_path, "- a\n- b\n")
+    assert only_problem(path) == f"{path}: the top level must be a mapping of sections, not a list"
+
+
+@pytest.mark.parametrize("use_env", [False, True])
+def test_missing_file_is_an_error_naming_it(tmp_path: Path, use_env: bool) -> None:
+    missing = str(tmp_path / "nope.yaml")
+    problem = only_problem(environ={"SIDECAR_CONFIG": missing}) if use_env else only_problem(missing)
+    assert problem.startswith(f"{missing}: cannot read the config file")
+
+
+def test_directory_instead_of_file_is_an_error(tmp_path: Path) -> None:
+    assert only_problem(str(tmp_path)).startswith(f"{tmp_path}: cannot read the config file")
+
+
+# --- redacted -----------------------------------------------------------------------------------------------
+
+
+def test_redacted_defaults_render_as_contract_yaml() -> None:
+    assert redacted(load_config(environ={})) == {
+        "listen": {"grpc": "127.0.0.1:9191", "http": "127.0.0.1:9192", "admin": "127.0.0.1:9090"},
+        "redis": {"url": "redis://127.0.0.1:6379/0", "key_prefix": "sidecar:", "timeout": "150ms"},
+        "cookie": {"name": "SESSION", "strip_upstream": True},
+        "session": {"idle_timeout": "30m", "absolute_timeout": "12h"},
+        "headers": {
+            "user_id": "x-user-id",
+            "email": "x-user-email",
+            "roles": "x-user-roles",
+            "session": "x-session-id",
+            "strip_prefixes": ["x-user-", "x-session-"],
+        },
+        "deny": {"login_url": ""},
+        "routes": [],
+        "token": {"keys": []},
+        "log": {"level": "info"},
+    }
+
+
+def test_redacted_hides_redis_password_and_token_secrets_but_shows_everything_else() -> None:
+    config = load_config(
+        environ={
+            "SIDECAR_REDIS__URL": "redis://app:hunter2@cache.internal:6379/0",
+            "SIDECAR_TOKEN__KEYS": f"k1:{SECRET},k2:{OTHER}",
+            "SIDECAR_ROUTES": "[{prefix: /admin, roles: [admin]}]",
+            "SIDECAR_SESSION__IDLE_TIMEOUT": "90s",
+        }
+    )
+    data = redacted(config)
+    dumped = yaml.safe_dump(data)  # plain YAML-able data
+    assert "hunter2" not in dumped
+    assert SECRET not in dumped
+    assert OTHER not in dumped
+    assert data["redis"] == {
+        "url": "redis://app:<redacted>@cache.internal:6379/0",
+        "key_prefix": "sidecar:",
+        "timeout": "150ms",
+    }
+    assert data["token"] == {"keys": ["k1:<redacted>", "k2:<redacted>"]}
+    assert data["routes"] == [{"prefix": "/admin", "public": False, "roles": ["admin"]}]
+    assert data["session"] == {"idle_timeout": "90s", "absolute_timeout": "12h"}
+    assert data["cookie"] == {"name": "SESSION", "strip_upstream": True}
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:pw@h:6379/0", "redis://:<redacted>@h:6379/0"),
+        ("rediss://user:p%40ss@h/0", "rediss://user:<redacted>@h/0"),
+        ("redis://user@h:6379/0", "redis://user@h:6379/0"),
+        ("redis://h:6379/0?password=pw&db=1", "redis://h:6379/0?password=<redacted>&db=1"),
+        ("unix:///run/redis.sock?password=pw", "unix:///run/redis.sock?password=<redacted>"),
+    ],
+)
+def test_redacted_redis_url_forms(url: str, shown: str) -> None:
+    data = redacted(load_config(environ={"SIDECAR_REDIS__URL": url}))
+    assert data["redis"]["url"] == shown  # type: ignore[index]
+
+
+def test_repr_does_not_leak_secrets() -> None:
+    config = load_config(
+        environ={"SIDECAR_REDIS__URL": "redis://:hunter2@h:6379/0", "SIDECAR_TOKEN__KEYS": f"k1:{SECRET}"}
+    )
+    assert "hunter2" not in repr(config)
+    assert repr(SECRET_BYTES) not in repr(config)

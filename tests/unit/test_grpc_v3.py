@@ -1,0 +1,146 @@
+"""The ext_authz v3 gRPC adapter: translation both ways, and a real grpc.aio server answering Check and Health."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from google.rpc import code_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+
+from sidecar.authz import grpc_v3
+from sidecar.authz.service import AuthzService
+from sidecar.core.decision import Allow, Deny
+from sidecar.sessions import KeyRingSource, SessionManager
+from sidecar.store.memory import MemoryStore
+from tests.support.edge import RING, SETTINGS
+
+OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def check_request(
+    path: str = "/", raw: list[tuple[str, bytes]] | None = None, headers: dict[str, str] | None = None
+) -> Any:
+    req = external_auth_pb2.CheckRequest()
+    http = req.attributes.request.http
+    http.method, http.scheme, http.host, http.path = "GET", "https", "app.example.com", path
+    for key, value in raw or []:
+        http.header_map.headers.append(base_pb2.HeaderValue(key=key, raw_value=value))
+    for key, value in (headers or {}).items():
+        http.headers[key] = value
+    return req
+
+
+def test_header_map_lines_are_read_in_order_with_duplicates_and_lowercased_names() -> None:
+    view = grpc_v3.to_request_view(check_request(raw=[("X-User-Id", b"a"), ("x-user-id", b"b"), ("Cookie", b"A=1")]))
+    assert view.headers == (("x-user-id", "a"), ("x-user-id", "b"), ("cookie", "A=1"))
+    assert (view.scheme, view.host, view.path) == ("https", "app.example.com", "/")
+
+
+def test_headers_map_is_used_when_envoy_sends_no_header_map() -> None:
+    view = grpc_v3.to_request_view(check_request(headers={"Cookie": "SESSION=x", "x-user-id": "a,b"}))
+    assert ("cookie", "SESSION=x") in view.headers
+    assert ("x-user-id", "a,b") in view.headers
+
+
+def test_non_utf8_cookie_bytes_survive_the_round_trip() -> None:
+    view = grpc_v3.to_request_view(check_request(raw=[("cookie", b"a=\xff\xfe")]))
+    response = grpc_v3.to_check_response(
+        Allow(headers_to_set=(("cookie", view.first("cookie") or ""),), headers_to_remove=())
+    )
+    assert response.ok_response.headers[0].header.raw_value == b"a=\xff\xfe"
+
+
+def test_allow_becomes_ok_response_with_overwrite_and_removals() -> None:
+    response = grpc_v3.to_check_response(
+        Allow(headers_to_set=(("x-user-id", "alice"),), headers_to_remove=("x-user-foo",), user_id="alice")
+    )
+    assert response.status.code == code_pb2.OK
+    option = response.ok_response.headers[0]
+    assert (option.header.key, option.header.value, option.append_action) == ("x-user-id", "alice", OVERWRITE)
+    assert list(response.ok_response.headers_to_remove) == ["x-user-foo"]
+
+
+@pytest.mark.parametrize(
+    ("status", "rpc_code"),
+    [
+        (401, code_pb2.UNAUTHENTICATED),
+        (403, code_pb2.PERMISSION_DENIED),
+        (503, code_pb2.UNAVAILABLE),
+        (302, code_pb2.PERMISSION_DENIED),
+    ],
+)
+def test_deny_becomes_denied_response_with_status_body_and_headers(status: int, rpc_code: int) -> None:
+    deny = Deny(status=status, reason="r", body=b'{"error":"x"}', headers=(("content-type", "application/json"),))
+    response = grpc_v3.to_check_response(deny)
+    assert response.status.code == rpc_code
+    assert response.denied_response.status.code == status
+    assert response.denied_response.body == '{"error":"x"}'
+    assert response.denied_response.headers[0].header.key == "content-type"
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[str, SessionManager, MemoryStore]]:
+    store = MemoryStore()
+    keys = KeyRingSource(store, RING)
+    service = AuthzService(SETTINGS, store, keys, deadline=0.15)
+    srv = grpc.aio.server()
+    grpc_v3.add_to_server(srv, service)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, srv)
+    port = srv.add_insecure_port("127.0.0.1:0")
+    await srv.start()
+    manager = SessionManager(store, keys, cookie_name="SESSION", idle_timeout=60, absolute_timeout=600)
+    try:
+        yield f"127.0.0.1:{port}", manager, store
+    finally:
+        await srv.stop(0)
+
+
+async def test_check_over_grpc_allows_a_live_session_and_strips_spoofed_headers(
+    server: tuple[str, SessionManager, MemoryStore],
+) -> None:
+    address, manager, _ = server
+    issued = await manager.create("alice", roles=("dev",))
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+        response = await stub.Check(
+            check_request(
+                raw=[
+                    ("cookie", f"SESSION={issued.token}".encode()),
+                    ("X-User-Id", b"evil"),
+                    ("x-user-x", b"1"),
+                ]
+            ),
+            timeout=2,
+        )
+    assert response.status.code == code_pb2.OK
+    set_headers = {h.header.key: h.header.value for h in response.ok_response.headers}
+    assert set_headers["x-user-id"] == "alice"
+    assert list(response.ok_response.headers_to_remove) == ["cookie", "x-user-x"]
+
+
+async def test_check_over_grpc_answers_503_not_an_rpc_error_when_the_store_is_down(
+    server: tuple[str, SessionManager, MemoryStore],
+) -> None:
+    address, manager, store = server
+    issued = await manager.create("alice")
+    store.down = True
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+        response = await stub.Check(check_request(raw=[("cookie", f"SESSION={issued.token}".encode())]), timeout=2)
+    assert response.denied_response.status.code == 503
+
+
+async def test_health_service_answers_on_the_same_port(
+    server: tuple[str, SessionManager, MemoryStore],
+) -> None:
+    address, _, _ = server
+    async with grpc.aio.insecure_channel(address) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING

@@ -1,0 +1,190 @@
+"""AuthzService: the core's decision with the store in between, on the in-memory store."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+import pytest
+
+from sidecar.authz.service import AuthzService
+from sidecar.core.decision import Allow, Deny
+from sidecar.core.request import RequestView
+from sidecar.core.session import SessionRecord
+from sidecar.core.tokens import KeyRing, mint_token, token_key
+from sidecar.sessions import KeyRingSource, SessionManager
+from sidecar.store.memory import MemoryStore
+from tests.support.edge import RING, SETTINGS
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CountingStore(MemoryStore):
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock=clock)
+        self.gets = 0
+        self.delay = 0.0
+
+    async def get(self, key: str) -> SessionRecord | None:
+        self.gets += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return await super().get(key)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(clock: Clock) -> CountingStore:
+    return CountingStore(clock)
+
+
+@pytest.fixture
+def manager(store: CountingStore, clock: Clock) -> SessionManager:
+    return SessionManager(
+        store,
+        KeyRingSource(store, RING),
+        cookie_name="SESSION",
+        idle_timeout=60,
+        absolute_timeout=3600,
+        clock=clock,
+    )
+
+
+@pytest.fixture
+def service(store: CountingStore, clock: Clock) -> AuthzService:
+    return AuthzService(SETTINGS, store, KeyRingSource(store, RING), deadline=0.15, clock=clock)
+
+
+def request(path: str = "/app", cookie: str | None = None, *extra: tuple[str, str]) -> RequestView:
+    headers = [("host", "example.com")]
+    if cookie is not None:
+        headers.append(("cookie", cookie))
+    headers.extend(extra)
+    return RequestView(method="GET", scheme="https", host="example.com", path=path, headers=tuple(headers))
+
+
+def header(decision: Allow, name: str) -> str | None:
+    return dict(decision.headers_to_set).get(name)
+
+
+async def test_live_session_is_allowed_with_its_identity(service: AuthzService, manager: SessionManager) -> None:
+    issued = await manager.create("alice", email="a@example.com", roles=("dev",))
+    decision = await service.check(request(cookie=f"SESSION={issued.token}"))
+    assert isinstance(decision, Allow)
+    assert header(decision, "x-user-id") == "alice"
+    assert header(decision, "x-session-id") == issued.record.session_id
+
+
+async def test_forged_token_is_denied_without_a_store_call(service: AuthzService, store: CountingStore) -> None:
+    forged = mint_token(KeyRing.of([("k1", b"x" * 32)]), secrets.token_bytes(32))
+    decision = await service.check(request(cookie=f"SESSION={forged}"))
+    assert isinstance(decision, Deny) and decision.status == 401
+    assert store.gets == 0
+
+
+async def test_unknown_token_is_denied(service: AuthzService) -> None:
+    token = mint_token(RING, secrets.token_bytes(32))
+    decision = await service.check(request(cookie=f"SESSION={token}"))
+    assert isinstance(decision, Deny) and decision.status == 401
+
+
+async def test_idle_session_is_denied_even_if_the_store_still_has_it(
+    service: AuthzService, manager: SessionManager, store: CountingStore, clock: Clock
+) -> None:
+    issued = await manager.create("alice", idle_timeout=10)
+    # A store whose TTL lags (or was extended by someone else) must not keep the session alive.
+    await store.touch(token_key(issued.token), issued.record, 3_600_000)
+    clock.now += 11
+    decision = await service.check(request(cookie=f"SESSION={issued.token}"))
+    assert isinstance(decision, Deny) and decision.status == 401
+
+
+async def test_activity_refreshes_last_seen_so_the_session_outlives_its_idle_window(
+    service: AuthzService, manager: SessionManager, clock: Clock
+) -> None:
+    issued = await manager.create("alice", idle_timeout=10)
+    for _ in range(5):
+        clock.now += 6
+        decision = await service.check(request(cookie=f"SESSION={issued.token}"))
+        assert isinstance(decision, Allow)
+        await service.drain()
+
+
+async def test_first_live_session_in_header_order_wins_and_at_most_three_are_tried(
+    service: AuthzService, manager: SessionManager, store: CountingStore
+) -> None:
+    dead = [mint_token(RING, secrets.token_bytes(32)) for _ in range(3)]
+    bob = await manager.create("bob")
+    alice = await manager.create("alice")
+    cookie = "; ".join(f"SESSION={t}" for t in [*dead, bob.token])
+    decision = await service.check(request(cookie=cookie))
+    assert isinstance(decision, Deny)
+    assert store.gets == 3
+    decision = await service.check(request(cookie=f"SESSION=junk; SESSION={alice.token}; SESSION={bob.token}"))
+    assert isinstance(decision, Allow) and decision.user_id == "alice"
+
+
+async def test_store_down_denies_with_503_but_public_routes_stay_up(
+    service: AuthzService, manager: SessionManager, store: CountingStore
+) -> None:
+    issued = await manager.create("alice")
+    store.down = True
+    decision = await service.check(request(cookie=f"SESSION={issued.token}"))
+    assert isinstance(decision, Deny) and decision.status == 503
+    public = await service.check(request("/public/x", f"SESSION={issued.token}", ("x-user-id", "evil")))
+    assert isinstance(public, Allow)
+    assert public.headers_to_set == () or header(public, "x-user-id") is None
+    assert "x-user-id" in public.headers_to_remove
+
+
+async def test_slow_store_is_a_503_within_the_deadline(
+    service: AuthzService, manager: SessionManager, store: CountingStore
+) -> None:
+    issued = await manager.create("alice")
+    store.delay = 5.0
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    decision = await service.check(request(cookie=f"SESSION={issued.token}"))
+    assert isinstance(decision, Deny) and decision.status == 503
+    assert loop.time() - started < 1.0
+
+
+async def test_unexpected_failure_is_a_503_never_an_exception(store: CountingStore, clock: Clock) -> None:
+    class Broken(CountingStore):
+        async def get(self, key: str) -> SessionRecord | None:
+            raise RuntimeError("bug")
+
+    broken = Broken(clock)
+    service = AuthzService(SETTINGS, broken, KeyRingSource(broken, RING), deadline=0.15, clock=clock)
+    decision = await service.check(request(cookie=f"SESSION={mint_token(RING, secrets.token_bytes(32))}"))
+    assert isinstance(decision, Deny) and decision.status == 503
+
+
+async def test_revoked_session_is_denied_on_the_next_request(service: AuthzService, manager: SessionManager) -> None:
+    issued = await manager.create("alice")
+    assert isinstance(await service.check(request(cookie=f"SESSION={issued.token}")), Allow)
+    await manager.revoke(issued.token)
+    decision = await service.check(request(cookie=f"SESSION={issued.token}"))
+    assert isinstance(decision, Deny) and decision.status == 401
+
+
+async def test_missing_role_is_403(service: AuthzService, manager: SessionManager) -> None:
+    issued = await manager.create("alice", roles=("dev",))
+    decision = await service.check(request("/admin/users", f"SESSION={issued.token}"))
+    assert isinstance(decision, Deny) and decision.status == 403
+
+
+async def test_shared_key_ring_is_created_once_and_reused(store: CountingStore, clock: Clock) -> None:
+    first = KeyRingSource(store, None)
+    second = KeyRingSource(store, None)
+    assert (await first.ring()).keys == (await second.ring()).keys
