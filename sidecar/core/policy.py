@@ -1,7 +1,12 @@
 """Route policy: which paths are public and which need roles.
 
-Matching works on a canonical path (query dropped, percent-decoding per segment, empty and dot segments
-resolved), so ``/public/../admin`` or ``/%61dmin`` cannot borrow a laxer rule than the path the upstream serves.
+A path can mean different things to the policy and to the upstream: one upstream decodes ``%2F`` and resolves
+``..`` afterwards, another keeps ``%2F`` inside a segment, a Java one drops ``;jsessionid=`` path parameters.
+So the policy matches every such reading of the path (``readings``) and applies the strictest result: a route
+is public only if every reading is public, and needs the roles of every reading. ``/public%2F..%2Fadmin``,
+``/%61dmin``, ``/admin;x=1`` and ``/admin/%ff`` all keep the ``/admin`` rule; a path with escapes that do not
+decode as UTF-8 is never public.
+
 Prefixes match whole segments: ``/public`` covers ``/public`` and ``/public/x`` but not ``/publicity``. The
 longest matching prefix wins.
 """
@@ -21,14 +26,14 @@ class Route:
 
 
 DEFAULT_ROUTE = Route(prefix="/")
+_AMBIGUOUS = ("%", ";", "\\")
 
 
-def canonical_path(path: str) -> str:
-    """The path part of a request target, decoded and with dot/empty segments resolved; always starts with '/'."""
-    path = path.split("?", 1)[0].split("#", 1)[0]
+def _resolve(path: str, *, strip_params: bool = False) -> str:
+    """Drop empty and '.' segments and apply '..' (never above the root); always starts with '/'."""
     segments: list[str] = []
     for raw in path.split("/"):
-        segment = unquote(raw, errors="strict") if "%" in raw else raw
+        segment = raw.split(";", 1)[0] if strip_params else raw
         if segment in ("", "."):
             continue
         if segment == "..":
@@ -39,8 +44,26 @@ def canonical_path(path: str) -> str:
     return "/" + "/".join(segments)
 
 
-def _canonical_prefix(prefix: str) -> str:
-    return canonical_path(prefix)
+def _path_part(path: str) -> str:
+    return path.split("?", 1)[0].split("#", 1)[0]
+
+
+def canonical_path(path: str) -> str:
+    """The path as an upstream that decodes everything sees it: query dropped, escapes decoded (undecodable
+    bytes become U+FFFD, never an error), backslashes as slashes, dot and empty segments resolved."""
+    decoded = unquote(_path_part(path), errors="replace").replace("\\", "/")
+    return _resolve(decoded)
+
+
+def readings(path: str) -> tuple[frozenset[str], bool]:
+    """Every canonical form an upstream might route ``path`` by (one, for an unambiguous path), and whether
+    the path holds escapes that are not UTF-8 (which some servers read in ways no reading here can foresee)."""
+    part = _path_part(path)
+    if not any(ch in part for ch in _AMBIGUOUS):
+        return frozenset((_resolve(part),)), False
+    decoded = unquote(part, errors="replace").replace("\\", "/")
+    lossy = decoded.count("\ufffd") > part.count("\ufffd")
+    return frozenset((_resolve(part), _resolve(decoded), _resolve(decoded, strip_params=True))), lossy
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,21 +73,32 @@ class RoutePolicy:
 
     @classmethod
     def of(cls, routes: Iterable[Route]) -> RoutePolicy:
-        canonical = [Route(_canonical_prefix(r.prefix), r.public, tuple(r.roles)) for r in routes]
+        canonical = [Route(canonical_path(r.prefix), r.public, tuple(r.roles)) for r in routes]
         canonical.sort(key=lambda r: len(r.prefix), reverse=True)
         return cls(tuple(canonical))
 
-    def match(self, path: str) -> Route:
-        try:
-            canonical = canonical_path(path)
-        except UnicodeDecodeError:
-            # Undecodable escapes get the default (authenticated) rule, never a public one.
-            return DEFAULT_ROUTE
+    def _match_canonical(self, canonical: str) -> Route:
         for route in self.routes:
             prefix = route.prefix
             if prefix in ("/", canonical) or canonical.startswith(prefix + "/"):
                 return route
         return DEFAULT_ROUTE
+
+    def match(self, path: str) -> Route:
+        forms, lossy = readings(path)
+        matched = {self._match_canonical(form) for form in forms}
+        if lossy:
+            # An undecodable path is never public, and keeps the roles of every rule it might fall under.
+            matched.add(DEFAULT_ROUTE)
+        if len(matched) == 1:
+            return matched.pop()
+        return _strictest(matched)
+
+
+def _strictest(routes: Iterable[Route]) -> Route:
+    ordered = sorted(routes, key=lambda r: (r.public, -len(r.prefix)))
+    roles = tuple(dict.fromkeys(role for route in ordered for role in route.roles))
+    return Route(prefix=ordered[0].prefix, public=all(r.public for r in ordered), roles=roles)
 
 
 def missing_roles(route: Route, roles: Iterable[str]) -> tuple[str, ...]:

@@ -25,6 +25,7 @@ MAX_ATTRIBUTES = 32
 # window (at most once a minute) keeps idle expiry within 10% of the configured value.
 TOUCH_FRACTION = 0.1
 TOUCH_MAX_INTERVAL = 60.0
+MAX_TIMESTAMP = 253402300799.0  # 9999-12-31T23:59:59Z: the last instant RFC 3339 output can render
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,17 +182,28 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(k.__name__ for k in kinds)
 
 
+def _seconds(data: Mapping[str, Any], key: str) -> float:
+    value = _typed(data, key, (int, float))
+    try:
+        seconds = float(value)
+    except OverflowError:
+        raise CorruptRecord(f"session record field {key!r} is out of range") from None
+    if not math.isfinite(seconds):
+        raise CorruptRecord(f"session record field {key!r} is not finite")
+    return seconds
+
+
 def from_json(raw: bytes | str) -> SessionRecord:
     """Decode a stored record; anything unexpected raises CorruptRecord (it must never turn into an allow)."""
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CorruptRecord(f"session record is not JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise CorruptRecord(f"session record is not JSON: {type(exc).__name__}") from None
     if not isinstance(data, dict):
         raise CorruptRecord("session record is not a JSON object")
-    if data.get("v") != RECORD_VERSION:
-        raise CorruptRecord(f"session record version {data.get('v')!r} is not {RECORD_VERSION}")
-    number = (int, float)
+    version = data.get("v")
+    if isinstance(version, bool) or version != RECORD_VERSION:
+        raise CorruptRecord(f"session record version {version!r} is not {RECORD_VERSION}")
     email = data.get("email")
     if email is not None and not isinstance(email, str):
         raise CorruptRecord("session record field 'email' is not a string")
@@ -207,17 +219,17 @@ def from_json(raw: bytes | str) -> SessionRecord:
         email=email,
         roles=tuple(roles),
         attributes=attrs,
-        created_at=float(_typed(data, "created", number)),
-        last_seen_at=float(_typed(data, "seen", number)),
-        idle_timeout=float(_typed(data, "idle", number)),
-        absolute_expires_at=float(_typed(data, "abs", number)),
+        created_at=_seconds(data, "created"),
+        last_seen_at=_seconds(data, "seen"),
+        idle_timeout=_seconds(data, "idle"),
+        absolute_expires_at=_seconds(data, "abs"),
     )
     problems = validate_identity(record.user_id, record.email, record.roles, record.attributes)
     if header_value_problem(record.session_id) is not None:
         problems.append("session id is not header-safe")
-    if not all(math.isfinite(t) for t in (record.created_at, record.last_seen_at, record.absolute_expires_at)):
-        problems.append("a timestamp is not finite")
-    if not (math.isfinite(record.idle_timeout) and record.idle_timeout > 0):
+    if not all(0 <= t <= MAX_TIMESTAMP for t in (record.created_at, record.last_seen_at, record.absolute_expires_at)):
+        problems.append("a timestamp is out of range")
+    if not (0 < record.idle_timeout <= MAX_TIMESTAMP):
         problems.append("idle timeout is not positive")
     if problems:
         raise CorruptRecord("session record is invalid: " + "; ".join(problems))

@@ -1,0 +1,514 @@
+"""Tests for sidecar.core.decision: what a request carries, and the Allow/Deny it gets at the edge."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import replace
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from sidecar.core.decision import (
+    MAX_TOKENS_TRIED,
+    Allow,
+    Decision,
+    Deny,
+    EdgeSettings,
+    Inspection,
+    allow,
+    decide,
+    inspect,
+    tokens_to_try,
+)
+from sidecar.core.policy import DEFAULT_ROUTE, Route, RoutePolicy
+from sidecar.core.request import RequestView
+from sidecar.core.session import SessionRecord, new_session
+from sidecar.core.tokens import ENTROPY_BYTES, KeyRing, mint_token
+
+PUBLIC = Route("/public", public=True)
+ADMIN = Route("/admin", roles=("admin",))
+
+SETTINGS = EdgeSettings(
+    cookie_name="SESSION",
+    strip_upstream=True,
+    user_id_header="x-user-id",
+    email_header="x-user-email",
+    roles_header="x-user-roles",
+    session_header="x-session-id",
+    strip_prefixes=("x-user-", "x-session-"),
+    login_url="",
+    policy=RoutePolicy.of([PUBLIC, ADMIN]),
+)
+LOGIN = "https://login.example/login"
+WITH_LOGIN = replace(SETTINGS, login_url=LOGIN)
+NO_STRIP = replace(SETTINGS, strip_upstream=False)
+
+RING = KeyRing.of([("k1", b"\x01" * 32)])
+FORGER = KeyRing.of([("k1", b"\x02" * 32)])  # same kid, wrong secret
+STRANGER = KeyRing.of([("k9", b"\x01" * 32)])  # unknown kid
+
+NOW = 1_700_000_000.0
+CHROME_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
+IDENTITY_NAMES = {"x-user-id", "x-user-email", "x-user-roles", "x-session-id"}
+
+
+def _token(ring: KeyRing = RING) -> str:
+    return mint_token(ring, secrets.token_bytes(ENTROPY_BYTES))
+
+
+V1, V2, V3, V4 = (_token() for _ in range(4))
+FORGED = _token(FORGER)
+UNKNOWN_KID = _token(STRANGER)
+GARBAGE = "not-a-token"
+
+
+def _session(**overrides: Any) -> SessionRecord:
+    kwargs: dict[str, Any] = {
+        "session_id": "sid-1",
+        "user_id": "u1",
+        "email": "u1@example.com",
+        "roles": ("admin", "dev"),
+        "attributes": {},
+        "idle_timeout": 1800.0,
+        "absolute_timeout": 43_200.0,
+        "now": NOW,
+    }
+    kwargs.update(overrides)
+    return new_session(**kwargs)
+
+
+FULL = _session()
+NO_EMAIL = _session(email=None)
+NO_ROLES = _session(roles=())
+BARE = _session(email=None, roles=())
+DEV_ONLY = _session(roles=("dev",))
+
+
+def _request(
+    path: str = "/app",
+    *headers: tuple[str, str],
+    scheme: str = "https",
+    host: str = "app.example",
+) -> RequestView:
+    return RequestView(method="GET", scheme=scheme, host=host, path=path, headers=tuple(headers))
+
+
+def _assert_disjoint(decision: Decision) -> Allow:
+    assert isinstance(decision, Allow), decision
+    set_names = [name for name, _ in decision.headers_to_set]
+    assert set(set_names).isdisjoint(decision.headers_to_remove), "a name is both set and removed"
+    assert len(set_names) == len(set(set_names)), "a name is set twice"
+    assert len(decision.headers_to_remove) == len(set(decision.headers_to_remove)), "a name is removed twice"
+    return decision
+
+
+def _json_body(deny: Deny) -> dict[str, Any]:
+    assert ("content-type", "application/json") in deny.headers
+    body = json.loads(deny.body)
+    assert isinstance(body, dict)
+    return body
+
+
+# --------------------------------------------------------------------------------------------------------
+# inspect: session cookies
+# --------------------------------------------------------------------------------------------------------
+
+SESSION_COOKIES: list[tuple[str, list[str], tuple[str, ...]]] = [
+    ("no_cookie_header", [], ()),
+    ("no_session_cookie", ["a=1; b=2"], ()),
+    ("one_session_cookie", ["a=1; SESSION=t1; b=2"], ("t1",)),
+    ("several_in_one_line", ["SESSION=t1; SESSION=t2"], ("t1", "t2")),
+    ("across_several_lines_in_order", ["a=1; SESSION=t1", "SESSION=t2; b=2", "SESSION=t3"], ("t1", "t2", "t3")),
+    ("name_is_case_sensitive", ["session=x; Session=y; SESSION=z"], ("z",)),
+    ("name_must_match_exactly", ["SESSIONX=x; XSESSION=y; SESSION =z"], ("z",)),
+    ("empty_value_kept_for_the_verifier", ["SESSION="], ("",)),
+]
+
+
+@pytest.mark.parametrize(("lines", "expected"), [c[1:] for c in SESSION_COOKIES], ids=[c[0] for c in SESSION_COOKIES])
+def test_inspect_finds_session_cookies_across_cookie_lines_in_order(
+    lines: list[str], expected: tuple[str, ...]
+) -> None:
+    headers = [("accept", "*/*")]
+    for line in lines:
+        headers += [("cookie", line), ("x-other", "1")]
+    assert inspect(SETTINGS, _request("/app", *headers)).session_cookies == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "route"),
+    [("/admin/x", ADMIN), ("/public", PUBLIC), ("/app", DEFAULT_ROUTE), ("/public/../admin", ADMIN)],
+    ids=["admin", "public", "default", "dot_dot"],
+)
+def test_inspect_matches_the_route_of_the_path(path: str, route: Route) -> None:
+    assert inspect(SETTINGS, _request(path)).route == route
+
+
+# --------------------------------------------------------------------------------------------------------
+# inspect: spoofable headers
+# --------------------------------------------------------------------------------------------------------
+
+SPOOFABLE: list[tuple[str, list[str], tuple[str, ...]]] = [
+    ("none", ["accept", "cookie", "host"], ()),
+    ("one", ["x-user-id"], ("x-user-id",)),
+    ("duplicated_once_each", ["x-user-id", "x-user-id", "x-user-id"], ("x-user-id",)),
+    (
+        "mixed_duplicates_in_first_seen_order",
+        ["x-session-id", "x-user-id", "accept", "x-session-id", "x-user-roles", "x-user-id"],
+        ("x-session-id", "x-user-id", "x-user-roles"),
+    ),
+    ("any_name_under_a_prefix", ["x-user-anything", "x-session-extra"], ("x-user-anything", "x-session-extra")),
+    ("bare_prefix", ["x-user-"], ("x-user-",)),
+    ("lookalikes_are_not_spoofable", ["x-userid", "x-user", "x-sessionid", "user-id", "xx-user-id"], ()),
+]
+
+
+@pytest.mark.parametrize(("names", "expected"), [c[1:] for c in SPOOFABLE], ids=[c[0] for c in SPOOFABLE])
+def test_inspect_collects_spoofable_headers_once_each(names: list[str], expected: tuple[str, ...]) -> None:
+    request = _request("/app", *[(name, f"v{i}") for i, name in enumerate(names)])
+    assert inspect(SETTINGS, request).spoofable_headers == expected
+
+
+# --------------------------------------------------------------------------------------------------------
+# inspect: cookie rewrite for the upstream
+# --------------------------------------------------------------------------------------------------------
+
+COOKIE_REWRITE: list[tuple[str, EdgeSettings, list[str], str | None, bool]] = [
+    ("keeps_other_cookies", SETTINGS, ["a=1; SESSION=t; b=2"], "a=1; b=2", True),
+    ("keeps_other_cookies_across_lines", SETTINGS, ["a=1", "SESSION=t", "b=2; SESSION=u"], "a=1; b=2", True),
+    ("only_session_cookie_removes_header", SETTINGS, ["SESSION=t"], None, True),
+    ("only_session_cookies_on_several_lines", SETTINGS, ["SESSION=t", " SESSION=u ;"], None, True),
+    ("no_session_cookie_no_change", SETTINGS, ["a=1; b=2"], None, False),
+    ("no_cookie_header_no_change", SETTINGS, [], None, False),
+    ("strip_upstream_off_no_change", NO_STRIP, ["a=1; SESSION=t"], None, False),
+    ("strip_upstream_off_only_session_no_change", NO_STRIP, ["SESSION=t"], None, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("settings", "lines", "header", "changed"), [c[1:] for c in COOKIE_REWRITE], ids=[c[0] for c in COOKIE_REWRITE]
+)
+def test_inspect_cookie_rewrite(settings: EdgeSettings, lines: list[str], header: str | None, changed: bool) -> None:
+    inspection = inspect(settings, _request("/app", *[("cookie", line) for line in lines]))
+    assert inspection.cookie_header == header
+    assert inspection.cookie_changed is changed
+
+
+# --------------------------------------------------------------------------------------------------------
+# tokens_to_try
+# --------------------------------------------------------------------------------------------------------
+
+TOKENS_TO_TRY: list[tuple[str, list[str], tuple[str, ...]]] = [
+    ("none", [], ()),
+    ("one_valid", [V1], (V1,)),
+    ("garbage_only", [GARBAGE, "", "s1.k1.x.y"], ()),
+    ("forged_only", [FORGED, UNKNOWN_KID], ()),
+    ("skips_garbage_and_forged", [GARBAGE, FORGED, V1, UNKNOWN_KID, V2], (V1, V2)),
+    ("stops_at_three", [V1, V2, V3, V4], (V1, V2, V3)),
+    ("forged_do_not_use_up_a_slot", [FORGED, V1, GARBAGE, V2, UNKNOWN_KID, V3, V4], (V1, V2, V3)),
+    ("keeps_header_order", [V3, V1, V2], (V3, V1, V2)),
+    ("many_forged_before_valid", [FORGED] * 50 + [V1], (V1,)),
+]
+
+
+@pytest.mark.parametrize(("cookies", "expected"), [c[1:] for c in TOKENS_TO_TRY], ids=[c[0] for c in TOKENS_TO_TRY])
+def test_tokens_to_try_skips_unverified_and_stops_at_three(cookies: list[str], expected: tuple[str, ...]) -> None:
+    assert MAX_TOKENS_TRIED == 3
+    request = _request("/app", ("cookie", "; ".join(f"SESSION={c}" for c in cookies)))
+    assert tokens_to_try(RING, inspect(SETTINGS, request)) == expected
+
+
+# --------------------------------------------------------------------------------------------------------
+# allow
+# --------------------------------------------------------------------------------------------------------
+
+ID_SET = ("x-user-id", "u1")
+EMAIL_SET = ("x-user-email", "u1@example.com")
+ROLES_SET = ("x-user-roles", "admin,dev")
+SID_SET = ("x-session-id", "sid-1")
+
+ALLOW: list[tuple[str, SessionRecord, list[tuple[str, str]], EdgeSettings, list[tuple[str, str]], list[str]]] = [
+    (
+        "full_identity_session_cookie_only",
+        FULL,
+        [("cookie", f"SESSION={V1}")],
+        SETTINGS,
+        [ID_SET, EMAIL_SET, ROLES_SET, SID_SET],
+        ["cookie"],
+    ),
+    (
+        "full_identity_keeps_other_cookies",
+        FULL,
+        [("cookie", f"a=1; SESSION={V1}; b=2")],
+        SETTINGS,
+        [ID_SET, EMAIL_SET, ROLES_SET, SID_SET, ("cookie", "a=1; b=2")],
+        [],
+    ),
+    (
+        "strip_upstream_off_leaves_cookie_alone",
+        FULL,
+        [("cookie", f"a=1; SESSION={V1}")],
+        NO_STRIP,
+        [ID_SET, EMAIL_SET, ROLES_SET, SID_SET],
+        [],
+    ),
+    ("no_email_omits_email", NO_EMAIL, [], SETTINGS, [ID_SET, ROLES_SET, SID_SET], []),
+    ("no_roles_omits_roles", NO_ROLES, [], SETTINGS, [ID_SET, EMAIL_SET, SID_SET], []),
+    ("bare_identity", BARE, [], SETTINGS, [ID_SET, SID_SET], []),
+    (
+        "client_email_removed_when_session_has_none",
+        NO_EMAIL,
+        [("x-user-email", "ceo@example.com")],
+        SETTINGS,
+        [ID_SET, ROLES_SET, SID_SET],
+        ["x-user-email"],
+    ),
+    (
+        "client_roles_removed_when_session_has_none",
+        BARE,
+        [("x-user-roles", "admin"), ("x-user-email", "x@y"), ("x-user-roles", "root")],
+        SETTINGS,
+        [ID_SET, SID_SET],
+        ["x-user-roles", "x-user-email"],
+    ),
+    (
+        "client_identity_overwritten_not_removed",
+        FULL,
+        [("x-user-id", "admin"), ("x-user-id", "root"), ("x-user-roles", "admin"), ("x-session-id", "s")],
+        SETTINGS,
+        [ID_SET, EMAIL_SET, ROLES_SET, SID_SET],
+        [],
+    ),
+    (
+        "extra_prefixed_headers_removed_once",
+        FULL,
+        [("x-user-groups", "g"), ("x-session-extra", "e"), ("x-user-groups", "h"), ("x-user-id", "evil")],
+        SETTINGS,
+        [ID_SET, EMAIL_SET, ROLES_SET, SID_SET],
+        ["x-user-groups", "x-session-extra"],
+    ),
+    (
+        "everything_at_once",
+        NO_EMAIL,
+        [
+            ("cookie", f"SESSION={V1}"),
+            ("x-user-email", "ceo@example.com"),
+            ("x-user-id", "admin"),
+            ("x-user-tenant", "t"),
+            ("x-user-email", "cfo@example.com"),
+        ],
+        SETTINGS,
+        [ID_SET, ROLES_SET, SID_SET],
+        ["cookie", "x-user-email", "x-user-tenant"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("record", "headers", "settings", "expected_set", "expected_remove"),
+    [c[1:] for c in ALLOW],
+    ids=[c[0] for c in ALLOW],
+)
+def test_allow_sets_identity_and_removes_spoofed_headers(
+    record: SessionRecord,
+    headers: list[tuple[str, str]],
+    settings: EdgeSettings,
+    expected_set: list[tuple[str, str]],
+    expected_remove: list[str],
+) -> None:
+    request = _request("/app", *headers)
+    result = _assert_disjoint(allow(settings, inspect(settings, request), record))
+    assert sorted(result.headers_to_set) == sorted(expected_set)
+    assert sorted(result.headers_to_remove) == sorted(expected_remove)
+    assert result.user_id == record.user_id
+    assert result.session_id == record.session_id
+    # decide() on a route the session may use gives the same answer
+    assert decide(settings, request, inspect(settings, request), record) == result
+
+
+def test_allow_sets_identity_headers_in_a_stable_order() -> None:
+    result = allow(SETTINGS, inspect(SETTINGS, _request("/app")), FULL)
+    assert result.headers_to_set == (ID_SET, EMAIL_SET, ROLES_SET, SID_SET)
+
+
+SPOOFED = [
+    ("x-user-id", "admin"),
+    ("x-user-email", "ceo@example.com"),
+    ("x-user-roles", "admin"),
+    ("x-session-id", "s"),
+    ("x-user-id", "root"),
+]
+
+
+@pytest.mark.parametrize("store_failed", [False, True], ids=["store_ok", "store_failed"])
+def test_anonymous_allow_on_public_route_sets_nothing_and_removes_spoofed_headers(store_failed: bool) -> None:
+    request = _request("/public/page", ("accept", CHROME_ACCEPT), *SPOOFED)
+    inspection = inspect(WITH_LOGIN, request)
+    result = _assert_disjoint(decide(WITH_LOGIN, request, inspection, None, store_failed=store_failed))
+    assert result.headers_to_set == ()
+    assert result.headers_to_remove == ("x-user-id", "x-user-email", "x-user-roles", "x-session-id")
+    assert result.user_id is None
+    assert result.session_id is None
+
+
+def test_anonymous_allow_on_public_route_still_strips_an_unresolved_session_cookie() -> None:
+    request = _request("/public", ("cookie", f"SESSION={FORGED}; theme=dark"), ("x-user-id", "admin"))
+    result = _assert_disjoint(decide(SETTINGS, request, inspect(SETTINGS, request), None))
+    assert result.headers_to_set == (("cookie", "theme=dark"),)
+    assert result.headers_to_remove == ("x-user-id",)
+
+
+def test_public_route_with_a_session_injects_its_identity() -> None:
+    request = _request("/public/x", ("cookie", f"SESSION={V1}"), ("x-user-id", "spoof"))
+    result = _assert_disjoint(decide(SETTINGS, request, inspect(SETTINGS, request), FULL))
+    assert ID_SET in result.headers_to_set
+    assert "x-user-id" not in result.headers_to_remove
+    assert result.user_id == "u1"
+
+
+# --------------------------------------------------------------------------------------------------------
+# decide: denials
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "record"),
+    [("/admin", DEV_ONLY), ("/admin/users?x=1", NO_ROLES), ("/%61dmin", DEV_ONLY), ("/public/../admin", BARE)],
+    ids=["admin_without_role", "admin_child_without_roles", "encoded_admin", "dot_dot_admin"],
+)
+def test_decide_missing_roles_is_403_naming_them(path: str, record: SessionRecord) -> None:
+    request = _request(path, ("sec-fetch-mode", "navigate"))
+    result = decide(WITH_LOGIN, request, inspect(WITH_LOGIN, request), record)
+    assert isinstance(result, Deny)
+    assert result.status == 403, "never a login redirect: the user is already authenticated"
+    body = _json_body(result)
+    assert body["error"] == "forbidden"
+    assert "admin" in body["reason"]
+    assert "admin" in result.reason
+
+
+def test_decide_session_with_required_role_is_allowed() -> None:
+    request = _request("/admin/users")
+    _assert_disjoint(decide(SETTINGS, request, inspect(SETTINGS, request), FULL))
+
+
+@pytest.mark.parametrize("path", ["/app", "/admin", "/", "/publicity"], ids=["default", "admin", "root", "lookalike"])
+@pytest.mark.parametrize("settings", [SETTINGS, WITH_LOGIN], ids=["no_login_url", "login_url"])
+def test_decide_store_failure_is_503_without_identity_on_non_public_routes(path: str, settings: EdgeSettings) -> None:
+    request = _request(path, ("sec-fetch-mode", "navigate"), ("x-user-id", "spoof"))
+    result = decide(settings, request, inspect(settings, request), None, store_failed=True)
+    assert isinstance(result, Deny)
+    assert result.status == 503
+    assert _json_body(result)["error"] == "unavailable"
+    assert not any(name in IDENTITY_NAMES for name, _ in result.headers)
+
+
+@pytest.mark.parametrize(
+    ("reason", "path"),
+    [("session_required", "/app"), ("session_expired", "/admin"), ("session_unknown", "/")],
+    ids=["default_route", "admin_route", "root"],
+)
+def test_decide_without_session_is_401_json_with_www_authenticate(reason: str, path: str) -> None:
+    request = _request(path, ("accept", "application/json"), ("cookie", f"SESSION={V1}"))
+    result = decide(SETTINGS, request, inspect(SETTINGS, request), None, invalid_reason=reason)
+    assert isinstance(result, Deny)
+    assert result.status == 401
+    body = _json_body(result)
+    assert body["error"] == "unauthenticated"
+    assert body["reason"] == reason
+    assert result.reason == reason
+    challenges = [value for name, value in result.headers if name == "www-authenticate"]
+    assert len(challenges) == 1
+    assert "SESSION" in challenges[0]
+    assert V1 not in result.body.decode()
+
+
+# --------------------------------------------------------------------------------------------------------
+# decide: login redirect for browser navigations
+# --------------------------------------------------------------------------------------------------------
+
+REDIRECTS: list[tuple[str, str, RequestView, str]] = [
+    (
+        "navigate_with_query",
+        LOGIN,
+        _request("/app/page?x=1&y=%2F", ("sec-fetch-mode", "navigate")),
+        "https://login.example/login?rd=https%3A%2F%2Fapp.example%2Fapp%2Fpage%3Fx%3D1%26y%3D%252F",
+    ),
+    (
+        "html_accept_without_fetch_metadata",
+        LOGIN,
+        _request("/app", ("accept", CHROME_ACCEPT)),
+        "https://login.example/login?rd=https%3A%2F%2Fapp.example%2Fapp",
+    ),
+    (
+        "cors_with_html_accept",
+        LOGIN,
+        _request("/", ("sec-fetch-mode", "cors"), ("accept", "text/html")),
+        "https://login.example/login?rd=https%3A%2F%2Fapp.example%2F",
+    ),
+    (
+        "login_url_with_query_uses_ampersand",
+        "https://login.example/login?client=app",
+        _request("/app?a=b", ("sec-fetch-mode", "navigate")),
+        "https://login.example/login?client=app&rd=https%3A%2F%2Fapp.example%2Fapp%3Fa%3Db",
+    ),
+    (
+        "http_scheme_and_port",
+        "/login",
+        _request("/admin/x", ("sec-fetch-mode", "navigate"), scheme="http", host="app.example:8080"),
+        "/login?rd=http%3A%2F%2Fapp.example%3A8080%2Fadmin%2Fx",
+    ),
+    (
+        "fragment_chars_and_spaces_encoded",
+        LOGIN,
+        _request("/a%20b?q=a+b&r=%23x", ("sec-fetch-mode", "navigate")),
+        "https://login.example/login?rd=https%3A%2F%2Fapp.example%2Fa%2520b%3Fq%3Da%2Bb%26r%3D%2523x",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("login_url", "request_view", "location"), [c[1:] for c in REDIRECTS], ids=[c[0] for c in REDIRECTS]
+)
+def test_decide_navigation_without_session_redirects_to_login_with_rd(
+    login_url: str, request_view: RequestView, location: str
+) -> None:
+    settings = replace(SETTINGS, login_url=login_url)
+    result = decide(settings, request_view, inspect(settings, request_view), None)
+    assert isinstance(result, Deny)
+    assert result.status == 302
+    locations = [value for name, value in result.headers if name == "location"]
+    assert locations == [location]
+    original = f"{request_view.scheme}://{request_view.host}{request_view.path}"
+    assert parse_qs(urlsplit(location).query)["rd"] == [original]
+
+
+NOT_REDIRECTED: list[tuple[str, EdgeSettings, list[tuple[str, str]]]] = [
+    ("api_json", WITH_LOGIN, [("accept", "application/json"), ("sec-fetch-mode", "cors")]),
+    ("api_wildcard", WITH_LOGIN, [("accept", "*/*")]),
+    ("api_no_headers", WITH_LOGIN, []),
+    ("html_not_preferred", WITH_LOGIN, [("accept", "application/json, text/html;q=0.5")]),
+    ("navigation_without_login_url", SETTINGS, [("sec-fetch-mode", "navigate"), ("accept", CHROME_ACCEPT)]),
+    ("html_accept_without_login_url", SETTINGS, [("accept", CHROME_ACCEPT)]),
+]
+
+
+@pytest.mark.parametrize(("settings", "headers"), [c[1:] for c in NOT_REDIRECTED], ids=[c[0] for c in NOT_REDIRECTED])
+def test_decide_api_request_or_no_login_url_gets_401(settings: EdgeSettings, headers: list[tuple[str, str]]) -> None:
+    request = _request("/app", *headers)
+    result = decide(settings, request, inspect(settings, request), None)
+    assert isinstance(result, Deny)
+    assert result.status == 401
+    assert _json_body(result)["error"] == "unauthenticated"
+    assert any(name == "www-authenticate" for name, _ in result.headers)
+    assert not any(name == "location" for name, _ in result.headers)
+
+
+def test_decide_uses_the_inspection_route() -> None:
+    request = _request("/admin")
+    inspection = Inspection(
+        route=PUBLIC, session_cookies=(), spoofable_headers=(), cookie_header=None, cookie_changed=False
+    )
+    assert isinstance(decide(SETTINGS, request, inspection, None), Allow)
