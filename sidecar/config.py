@@ -223,9 +223,7 @@ class SessionConfig(_Section):
     def _ordered(self) -> SessionConfig:
         if self.idle_timeout > self.absolute_timeout:
             idle, absolute = format_duration(self.idle_timeout), format_duration(self.absolute_timeout)
-            raise _Problems(
-                [(("idle_timeout",), f"{idle} exceeds session.absolute_timeout ({absolute}); it must not")]
-            )
+            raise _Problems([(("idle_timeout",), f"{idle} exceeds session.absolute_timeout ({absolute}); it must not")])
         return self
 
 
@@ -259,9 +257,7 @@ class HeadersConfig(_Section):
     @classmethod
     def _prefixes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if not value:
-            raise ValueError(
-                "must list at least one prefix (identity headers must be stripped from requests)"
-            )
+            raise ValueError("must list at least one prefix (identity headers must be stripped from requests)")
         problems: list[Problem] = [
             ((i,), str(exc)) for i, prefix in enumerate(value) if (exc := _prefix_problem(prefix))
         ]
@@ -319,9 +315,7 @@ class DenyConfig(_Section):
         else:
             bad = bad or parts.scheme not in ("http", "https") or not parts.netloc or not parts.hostname
         if bad:
-            raise ValueError(
-                f'must be "" or an absolute http(s) URL, e.g. https://login.example.com/ (got {value!r})'
-            )
+            raise ValueError(f'must be "" or an absolute http(s) URL, e.g. https://login.example.com/ (got {value!r})')
         return value
 
 
@@ -350,9 +344,7 @@ class RouteConfig(_Section):
     @field_validator("roles")
     @classmethod
     def _roles(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        problems: list[Problem] = [
-            ((i,), msg) for i, role in enumerate(value) if (msg := _role_problem(role))
-        ]
+        problems: list[Problem] = [((i,), msg) for i, role in enumerate(value) if (msg := _role_problem(role))]
         if problems:
             raise _Problems(problems)
         return value
@@ -492,9 +484,7 @@ def _read_file(path: str) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(
-            [f"{path}: the top level must be a mapping of sections, not a {type(data).__name__}"]
-        )
+        raise ConfigError([f"{path}: the top level must be a mapping of sections, not a {type(data).__name__}"])
     # A section written with nothing under it (`routes:`) means "the defaults".
     return {key: value for key, value in data.items() if value is not None}
 
@@ -531,9 +521,7 @@ def _env_value(section: str, key: str, raw: str) -> Any:
     return raw
 
 
-def _apply_env(
-    data: dict[str, Any], environ: Mapping[str, str], problems: list[str], sources: dict[Loc, str]
-) -> None:
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str], problems: list[str], sources: dict[Loc, str]) -> None:
     sections = _section_models()
     overrides: list[tuple[int, str, list[str], str]] = []
     for name, raw in environ.items():
@@ -547,9 +535,7 @@ def _apply_env(
         where = f"environment variable {name}"
         if section not in Config.model_fields:
             if len(parts) > 1:  # SIDECAR_FOO (no "__") may belong to something else; SIDECAR_FOO__BAR is ours
-                problems.append(
-                    f"{where}: unknown section {section!r} (sections: {', '.join(Config.model_fields)})"
-                )
+                problems.append(f"{where}: unknown section {section!r} (sections: {', '.join(Config.model_fields)})")
             continue
         if len(parts) == 1:
             value = _parse_yaml_value(raw)

@@ -56,6 +56,8 @@ class AuthzService:
             async with asyncio.timeout(self._deadline):
                 ring = self._keys.cached or await self._keys.ring()
                 tokens = tokens_to_try(ring, inspection)
+                if not tokens and (fresh := await self._keys.refresh()) is not None:
+                    tokens = tokens_to_try(fresh, inspection)
                 if not tokens:
                     return decide(settings, request, inspection, None, invalid_reason="session_invalid")
                 record = await self._resolve(tokens)

@@ -188,3 +188,45 @@ async def test_shared_key_ring_is_created_once_and_reused(store: CountingStore, 
     first = KeyRingSource(store, None)
     second = KeyRingSource(store, None)
     assert (await first.ring()).keys == (await second.ring()).keys
+
+
+async def test_replica_follows_a_shared_key_that_the_store_lost_and_someone_remade(
+    store: CountingStore, clock: Clock
+) -> None:
+    ticks = iter(range(0, 1000, 5))
+    keys = KeyRingSource(store, None, clock=lambda: float(next(ticks)))
+    service = AuthzService(SETTINGS, store, keys, deadline=0.15, clock=clock)
+    await keys.ring()
+    # The store loses everything; a login service (another process) then makes a new key and a session.
+    store._secret = None
+    other = SessionManager(store, KeyRingSource(store, None), cookie_name="SESSION", idle_timeout=60,
+                           absolute_timeout=600, clock=clock)  # fmt: skip
+    issued = await other.create("bob")
+    decision = await service.check(request(cookie=f"SESSION={issued.token}"))
+    assert isinstance(decision, Allow) and decision.user_id == "bob"
+
+
+async def test_replica_puts_its_shared_key_back_when_the_store_lost_it(store: CountingStore, clock: Clock) -> None:
+    keys = KeyRingSource(store, None, clock=iter(range(0, 1000, 5)).__next__)
+    ring = await keys.ring()
+    store._secret = None
+    assert await keys.refresh() is None  # nothing changed for this replica...
+    assert (await KeyRingSource(store, None).ring()).keys == ring.keys  # ...and newcomers get the same key
+
+
+async def test_forged_tokens_reread_the_shared_key_at_most_once_a_second(store: CountingStore, clock: Clock) -> None:
+    reads = 0
+
+    class CountingSecret(CountingStore):
+        async def shared_secret(self, proposal: str) -> str:
+            nonlocal reads
+            reads += 1
+            return await super().shared_secret(proposal)
+
+    counting = CountingSecret(clock)
+    keys = KeyRingSource(counting, None, clock=lambda: 100.0)
+    service = AuthzService(SETTINGS, counting, keys, deadline=0.15, clock=clock)
+    forged = mint_token(KeyRing.of([("shared", b"x" * 32)]), secrets.token_bytes(32))
+    for _ in range(50):
+        assert isinstance(await service.check(request(cookie=f"SESSION={forged}")), Deny)
+    assert reads == 1
