@@ -173,20 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--config", help=config_help)
     create.set_defaults(func=cmd_session_create)
 
-    revoke = session_commands.add_parser("revoke", help="revoke one session by its token")
-    revoke.add_argument("token", metavar="TOKEN")
-    revoke.add_argument("--config", help=config_help)
-    revoke.set_defaults(func=cmd_session_revoke)
-
-    revoke_user = session_commands.add_parser("revoke-user", help="revoke every session of a user")
-    revoke_user.add_argument("user", metavar="USER")
-    revoke_user.add_argument("--config", help=config_help)
-    revoke_user.set_defaults(func=cmd_session_revoke_user)
-
-    listing = session_commands.add_parser("list", help="list a user's live sessions (never tokens)")
-    listing.add_argument("user", metavar="USER")
-    listing.add_argument("--config", help=config_help)
-    listing.set_defaults(func=cmd_session_list)
+    for name, metavar, dest, help_text, func in (
+        ("revoke", "TOKEN", "token", "revoke one session by its token", cmd_session_revoke),
+        ("revoke-user", "USER", "user", "revoke every session of a user", cmd_session_revoke_user),
+        ("list", "USER", "user", "list a user's live sessions (never tokens)", cmd_session_list),
+    ):
+        sub = session_commands.add_parser(name, help=help_text)
+        sub.add_argument(dest, metavar=metavar)
+        sub.add_argument("--config", help=config_help)
+        sub.set_defaults(func=func)
 
     config = commands.add_parser("config", help="configuration tools")
     config_commands = config.add_subparsers(dest="config_command", required=True, parser_class=_Parser)

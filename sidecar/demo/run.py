@@ -34,6 +34,7 @@ ENVOY_ADMIN_PORT = 9901
 DEFAULT_LISTEN = {"grpc": "127.0.0.1:9191", "http": "127.0.0.1:9192", "admin": "127.0.0.1:9090"}
 DEMO_USER = ("--user", "alice", "--email", "alice@example.com", "--roles", "admin,dev")
 START_TIMEOUT = 20.0
+DEMO_ROUTES = "[{prefix: /public, public: true}, {prefix: /admin, roles: [admin]}]"
 
 
 class LaunchError(Exception):
@@ -137,7 +138,7 @@ def launch(stack: Stack, environ: dict[str, str]) -> None:
             wanted[f"sidecar {key}"] = address
     check_ports(wanted)
 
-    env: dict[str, str] = {}
+    env: dict[str, str] = {"SIDECAR_ROUTES": environ.get("SIDECAR_ROUTES", DEMO_ROUTES)}
     if environ.get("SIDECAR_REDIS__URL"):
         env["SIDECAR_REDIS__URL"] = environ["SIDECAR_REDIS__URL"]
         _say("valkey     not started: using SIDECAR_REDIS__URL from the environment")
@@ -172,16 +173,18 @@ def launch(stack: Stack, environ: dict[str, str]) -> None:
     processes.wait_for_port(LOOPBACK, ENVOY_PORT, START_TIMEOUT, proc=child.proc, name="envoy")
     _say(f"envoy      http://{LOOPBACK}:{ENVOY_PORT} (admin http://{LOOPBACK}:{ENVOY_ADMIN_PORT})")
 
-    _print_usage(stack, _create_demo_session(env))
+    _print_usage(stack, _create_demo_session(env), env["SIDECAR_REDIS__URL"])
 
 
-def _print_usage(stack: Stack, session: dict[str, Any]) -> None:
+def _print_usage(stack: Stack, session: dict[str, Any], redis_url: str) -> None:
     token = str(session["token"])
     base = f"http://{LOOPBACK}:{ENVOY_PORT}"
     cookie = shlex.quote(f"Cookie: SESSION={token}")
     _say()
+    cli = f"SIDECAR_REDIS__URL={redis_url} .venv/bin/session-sidecar"
+    _say(f"Routes: {DEMO_ROUTES} (SIDECAR_ROUTES)")
     _say("A session was created with:")
-    _say(f"  session-sidecar session create {' '.join(DEMO_USER)}")
+    _say(f"  {cli} session create {' '.join(DEMO_USER)}")
     _say(f"  token:      {token}")
     _say(f"  session_id: {session.get('session_id', '?')}")
     _say()
@@ -192,8 +195,13 @@ def _print_usage(stack: Stack, session: dict[str, Any]) -> None:
     _say(f"  curl -s -i {base}/hello")
     _say("  # spoofing with a valid cookie: the upstream sees the trusted x-user-id (alice), not 'admin'")
     _say(f"  curl -s -H {cookie} -H 'x-user-id: admin' {base}/hello")
-    _say("  # spoofing without a cookie: denied (401); on a public route the header would simply be removed")
+    _say("  # spoofing without a cookie: denied (401)")
     _say(f"  curl -s -i -H 'x-user-id: admin' {base}/hello")
+    _say("  # public route: allowed anonymously, the spoofed header is removed before the upstream")
+    _say(f"  curl -s -H 'x-user-id: admin' {base}/public/page")
+    _say("  # browser navigation with deny.login_url set would get a 302; try it with SIDECAR_DENY__LOGIN_URL=...")
+    _say("  # revoke, then the first curl line answers 401:")
+    _say(f"  {cli} session revoke {token}")
     _say()
     _say(f"Logs: {stack.workdir}   Ctrl-C stops everything.")
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import secrets
 import socket
+import time
 
 import pytest
 import redis.asyncio as aioredis
 
-from sidecar.core.session import new_session
+from sidecar.core.session import SessionRecord, new_session
 from sidecar.core.tokens import KeyRing, mint_token, token_key
 from sidecar.errors import BadInput, CorruptRecord, StoreUnavailable
 from sidecar.store.redis import RedisStore, redacted_url
@@ -20,6 +21,13 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def plain_session(user: str) -> SessionRecord:
+    return new_session(
+        session_id="sid", user_id=user, email=None, roles=(), attributes={},
+        idle_timeout=60, absolute_timeout=600, now=time.time(),
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -40,16 +48,7 @@ async def test_redis_keys_hold_only_the_token_hash(store: RedisStore, raw: aiore
     prefix = store._prefix
     ring = KeyRing.of([("k1", b"k" * 32)])
     token = mint_token(ring, secrets.token_bytes(32))
-    rec = new_session(
-        session_id="sid",
-        user_id="alice",
-        email=None,
-        roles=(),
-        attributes={},
-        idle_timeout=60,
-        absolute_timeout=600,
-        now=1e9 * 1.8,
-    )
+    rec = plain_session("alice")
     await store.create(token_key(token), rec, 60_000)
     keys = [k.decode() for k in await raw.keys(f"{prefix}*")]
     assert sorted(keys) == sorted([f"{prefix}s:{token_key(token)}", f"{prefix}u:alice"])
@@ -60,16 +59,7 @@ async def test_redis_keys_hold_only_the_token_hash(store: RedisStore, raw: aiore
 
 
 async def test_session_ttl_is_set_on_the_record_and_the_user_index(store: RedisStore, raw: aioredis.Redis) -> None:
-    rec = new_session(
-        session_id="sid",
-        user_id="bob",
-        email=None,
-        roles=(),
-        attributes={},
-        idle_timeout=60,
-        absolute_timeout=600,
-        now=1e9 * 1.8,
-    )
+    rec = plain_session("bob")
     k = secrets.token_hex(32)
     await store.create(k, rec, 60_000)
     assert 0 < await raw.pttl(f"{store._prefix}s:{k}") <= 60_000

@@ -135,14 +135,18 @@ class RedisServer:
         self.server.stop()
 
 
-def start_valkey_server(workdir: Path, name: str = "valkey") -> RedisServer:
-    server = RedisServer(processes.valkey_binary(), workdir, name)
+def _start_server(binary: str, workdir: Path, name: str) -> RedisServer:
+    server = RedisServer(binary, workdir, name)
     try:
         server.start()
     except BaseException:
         server.stop()
         raise
     return server
+
+
+def start_valkey_server(workdir: Path, name: str = "valkey") -> RedisServer:
+    return _start_server(processes.valkey_binary(), workdir, name)
 
 
 def redis7_binary() -> str | None:
@@ -153,13 +157,7 @@ def start_redis7_server(workdir: Path) -> RedisServer:
     binary = redis7_binary()
     if binary is None:
         raise FileNotFoundError(REDIS7_BINARY)
-    server = RedisServer(binary, workdir, "redis7")
-    try:
-        server.start()
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return _start_server(binary, workdir, "redis7")
 
 
 # --------------------------------------------------------------------------------------------------- stack

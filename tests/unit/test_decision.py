@@ -26,21 +26,12 @@ from sidecar.core.policy import DEFAULT_ROUTE, Route, RoutePolicy
 from sidecar.core.request import RequestView
 from sidecar.core.session import SessionRecord, new_session
 from sidecar.core.tokens import ENTROPY_BYTES, KeyRing, mint_token
+from tests.support.edge import SETTINGS
 
 PUBLIC = Route("/public", public=True)
 ADMIN = Route("/admin", roles=("admin",))
 
-SETTINGS = EdgeSettings(
-    cookie_name="SESSION",
-    strip_upstream=True,
-    user_id_header="x-user-id",
-    email_header="x-user-email",
-    roles_header="x-user-roles",
-    session_header="x-session-id",
-    strip_prefixes=("x-user-", "x-session-"),
-    login_url="",
-    policy=RoutePolicy.of([PUBLIC, ADMIN]),
-)
+assert SETTINGS.policy == RoutePolicy.of([PUBLIC, ADMIN])  # the shared settings carry exactly these routes
 LOGIN = "https://login.example/login"
 WITH_LOGIN = replace(SETTINGS, login_url=LOGIN)
 NO_STRIP = replace(SETTINGS, strip_upstream=False)
