@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from sidecar.core.durations import format_duration, parse_duration
+from sidecar.core.redact import REDACTED, redact_url
 from sidecar.errors import ConfigError
 
 __all__ = [
@@ -51,7 +52,6 @@ __all__ = [
 
 ENV_PREFIX = "SIDECAR_"
 CONFIG_ENV = "SIDECAR_CONFIG"
-REDACTED = "<redacted>"
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 tchar (also RFC 6265 cookie-name)
 _LOWER_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
@@ -145,20 +145,6 @@ class ListenConfig(_Section):
 # --- redis --------------------------------------------------------------------------------------------------
 
 
-def _redact_url(url: str) -> str:
-    """Replace a password in a URL's userinfo or query string by ``<redacted>``; leave the rest as written."""
-    scheme, sep, rest = url.partition("://")
-    if sep:
-        end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-        netloc = rest[:end]
-        userinfo, at, hostport = netloc.rpartition("@")
-        if at and ":" in userinfo:
-            user = userinfo.split(":", 1)[0]
-            rest = f"{user}:{REDACTED}@{hostport}{rest[end:]}"
-        url = f"{scheme}{sep}{rest}"
-    return re.sub(r"([?&][^=&#]*password[^=&#]*=)[^&#]*", rf"\g<1>{REDACTED}", url, flags=re.IGNORECASE)
-
-
 class RedisConfig(_Section):
     url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "sidecar:"
@@ -172,17 +158,17 @@ class RedisConfig(_Section):
         parts = urlsplit(value)
         if parts.scheme not in _REDIS_SCHEMES or "://" not in value:
             schemes = ", ".join(f"{s}://" for s in _REDIS_SCHEMES)
-            raise ValueError(f"unsupported URL {_redact_url(value)!r} (use {schemes})")
+            raise ValueError(f"unsupported URL {redact_url(value)!r} (use {schemes})")
         if parts.scheme == "unix":
             if not parts.path:
                 raise ValueError("a unix:// URL needs a socket path, e.g. unix:///run/redis.sock")
         elif not parts.hostname:
-            raise ValueError(f"{_redact_url(value)!r} has no host")
+            raise ValueError(f"{redact_url(value)!r} has no host")
         elif parts.scheme in ("redis", "rediss"):
             try:
                 parts.port  # noqa: B018 - parsing the port is the check
             except ValueError:
-                raise ValueError(f"{_redact_url(value)!r} has an invalid port") from None
+                raise ValueError(f"{redact_url(value)!r} has an invalid port") from None
         return value
 
     @field_validator("key_prefix")
@@ -194,7 +180,7 @@ class RedisConfig(_Section):
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
-            yield name, _redact_url(value) if name == "url" else value
+            yield name, redact_url(value) if name == "url" else value
 
 
 # --- cookie, session ----------------------------------------------------------------------------------------
@@ -630,10 +616,10 @@ def _plain(value: Any) -> Any:
 def redacted(config: Config) -> dict[str, object]:
     """The effective config as plain YAML-able data: durations as ``30m``, passwords and secrets hidden."""
     data: dict[str, Any] = _plain(config.model_dump())
-    data["redis"]["url"] = _redact_url(config.redis.url)
+    data["redis"]["url"] = redact_url(config.redis.url)
     data["redis"]["timeout"] = format_duration(config.redis.timeout)
     data["session"]["idle_timeout"] = format_duration(config.session.idle_timeout)
     data["session"]["absolute_timeout"] = format_duration(config.session.absolute_timeout)
-    data["deny"]["login_url"] = _redact_url(config.deny.login_url)
+    data["deny"]["login_url"] = redact_url(config.deny.login_url)
     data["token"]["keys"] = [f"{key.kid}:{REDACTED}" for key in config.token.keys]
     return data

@@ -22,19 +22,11 @@ from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from sidecar.core.redact import redact_url
 from sidecar.core.session import SessionRecord, from_json, to_json
 from sidecar.errors import BadInput, CorruptRecord, StoreTimeout, StoreUnavailable
 
 STANDALONE_SCHEMES = frozenset({"redis", "rediss", "unix"})
-
-
-def redacted_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return parts._replace(netloc=f"{user}:<redacted>@{netloc}").geturl()
 
 
 def open_redis(url: str, timeout: float) -> aioredis.Redis:
@@ -74,7 +66,7 @@ class RedisStore:
 
     @classmethod
     def from_url(cls, url: str, key_prefix: str, timeout: float) -> RedisStore:
-        return cls(open_redis(url, timeout), key_prefix, redacted_url(url))
+        return cls(open_redis(url, timeout), key_prefix, redact_url(url))
 
     def _session_key(self, key: str) -> str:
         return f"{self._prefix}s:{key}"

@@ -9,10 +9,11 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
+from sidecar.core.redact import redact_url
 from sidecar.core.session import SessionRecord, new_session
 from sidecar.core.tokens import KeyRing, mint_token, token_key
 from sidecar.errors import BadInput, CorruptRecord, StoreUnavailable
-from sidecar.store.redis import RedisStore, redacted_url
+from sidecar.store.redis import RedisStore
 
 pytestmark = pytest.mark.integration
 
@@ -101,5 +102,5 @@ def test_unsupported_url_scheme_is_bad_input() -> None:
 
 
 def test_redacted_url_hides_the_password_only() -> None:
-    assert redacted_url("redis://user:hunter2@h:6379/0") == "redis://user:<redacted>@h:6379/0"
-    assert redacted_url("redis://h:6379/0") == "redis://h:6379/0"
+    assert redact_url("redis://user:hunter2@h:6379/0") == "redis://user:<redacted>@h:6379/0"
+    assert redact_url("redis://h:6379/0") == "redis://h:6379/0"
