@@ -1,0 +1,72 @@
+"""The served process (sidecar.app): health on the gRPC port, fail-closed start without a store, clean SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from sidecar.demo.processes import free_port, wait_for_port
+
+pytestmark = pytest.mark.integration
+
+
+def serve(redis_url: str) -> tuple[subprocess.Popen[str], int]:
+    port = free_port()
+    env = {"PATH": "/usr/bin:/bin", "SIDECAR_REDIS__URL": redis_url, "SIDECAR_LISTEN__GRPC": f"127.0.0.1:{port}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "serve"],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    wait_for_port("127.0.0.1", port, 15.0)
+    return proc, port
+
+
+def check(port: int, cookie: str) -> object:
+    request = external_auth_pb2.CheckRequest()
+    http = request.attributes.request.http
+    http.method, http.scheme, http.host, http.path = "GET", "http", "app", "/x"
+    http.header_map.headers.append(base_pb2.HeaderValue(key="cookie", raw_value=cookie.encode()))
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        return external_auth_pb2_grpc.AuthorizationStub(channel).Check(request, timeout=5)
+
+
+def test_health_is_serving_and_sigterm_exits_cleanly(valkey_url: str) -> None:
+    proc, port = serve(valkey_url)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            for service in ("", "envoy.service.auth.v3.Authorization"):
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        assert time.monotonic() - started < 10
+        assert "Traceback" not in (proc.stderr.read() if proc.stderr else "")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_starts_without_a_store_and_answers_503_for_sessions(valkey_url: str) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    proc, port = serve(dead)
+    try:
+        token = "s1.shared." + "A" * 43 + "." + "B" * 22
+        response = check(port, f"SESSION={token}")
+        assert response.denied_response.status.code == 503  # type: ignore[attr-defined]
+        assert not response.HasField("ok_response")  # type: ignore[attr-defined]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
