@@ -16,6 +16,7 @@ from sidecar.authz.service import AuthzService
 from sidecar.config import Config
 from sidecar.core.decision import EdgeSettings
 from sidecar.core.policy import Route, RoutePolicy
+from sidecar.core.sealing import Sealer
 from sidecar.core.tokens import KeyRing
 from sidecar.errors import RuntimeFailure, StoreError
 from sidecar.sessions import KeyRingSource, SessionManager
@@ -51,7 +52,14 @@ def configured_key_ring(config: Config) -> KeyRing | None:
 
 
 def open_store(config: Config, timeout: float) -> RedisStore:
-    return RedisStore.from_url(config.redis.url, config.redis.key_prefix, timeout)
+    return RedisStore.from_url(
+        config.redis.url,
+        config.redis.key_prefix,
+        timeout,
+        sealer=Sealer(tuple((key.kid, key.secret) for key in config.session.encryption_keys)),
+        wait_replicas=config.redis.wait_replicas,
+        wait_timeout=config.redis.wait_timeout,
+    )
 
 
 def session_manager(config: Config, store: RedisStore) -> SessionManager:
@@ -61,6 +69,7 @@ def session_manager(config: Config, store: RedisStore) -> SessionManager:
         cookie_name=config.cookie.name,
         idle_timeout=config.session.idle_timeout,
         absolute_timeout=config.session.absolute_timeout,
+        max_per_user=config.session.max_per_user,
     )
 
 
@@ -105,5 +114,4 @@ async def serve(config: Config) -> None:
     log.info("shutting down: draining in-flight checks for up to %.0fs", SHUTDOWN_GRACE_SECONDS)
     await health.enter_graceful_shutdown()
     await server.stop(SHUTDOWN_GRACE_SECONDS)
-    await service.drain()
     await store.close()

@@ -35,6 +35,7 @@ from sidecar.core.redact import REDACTED, redact_url
 from sidecar.errors import ConfigError
 
 __all__ = [
+    "ApiConfig",
     "Config",
     "CookieConfig",
     "DenyConfig",
@@ -149,6 +150,10 @@ class RedisConfig(_Section):
     url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "sidecar:"
     timeout: Duration = 0.15
+    # Revocations and rotations wait for this many replicas to acknowledge (only when replicas are connected),
+    # so a failover cannot bring a revoked session back. 0 turns it off.
+    wait_replicas: int = Field(default=1, ge=0, le=16)
+    wait_timeout: Duration = 0.5
 
     @field_validator("url")
     @classmethod
@@ -204,6 +209,13 @@ class CookieConfig(_Section):
 class SessionConfig(_Section):
     idle_timeout: Duration = 1800.0
     absolute_timeout: Duration = 43200.0
+    max_per_user: int = Field(default=0, ge=0, le=10_000)  # 0: no cap; else creating one more evicts the oldest
+    encryption_keys: tuple[Annotated[SigningKey, BeforeValidator(lambda v: _signing_key(v, exact=32))], ...] = ()
+
+    @field_validator("encryption_keys")
+    @classmethod
+    def _unique_encryption_keys(cls, value: tuple[SigningKey, ...]) -> tuple[SigningKey, ...]:
+        return _unique_kids(value)
 
     @model_validator(mode="after")
     def _ordered(self) -> SessionConfig:
@@ -350,7 +362,7 @@ class SigningKey(_Section):
     secret: bytes = Field(repr=False)
 
 
-def _signing_key(value: Any) -> Any:
+def _signing_key(value: Any, exact: int | None = None) -> Any:
     if isinstance(value, SigningKey):
         return value
     if not isinstance(value, str):
@@ -366,6 +378,8 @@ def _signing_key(value: Any) -> Any:
         raw = base64.urlsafe_b64decode(secret.rstrip("=") + "=" * (-len(secret.rstrip("=")) % 4))
     except (binascii.Error, ValueError):
         raise ValueError(f"the secret of key {kid!r} is not base64url") from None
+    if exact is not None and len(raw) != exact:
+        raise ValueError(f"the secret of key {kid!r} is {len(raw)} bytes; exactly {exact} are required (AES-256)")
     if len(raw) < _MIN_SECRET_BYTES:
         raise ValueError(
             f"the secret of key {kid!r} is {len(raw)} bytes; at least {_MIN_SECRET_BYTES} are required "
@@ -380,15 +394,50 @@ class TokenConfig(_Section):
     @field_validator("keys")
     @classmethod
     def _unique(cls, value: tuple[SigningKey, ...]) -> tuple[SigningKey, ...]:
-        seen: set[str] = set()
-        problems: list[Problem] = []
-        for i, key in enumerate(value):
-            if key.kid in seen:
-                problems.append(((i,), f"duplicate key id {key.kid!r}"))
-            seen.add(key.kid)
-        if problems:
-            raise _Problems(problems)
-        return value
+        return _unique_kids(value)
+
+
+def _unique_kids(value: tuple[SigningKey, ...]) -> tuple[SigningKey, ...]:
+    seen: set[str] = set()
+    problems: list[Problem] = []
+    for i, key in enumerate(value):
+        if key.kid in seen:
+            problems.append(((i,), f"duplicate key id {key.kid!r}"))
+        seen.add(key.kid)
+    if problems:
+        raise _Problems(problems)
+    return value
+
+
+_MIN_API_TOKEN_CHARS = 24
+
+
+class ApiConfig(_Section):
+    """The SessionService API on the gRPC listener: off unless enabled, and then only for bearer-token callers."""
+
+    enabled: bool = False
+    token_file: str = ""
+    # Read from token_file at load time; never printed.
+    token: str = Field(default="", repr=False, exclude=True)
+
+    @model_validator(mode="after")
+    def _read_token(self) -> ApiConfig:
+        if not self.enabled:
+            return self
+        if not self.token_file:
+            raise _Problems(
+                [(("token_file",), "is required when api.enabled is true (a file holding the bearer token)")]
+            )
+        try:
+            token = Path(self.token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _Problems([(("token_file",), f"cannot read {self.token_file!r}: {exc.__class__.__name__}")]) from None
+        if len(token) < _MIN_API_TOKEN_CHARS or any(ch.isspace() or not ch.isprintable() for ch in token):
+            raise _Problems(
+                [(("token_file",), f"must hold one token of at least {_MIN_API_TOKEN_CHARS} printable characters")]
+            )
+        object.__setattr__(self, "token", token)
+        return self
 
 
 class LogConfig(_Section):
@@ -414,6 +463,7 @@ class Config(_Section):
     deny: DenyConfig = Field(default_factory=DenyConfig)
     routes: tuple[RouteConfig, ...] = ()
     token: TokenConfig = Field(default_factory=TokenConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
     @field_validator("routes")
@@ -621,5 +671,7 @@ def redacted(config: Config) -> dict[str, object]:
     data["session"]["idle_timeout"] = format_duration(config.session.idle_timeout)
     data["session"]["absolute_timeout"] = format_duration(config.session.absolute_timeout)
     data["deny"]["login_url"] = redact_url(config.deny.login_url)
+    data["redis"]["wait_timeout"] = format_duration(config.redis.wait_timeout)
     data["token"]["keys"] = [f"{key.kid}:{REDACTED}" for key in config.token.keys]
+    data["session"]["encryption_keys"] = [f"{key.kid}:{REDACTED}" for key in config.session.encryption_keys]
     return data

@@ -10,19 +10,22 @@ import math
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
-from sidecar.core.session import SessionRecord, is_live, new_session, ttl_ms
+from sidecar.core.session import SessionRecord, is_live, new_session, validate_identity
 from sidecar.core.set_cookie import set_cookie_header
 from sidecar.core.tokens import (
     ENTROPY_BYTES,
     MIN_SECRET_BYTES,
     KeyRing,
+    SessionKey,
     decode_secret,
     encode_secret,
     is_well_formed,
     mint_token,
-    token_key,
+    session_key,
+    user_tag,
 )
 from sidecar.errors import BadInput, StoreUnavailable
 from sidecar.store.base import SessionStore
@@ -95,7 +98,12 @@ class IssuedSession:
     set_cookie: str
 
 
+KEEP: Any = object()  # rotate(): leave this part of the identity as it is
+
+
 class SessionManager:
+    """Issue, read, rotate and revoke sessions: what the CLI and the SessionService API both call."""
+
     def __init__(
         self,
         store: SessionStore,
@@ -104,6 +112,7 @@ class SessionManager:
         cookie_name: str,
         idle_timeout: float,
         absolute_timeout: float,
+        max_per_user: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -111,7 +120,17 @@ class SessionManager:
         self._cookie_name = cookie_name
         self._idle_timeout = idle_timeout
         self._absolute_timeout = absolute_timeout
+        self._max_per_user = max_per_user
         self._clock = clock
+
+    async def _mint(self, user_id: str) -> tuple[str, SessionKey]:
+        ring = await self._keys.ring()
+        token = mint_token(ring, secrets.token_bytes(ENTROPY_BYTES), user_tag(user_id))
+        return token, session_key(token)
+
+    def _issued(self, token: str, record: SessionRecord, now: float) -> IssuedSession:
+        max_age = record.absolute_expires_at - now
+        return IssuedSession(token, record, set_cookie_header(self._cookie_name, token, max_age))
 
     async def create(
         self,
@@ -123,7 +142,6 @@ class SessionManager:
         idle_timeout: float | None = None,
         absolute_timeout: float | None = None,
     ) -> IssuedSession:
-        absolute = absolute_timeout if absolute_timeout is not None else self._absolute_timeout
         now = self._clock()
         try:
             record = new_session(
@@ -133,20 +151,63 @@ class SessionManager:
                 roles=roles,
                 attributes=attributes or {},
                 idle_timeout=idle_timeout if idle_timeout is not None else self._idle_timeout,
-                absolute_timeout=absolute,
+                absolute_timeout=absolute_timeout if absolute_timeout is not None else self._absolute_timeout,
                 now=now,
             )
         except ValueError as exc:
             raise BadInput(str(exc)) from None
-        ring = await self._keys.ring()
-        token = mint_token(ring, secrets.token_bytes(ENTROPY_BYTES))
-        await self._store.create(token_key(token), record, ttl_ms(record, now))
-        return IssuedSession(token, record, set_cookie_header(self._cookie_name, token, absolute))
+        token, key = await self._mint(user_id)
+        await self._store.create(key, record, self._max_per_user)
+        return self._issued(token, record, now)
 
-    async def revoke(self, token: str) -> bool:
+    def _key_of(self, token: str) -> SessionKey:
         if not is_well_formed(token):
             raise BadInput("token: not a session token of this sidecar (malformed)")
-        return await self._store.revoke(token_key(token))
+        return session_key(token)
+
+    async def get(self, token: str) -> SessionRecord | None:
+        """The live session of ``token`` (not touched), or None."""
+        record = await self._store.get(self._key_of(token))
+        return record if record is not None and is_live(record, self._clock()) else None
+
+    async def rotate(
+        self,
+        token: str,
+        *,
+        email: str | None = KEEP,
+        roles: tuple[str, ...] = KEEP,
+        attributes: Mapping[str, str] = KEEP,
+    ) -> IssuedSession | None:
+        """A new token for the same session (optionally with a changed identity); the old token is dead at once.
+
+        None when the old token has no live session. Use it after login and after any privilege change, so a
+        token planted or observed before cannot ride on the new rights.
+        """
+        old_key = self._key_of(token)
+        record = await self._store.get(old_key)
+        now = self._clock()
+        if record is None or not is_live(record, now):
+            return None
+        changed = replace(
+            record,
+            email=record.email if email is KEEP else email,
+            roles=record.roles if roles is KEEP else tuple(dict.fromkeys(roles)),
+            attributes=record.attributes if attributes is KEEP else dict(attributes),
+            last_seen_at=now,
+        )
+        problems = validate_identity(changed.user_id, changed.email, changed.roles, changed.attributes)
+        if problems:
+            raise BadInput("; ".join(problems))
+        new_token, new_key = await self._mint(record.user_id)
+        if not await self._store.rotate(old_key, new_key, changed, now):
+            return None
+        return self._issued(new_token, changed, now)
+
+    async def revoke(self, token: str) -> bool:
+        return await self._store.revoke(self._key_of(token))
+
+    async def revoke_session(self, user_id: str, session_id: str) -> bool:
+        return await self._store.revoke_session(user_id, session_id)
 
     async def revoke_user(self, user_id: str) -> int:
         return await self._store.revoke_user(user_id)
@@ -154,7 +215,4 @@ class SessionManager:
     async def list(self, user_id: str) -> list[SessionRecord]:
         now = self._clock()
         records = await self._store.list_user(user_id)
-        return sorted(
-            (r for r in records if is_live(r, now)),
-            key=lambda r: r.created_at,
-        )
+        return sorted((r for r in records if is_live(r, now)), key=lambda r: r.created_at)

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 from sidecar.core.decision import Decision, EdgeSettings, decide, inspect, tokens_to_try, unavailable
 from sidecar.core.request import RequestView
-from sidecar.core.session import SessionRecord, is_live, needs_touch, touched, ttl_ms
-from sidecar.core.tokens import token_key
+from sidecar.core.session import SessionRecord, is_live
+from sidecar.core.tokens import session_key
 from sidecar.errors import CorruptRecord, StoreError
 from sidecar.sessions import KeyRingSource
 from sidecar.store.base import SessionStore
@@ -38,7 +38,6 @@ class AuthzService:
         self._keys = keys
         self._deadline = deadline
         self._clock = clock
-        self._touches: set[asyncio.Task[None]] = set()
 
     async def check(self, request: RequestView) -> Decision:
         try:
@@ -67,36 +66,14 @@ class AuthzService:
         return decide(settings, request, inspection, record, invalid_reason="session_invalid")
 
     async def _resolve(self, tokens: tuple[str, ...]) -> SessionRecord | None:
-        """The first token, in header order, that names a live session."""
+        """The first token, in header order, that names a live session (its read also refreshes last-seen)."""
         for token in tokens:
-            key = token_key(token)
+            key = session_key(token)
             try:
-                record = await self._store.get(key)
+                record = await self._store.resolve(key, self._clock())
             except CorruptRecord as exc:
-                log.error("unusable session record %s…: %s", key[:12], exc)
+                log.error("unusable session record %s…: %s", key.digest[:12], exc)
                 continue
-            now = self._clock()
-            if record is None or not is_live(record, now):
-                continue
-            if needs_touch(record, now):
-                self._touch_later(key, touched(record, now), now)
-            return record
+            if record is not None and is_live(record, self._clock()):
+                return record
         return None
-
-    def _touch_later(self, key: str, record: SessionRecord, now: float) -> None:
-        # Refreshing last_seen is not on the answer's critical path; it runs after the response is built.
-        task = asyncio.get_running_loop().create_task(self._touch(key, record, ttl_ms(record, now)))
-        self._touches.add(task)
-        task.add_done_callback(self._touches.discard)
-
-    async def _touch(self, key: str, record: SessionRecord, ttl: int) -> None:
-        try:
-            async with asyncio.timeout(self._deadline * 4):
-                await self._store.touch(key, record, ttl)
-        except (StoreError, TimeoutError) as exc:
-            log.warning("could not refresh session %s: %s", record.session_id, exc or "deadline exceeded")
-
-    async def drain(self) -> None:
-        """Wait for pending touches (graceful shutdown)."""
-        if self._touches:
-            await asyncio.gather(*self._touches, return_exceptions=True)

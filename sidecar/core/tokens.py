@@ -1,9 +1,11 @@
 """Session token format: unguessable, MAC-protected, and only ever stored as a hash.
 
-A token is ``s1.<kid>.<body>.<mac>``: ``body`` is 32 bytes from a CSPRNG (256 bits), ``mac`` is the first 16 bytes
-of HMAC-SHA256 over ``s1.<kid>.<body>`` with the key ``kid`` of the key ring. The MAC lets the sidecar reject a
-forged or mangled token before it costs a Redis round trip; the store is keyed by ``token_key`` (SHA-256 of the
-whole token), so a dump of Redis yields no usable cookie. All characters are URL- and cookie-safe, and the
+A token is ``s1.<kid>.<tag>.<body>.<mac>``: ``tag`` is the user's store tag (``user_tag``: 6 hex digits of a hash
+of the user id, so a user's sessions and their index land in one Redis Cluster hash slot), ``body`` is 32 bytes
+from a CSPRNG (256 bits), ``mac`` is the first 16 bytes of HMAC-SHA256 over everything before it with the key
+``kid`` of the key ring. The MAC lets the sidecar reject a forged or mangled token before it costs a Redis round
+trip; the store is keyed by ``session_key`` (the tag and the SHA-256 of the whole token), so a dump of Redis yields
+no usable cookie. All characters are URL- and cookie-safe, and the
 version prefix guarantees a token never begins with ``-`` (it cannot be mistaken for a CLI flag).
 """
 
@@ -21,10 +23,12 @@ ENTROPY_BYTES = 32
 MAC_BYTES = 16
 MIN_SECRET_BYTES = 32
 _KID = re.compile(r"[A-Za-z0-9_-]{1,16}")
+TAG_LENGTH = 6
+_TAG = re.compile(r"[0-9a-f]{6}")
 _B64_BODY_LEN = 43  # base64url of 32 bytes without padding
 _B64_MAC_LEN = 22  # base64url of 16 bytes without padding
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
-MAX_TOKEN_LENGTH = len(VERSION) + 1 + 16 + 1 + _B64_BODY_LEN + 1 + _B64_MAC_LEN
+MAX_TOKEN_LENGTH = len(VERSION) + 1 + 16 + 1 + TAG_LENGTH + 1 + _B64_BODY_LEN + 1 + _B64_MAC_LEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,12 +74,28 @@ def _mac(secret: bytes, signed_part: str) -> str:
     return _b64(digest[:MAC_BYTES])
 
 
-def mint_token(ring: KeyRing, entropy: bytes) -> str:
-    """Build a token from ``entropy`` (the caller passes ``secrets.token_bytes(ENTROPY_BYTES)``)."""
+@dataclass(frozen=True, slots=True)
+class SessionKey:
+    """Where a session lives in the store: its user's tag and the token's SHA-256 (never the token)."""
+
+    tag: str
+    digest: str
+
+
+def user_tag(user_id: str) -> str:
+    """The store tag of a user: not secret, only spreads users over Cluster slots and groups a user's keys."""
+    return hashlib.sha256(b"user-tag:" + user_id.encode("utf-8", "surrogateescape")).hexdigest()[:TAG_LENGTH]
+
+
+def mint_token(ring: KeyRing, entropy: bytes, tag: str) -> str:
+    """Build a token from ``entropy`` (the caller passes ``secrets.token_bytes(ENTROPY_BYTES)``) for the user
+    whose ``user_tag`` is ``tag``."""
     if len(entropy) != ENTROPY_BYTES:
         raise ValueError(f"token entropy must be {ENTROPY_BYTES} bytes")
+    if not _TAG.fullmatch(tag):
+        raise ValueError(f"a user tag is {TAG_LENGTH} lower-case hex digits")
     kid, secret = ring.keys[0]
-    signed_part = f"{VERSION}.{kid}.{_b64(entropy)}"
+    signed_part = f"{VERSION}.{kid}.{tag}.{_b64(entropy)}"
     return f"{signed_part}.{_mac(secret, signed_part)}"
 
 
@@ -84,12 +104,13 @@ def is_well_formed(token: str) -> bool:
     if len(token) > MAX_TOKEN_LENGTH:
         return False
     parts = token.split(".")
-    if len(parts) != 4:
+    if len(parts) != 5:
         return False
-    version, kid, body, mac = parts
+    version, kid, tag, body, mac = parts
     return (
         version == VERSION
         and _KID.fullmatch(kid) is not None
+        and _TAG.fullmatch(tag) is not None
         and len(body) == _B64_BODY_LEN
         and _B64URL.fullmatch(body) is not None
         and len(mac) == _B64_MAC_LEN
@@ -110,8 +131,13 @@ def verify_token(ring: KeyRing, token: str) -> bool:
 
 
 def token_key(token: str) -> str:
-    """The store key for a token: its SHA-256 in hex, so Redis never holds a usable token."""
+    """The SHA-256 of a token in hex, so Redis never holds a usable token."""
     return hashlib.sha256(token.encode("ascii", "surrogateescape")).hexdigest()
+
+
+def session_key(token: str) -> SessionKey:
+    """The store address of a well-formed token (call ``is_well_formed`` or ``verify_token`` first)."""
+    return SessionKey(tag=token.split(".", 3)[2], digest=token_key(token))
 
 
 def encode_secret(secret: bytes) -> str:

@@ -1,8 +1,8 @@
 """The one narrow interface every session store implements.
 
-Keys are token hashes (``sidecar.core.tokens.token_key``), never tokens. Every method may raise
-``StoreUnavailable`` or ``StoreTimeout``; ``get`` raises ``CorruptRecord`` when stored data does not decode.
-The same contract suite (tests/contract) runs against every implementation.
+Sessions are addressed by ``SessionKey`` (the user's tag and the token's hash), never by the token. Every method
+may raise ``StoreUnavailable`` or ``StoreTimeout``; reads raise ``CorruptRecord`` when stored data does not decode
+or open. The same contract suite (tests/contract) runs against every implementation.
 """
 
 from __future__ import annotations
@@ -10,34 +10,43 @@ from __future__ import annotations
 from typing import Protocol
 
 from sidecar.core.session import SessionRecord
+from sidecar.core.tokens import SessionKey
 
 
 class SessionStore(Protocol):
-    async def get(self, key: str) -> SessionRecord | None:
-        """The record under ``key``, or None when there is none (never created, expired or revoked)."""
+    async def resolve(self, key: SessionKey, now: float) -> SessionRecord | None:
+        """The request path's read: the record as it was (None when absent), refreshing its last-seen time and
+        TTL when ``needs_touch`` says so, in one round trip. Liveness is the caller's call (``is_live``)."""
         ...
 
-    async def create(self, key: str, record: SessionRecord, ttl_ms: int) -> None:
-        """Store a new record for ``ttl_ms`` and index it under its user (for list and revoke-user)."""
+    async def get(self, key: SessionKey) -> SessionRecord | None:
+        """The record under ``key`` without touching it, or None."""
         ...
 
-    async def touch(self, key: str, record: SessionRecord, ttl_ms: int) -> bool:
-        """Replace an existing record and its TTL; False (and nothing written) when it is gone.
-
-        Only-if-present is what keeps a touch racing a revocation from bringing the session back.
-        """
+    async def create(self, key: SessionKey, record: SessionRecord, max_per_user: int = 0) -> int:
+        """Store a new record and index it under its user, atomically; when ``max_per_user`` > 0 and the user now
+        has more sessions, the oldest are revoked. Returns how many were evicted."""
         ...
 
-    async def revoke(self, key: str) -> bool:
-        """Delete the record under ``key``; True when one existed."""
+    async def rotate(self, old: SessionKey, new: SessionKey, record: SessionRecord, now: float) -> bool:
+        """Move a live session to a new key (a new token) with ``record`` as its content, atomically: the old key
+        is gone the moment the new one exists. False (nothing written) when the old session is gone."""
+        ...
+
+    async def revoke(self, key: SessionKey) -> bool:
+        """Delete the session under ``key`` (and its index entry); True when one existed."""
+        ...
+
+    async def revoke_session(self, user_id: str, session_id: str) -> bool:
+        """Delete the user's session with this non-secret handle; True when one existed."""
         ...
 
     async def revoke_user(self, user_id: str) -> int:
-        """Delete every session of ``user_id``; the number deleted."""
+        """Delete every session of ``user_id``, atomically; the number deleted."""
         ...
 
     async def list_user(self, user_id: str) -> list[SessionRecord]:
-        """The user's sessions still in the store (expired ones are pruned from the index as a side effect)."""
+        """The user's sessions still in the store, oldest first; dead index entries are pruned on the way."""
         ...
 
     async def shared_secret(self, proposal: str) -> str:

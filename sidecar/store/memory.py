@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
-from sidecar.core.session import SessionRecord
+from sidecar.core.session import SessionRecord, expires_at, needs_touch, touched
+from sidecar.core.tokens import SessionKey
 from sidecar.errors import StoreUnavailable
 
 
 class MemoryStore:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
-        self._records: dict[str, tuple[SessionRecord, float]] = {}
-        self._users: dict[str, set[str]] = {}
+        self._records: dict[SessionKey, SessionRecord] = {}
+        self._users: dict[str, list[SessionKey]] = {}  # oldest first
         self._secret: str | None = None
         self.down = False  # lets tests of the callers simulate an outage
 
@@ -21,62 +23,78 @@ class MemoryStore:
         if self.down:
             raise StoreUnavailable("memory store marked down")
 
-    def _live(self, key: str) -> SessionRecord | None:
-        entry = self._records.get(key)
-        if entry is None:
-            return None
-        record, deadline = entry
-        if self._clock() >= deadline:
-            del self._records[key]
+    def _live(self, key: SessionKey) -> SessionRecord | None:
+        record = self._records.get(key)
+        if record is not None and self._clock() >= expires_at(record):
+            self._drop(key)
             return None
         return record
 
-    async def get(self, key: str) -> SessionRecord | None:
+    def _drop(self, key: SessionKey) -> bool:
+        record = self._records.pop(key, None)
+        if record is None:
+            return False
+        keys = self._users.get(record.user_id, [])
+        if key in keys:
+            keys.remove(key)
+        return True
+
+    async def resolve(self, key: SessionKey, now: float) -> SessionRecord | None:
+        self._check()
+        record = self._live(key)
+        if record is not None and needs_touch(record, now):
+            self._records[key] = touched(record, now)
+        return record
+
+    async def get(self, key: SessionKey) -> SessionRecord | None:
         self._check()
         return self._live(key)
 
-    async def create(self, key: str, record: SessionRecord, ttl_ms: int) -> None:
+    async def create(self, key: SessionKey, record: SessionRecord, max_per_user: int = 0) -> int:
         self._check()
-        self._records[key] = (record, self._clock() + ttl_ms / 1000)
-        self._users.setdefault(record.user_id, set()).add(key)
+        if key in self._records:
+            raise StoreUnavailable("a session with this key already exists")
+        self._records[key] = record
+        keys = self._users.setdefault(record.user_id, [])
+        for old in list(keys):
+            self._live(old)
+        keys.append(key)
+        evicted = 0
+        while max_per_user > 0 and len(keys) > max_per_user:
+            self._drop(keys[0])
+            evicted += 1
+        return evicted
 
-    async def touch(self, key: str, record: SessionRecord, ttl_ms: int) -> bool:
+    async def rotate(self, old: SessionKey, new: SessionKey, record: SessionRecord, now: float) -> bool:
         self._check()
-        if self._live(key) is None:
+        if self._live(old) is None or new in self._records:
             return False
-        self._records[key] = (record, self._clock() + ttl_ms / 1000)
+        self._drop(old)
+        self._records[new] = replace(record, last_seen_at=now)
+        self._users.setdefault(record.user_id, []).append(new)
         return True
 
-    async def revoke(self, key: str) -> bool:
+    async def revoke(self, key: SessionKey) -> bool:
         self._check()
-        record = self._live(key)
-        if record is None:
-            return False
-        del self._records[key]
-        self._users.get(record.user_id, set()).discard(key)
-        return True
+        return self._live(key) is not None and self._drop(key)
+
+    async def revoke_session(self, user_id: str, session_id: str) -> bool:
+        self._check()
+        for key in list(self._users.get(user_id, [])):
+            record = self._live(key)
+            if record is not None and record.session_id == session_id:
+                return self._drop(key)
+        return False
 
     async def revoke_user(self, user_id: str) -> int:
         self._check()
-        keys = self._users.pop(user_id, set())
-        count = 0
-        for key in keys:
-            if self._live(key) is not None:
-                del self._records[key]
-                count += 1
-        return count
+        keys = self._users.pop(user_id, [])
+        return sum(1 for key in keys if self._live(key) is not None and self._records.pop(key, None) is not None)
 
     async def list_user(self, user_id: str) -> list[SessionRecord]:
         self._check()
-        keys = self._users.get(user_id, set())
-        records = []
-        for key in sorted(keys):
-            record = self._live(key)
-            if record is None:
-                keys.discard(key)
-            else:
-                records.append(record)
-        return records
+        records = [self._live(key) for key in list(self._users.get(user_id, []))]
+        return [record for record in records if record is not None]
 
     async def shared_secret(self, proposal: str) -> str:
         self._check()

@@ -1,32 +1,136 @@
 """The Redis (and Valkey) SessionStore, on redis-py's asyncio client with hiredis.
 
-Layout under ``key_prefix`` (default ``sidecar:``):
-  ``s:<sha256(token)>``  the session record as JSON, with a TTL at its expiry instant
-  ``u:<user id>``        a set of the user's session keys (for ``list`` and ``revoke-user``), pruned lazily
-  ``keyring``            the shared token key when ``token.keys`` is not configured
+Key layout under ``key_prefix`` (default ``sidecar:``); ``{tag}`` is the user's tag (``user_tag``), a Redis
+Cluster hash tag, so a user's sessions and their index share one slot and every multi-key step is one atomic
+script:
 
-Every key is read and written on its own (no multi-key command or transaction), so the same layout works
-unchanged when Sentinel or Cluster clients slot in behind ``open_redis``.
+  ``<prefix>{<tag>}:s:<sha256(token)>``  hash: ``d`` the session (sealed with AES-256-GCM when keys are set),
+                                           ``sid`` handle, ``created`` ``seen`` ``idle`` ``abs`` (ms), ``ui``;
+                                           expires at min(seen + idle, abs)
+  ``<prefix>{<tag>}:u:<ui>``             sorted set of the user's token hashes by creation time; ``ui`` is a
+                                           hash of the user id, so key names do not reveal users
+  ``<prefix>keyring``                    the shared token key when ``token.keys`` is not configured
+
+The plain ``seen``/``idle``/``abs`` fields drive the TTL and the throttled touch inside the scripts; the sidecar
+decides liveness from the sealed copy of idle and absolute expiry, so editing the plain fields cannot stretch a
+session past its absolute expiry.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sidecar.core.redact import redact_url
-from sidecar.core.session import SessionRecord, from_json, to_json
+from sidecar.core.sealing import Sealer
+from sidecar.core.session import TOUCH_FRACTION, TOUCH_MAX_INTERVAL, SessionRecord, from_json, to_json
+from sidecar.core.tokens import SessionKey, user_tag
 from sidecar.errors import BadInput, CorruptRecord, StoreTimeout, StoreUnavailable
 
 STANDALONE_SCHEMES = frozenset({"redis", "rediss", "unix"})
+
+# KEYS: session. ARGV: now_ms, touch_fraction, touch_max_ms. Returns {d, seen} as stored before any touch.
+_RESOLVE = """
+local v = redis.call('HMGET', KEYS[1], 'd', 'seen', 'idle', 'abs')
+if not v[1] then return false end
+local now, seen, idle, abs = tonumber(ARGV[1]), tonumber(v[2]), tonumber(v[3]), tonumber(v[4])
+if seen and idle and abs and now < math.min(seen + idle, abs) and seen + idle < abs
+   and now - seen >= math.min(tonumber(ARGV[3]), idle * tonumber(ARGV[2])) then
+  redis.call('HSET', KEYS[1], 'seen', ARGV[1])
+  redis.call('PEXPIREAT', KEYS[1], math.min(now + idle, abs))
+end
+return {v[1], v[2] or ''}
+"""
+
+# KEYS: session, index. ARGV: d, sid, created, seen, idle, abs (ms), ui, digest, max, session prefix, now.
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+local seen, idle, abs, now = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[11])
+redis.call('HSET', KEYS[1], 'd', ARGV[1], 'sid', ARGV[2], 'created', ARGV[3], 'seen', ARGV[4],
+           'idle', ARGV[5], 'abs', ARGV[6], 'ui', ARGV[7])
+redis.call('PEXPIREAT', KEYS[1], math.min(seen + idle, abs))
+for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if redis.call('EXISTS', ARGV[10] .. member) == 0 then redis.call('ZREM', KEYS[2], member) end
+end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[8])
+local evicted, max = 0, tonumber(ARGV[9])
+while max > 0 and redis.call('ZCARD', KEYS[2]) > max do
+  local oldest = redis.call('ZPOPMIN', KEYS[2])
+  evicted = evicted + redis.call('DEL', ARGV[10] .. oldest[1])
+end
+if redis.call('PTTL', KEYS[2]) < abs - now then redis.call('PEXPIREAT', KEYS[2], abs) end
+return evicted
+"""
+
+# KEYS: old session, new session, index. ARGV: d, now, old digest, new digest.
+_ROTATE = """
+local f = redis.call('HMGET', KEYS[1], 'sid', 'created', 'idle', 'abs', 'ui')
+if not f[1] or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local now, idle, abs = tonumber(ARGV[2]), tonumber(f[3]), tonumber(f[4])
+if now >= abs then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[2], 'd', ARGV[1], 'sid', f[1], 'created', f[2], 'seen', ARGV[2],
+           'idle', f[3], 'abs', f[4], 'ui', f[5])
+redis.call('PEXPIREAT', KEYS[2], math.min(now + idle, abs))
+redis.call('ZREM', KEYS[3], ARGV[3])
+redis.call('ZADD', KEYS[3], f[2], ARGV[4])
+return 1
+"""
+
+# KEYS: session. ARGV: index prefix, digest.
+_REVOKE = """
+local ui = redis.call('HGET', KEYS[1], 'ui')
+local deleted = redis.call('DEL', KEYS[1])
+if ui then redis.call('ZREM', ARGV[1] .. ui, ARGV[2]) end
+return deleted
+"""
+
+# KEYS: index. ARGV: session prefix.
+_REVOKE_USER = """
+local deleted = 0
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  deleted = deleted + redis.call('DEL', ARGV[1] .. member)
+end
+redis.call('DEL', KEYS[1])
+return deleted
+"""
+
+# KEYS: index. ARGV: session prefix, session id.
+_REVOKE_SESSION = """
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if redis.call('HGET', ARGV[1] .. member, 'sid') == ARGV[2] then
+    redis.call('ZREM', KEYS[1], member)
+    return redis.call('DEL', ARGV[1] .. member)
+  end
+end
+return 0
+"""
+
+# KEYS: index. ARGV: session prefix. Returns {digest, d, seen, ...} for live sessions, oldest first.
+_LIST = """
+local out = {}
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local v = redis.call('HMGET', ARGV[1] .. member, 'd', 'seen')
+  if v[1] then
+    table.insert(out, member); table.insert(out, v[1]); table.insert(out, v[2] or '')
+  else
+    redis.call('ZREM', KEYS[1], member)
+  end
+end
+return out
+"""
 
 
 def open_redis(url: str, timeout: float) -> aioredis.Redis:
@@ -58,21 +162,95 @@ def _text(value: object) -> str:
     return str(value)
 
 
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def user_index_id(user_id: str) -> str:
+    return hashlib.sha256(b"user-index:" + user_id.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
 class RedisStore:
-    def __init__(self, client: aioredis.Redis, key_prefix: str, description: str = "redis") -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        key_prefix: str,
+        *,
+        sealer: Sealer | None = None,
+        wait_replicas: int = 0,
+        wait_timeout: float = 0.5,
+        description: str = "redis",
+    ) -> None:
         self._client = client
         self._prefix = key_prefix
+        self._sealer = sealer or Sealer()
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = max(1, _ms(wait_timeout))
         self._description = description
+        self._resolve = self._script(_RESOLVE)
+        self._create = self._script(_CREATE)
+        self._rotate = self._script(_ROTATE)
+        self._revoke = self._script(_REVOKE)
+        self._revoke_user = self._script(_REVOKE_USER)
+        self._revoke_session = self._script(_REVOKE_SESSION)
+        self._list = self._script(_LIST)
 
     @classmethod
-    def from_url(cls, url: str, key_prefix: str, timeout: float) -> RedisStore:
-        return cls(open_redis(url, timeout), key_prefix, redact_url(url))
+    def from_url(
+        cls,
+        url: str,
+        key_prefix: str,
+        timeout: float,
+        *,
+        sealer: Sealer | None = None,
+        wait_replicas: int = 0,
+        wait_timeout: float = 0.5,
+    ) -> RedisStore:
+        return cls(
+            open_redis(url, timeout),
+            key_prefix,
+            sealer=sealer,
+            wait_replicas=wait_replicas,
+            wait_timeout=wait_timeout,
+            description=redact_url(url),
+        )
 
-    def _session_key(self, key: str) -> str:
-        return f"{self._prefix}s:{key}"
+    def _script(self, source: str) -> AsyncScript:
+        return self._client.register_script(source)
 
-    def _user_key(self, user_id: str) -> str:
-        return f"{self._prefix}u:{user_id}"
+    # --- key names ---------------------------------------------------------------------------------------------
+
+    def _session_prefix(self, tag: str) -> str:
+        return f"{self._prefix}{{{tag}}}:s:"
+
+    def _index_prefix(self, tag: str) -> str:
+        return f"{self._prefix}{{{tag}}}:u:"
+
+    def _session_key(self, key: SessionKey) -> str:
+        return self._session_prefix(key.tag) + key.digest
+
+    def _index_key(self, user_id: str) -> str:
+        return self._index_prefix(user_tag(user_id)) + user_index_id(user_id)
+
+    # --- encoding ----------------------------------------------------------------------------------------------
+
+    def _seal(self, key: SessionKey, record: SessionRecord) -> bytes:
+        return self._sealer.seal(to_json(record), self._session_key(key).encode())
+
+    def _open(self, session_key: str, sealed: object, seen: object) -> SessionRecord:
+        if not isinstance(sealed, bytes):
+            raise CorruptRecord("session value is missing")
+        record = from_json(self._sealer.open(sealed, session_key.encode()))
+        try:
+            seen_ms = int(_text(seen))
+        except ValueError:
+            raise CorruptRecord("session field 'seen' is not a number") from None
+        # The plain last-seen time is the one touches move (in whole ms); it never outlives the sealed absolute expiry.
+        if seen_ms <= _ms(record.last_seen_at):
+            return record
+        return replace(record, last_seen_at=min(seen_ms / 1000, record.absolute_expires_at))
+
+    # --- errors ------------------------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def _errors(self) -> AsyncIterator[None]:
@@ -89,73 +267,101 @@ class RedisStore:
         except RedisError as exc:
             raise StoreUnavailable(f"{self._description}: {exc}") from None
 
-    async def get(self, key: str) -> SessionRecord | None:
-        async with self._errors():
-            raw = await self._client.get(self._session_key(key))
-        if raw is None:
-            return None
-        return from_json(raw)
+    async def _replicated(self) -> None:
+        """Make a revocation durable across a failover: wait for a replica's acknowledgement, when any exist."""
+        if self._wait_replicas <= 0:
+            return
+        info = await self._client.info("replication")
+        connected = int(info.get("connected_slaves", 0))
+        if connected == 0:
+            return
+        wanted = min(self._wait_replicas, connected)
+        acknowledged = int(await self._client.wait(wanted, self._wait_timeout_ms))
+        if acknowledged < wanted:
+            raise StoreUnavailable(
+                f"{self._description}: the change was made on the primary but only {acknowledged} of {wanted} "
+                f"replica(s) acknowledged it within {self._wait_timeout_ms}ms; retry to be sure it survives a failover"
+            )
 
-    async def create(self, key: str, record: SessionRecord, ttl_ms: int) -> None:
-        user_key = self._user_key(record.user_id)
-        async with self._errors():
-            created = await self._client.set(self._session_key(key), to_json(record), px=ttl_ms, nx=True)
-            if not created:
-                raise StoreUnavailable(f"{self._description}: a session with this key already exists")
-            await self._client.sadd(user_key, key)
-            # The index lives as long as the user's longest session.
-            if await self._client.pttl(user_key) < ttl_ms:
-                await self._client.pexpire(user_key, ttl_ms)
+    # --- SessionStore ------------------------------------------------------------------------------------------
 
-    async def touch(self, key: str, record: SessionRecord, ttl_ms: int) -> bool:
-        async with self._errors():
-            return bool(await self._client.set(self._session_key(key), to_json(record), px=ttl_ms, xx=True))
-
-    async def revoke(self, key: str) -> bool:
+    async def resolve(self, key: SessionKey, now: float) -> SessionRecord | None:
         session_key = self._session_key(key)
         async with self._errors():
-            raw = await self._client.get(session_key)
-            deleted = bool(await self._client.delete(session_key))
-            if raw is not None:
-                with contextlib.suppress(CorruptRecord):
-                    await self._client.srem(self._user_key(from_json(raw).user_id), key)
+            found = await self._resolve(keys=[session_key], args=[_ms(now), TOUCH_FRACTION, _ms(TOUCH_MAX_INTERVAL)])
+        if not found:
+            return None
+        return self._open(session_key, found[0], found[1])
+
+    async def get(self, key: SessionKey) -> SessionRecord | None:
+        session_key = self._session_key(key)
+        async with self._errors():
+            sealed, seen = await self._client.hmget(session_key, ["d", "seen"])
+        if sealed is None:
+            return None
+        return self._open(session_key, sealed, seen)
+
+    async def create(self, key: SessionKey, record: SessionRecord, max_per_user: int = 0) -> int:
+        session_key = self._session_key(key)
+        args: list[Any] = [
+            self._seal(key, record),
+            record.session_id,
+            _ms(record.created_at),
+            _ms(record.last_seen_at),
+            _ms(record.idle_timeout),
+            _ms(record.absolute_expires_at),
+            user_index_id(record.user_id),
+            key.digest,
+            max_per_user,
+            self._session_prefix(key.tag),
+            _ms(record.created_at),
+        ]
+        async with self._errors():
+            evicted = int(await self._create(keys=[session_key, self._index_key(record.user_id)], args=args))
+        if evicted < 0:
+            raise StoreUnavailable(f"{self._description}: a session with this key already exists")
+        return evicted
+
+    async def rotate(self, old: SessionKey, new: SessionKey, record: SessionRecord, now: float) -> bool:
+        keys = [self._session_key(old), self._session_key(new), self._index_key(record.user_id)]
+        async with self._errors():
+            moved = bool(
+                await self._rotate(keys=keys, args=[self._seal(new, record), _ms(now), old.digest, new.digest])
+            )
+            if moved:
+                await self._replicated()
+        return moved
+
+    async def revoke(self, key: SessionKey) -> bool:
+        async with self._errors():
+            deleted = bool(
+                await self._revoke(keys=[self._session_key(key)], args=[self._index_prefix(key.tag), key.digest])
+            )
+            await self._replicated()
+        return deleted
+
+    async def revoke_session(self, user_id: str, session_id: str) -> bool:
+        prefix = self._session_prefix(user_tag(user_id))
+        async with self._errors():
+            deleted = bool(await self._revoke_session(keys=[self._index_key(user_id)], args=[prefix, session_id]))
+            await self._replicated()
         return deleted
 
     async def revoke_user(self, user_id: str) -> int:
-        user_key = self._user_key(user_id)
+        prefix = self._session_prefix(user_tag(user_id))
         async with self._errors():
-            members = await self._client.smembers(user_key)
-            if not members:
-                return 0
-            keys = sorted(_text(m) for m in members)
-            async with self._client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.delete(self._session_key(key))
-                deleted = await pipe.execute()
-            # Remove only what was read: a session created meanwhile stays indexed.
-            await self._client.srem(user_key, *keys)
-        return sum(int(n) for n in deleted)
+            deleted = int(await self._revoke_user(keys=[self._index_key(user_id)], args=[prefix]))
+            await self._replicated()
+        return deleted
 
     async def list_user(self, user_id: str) -> list[SessionRecord]:
-        user_key = self._user_key(user_id)
+        prefix = self._session_prefix(user_tag(user_id))
         async with self._errors():
-            members = await self._client.smembers(user_key)
-            if not members:
-                return []
-            keys = sorted(_text(m) for m in members)
-            async with self._client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.get(self._session_key(key))
-                raws = await pipe.execute()
-            gone = [key for key, raw in zip(keys, raws, strict=True) if raw is None]
-            if gone:
-                await self._client.srem(user_key, *gone)
+            flat = await self._list(keys=[self._index_key(user_id)], args=[prefix])
         records = []
-        for raw in raws:
-            if raw is None:
-                continue
+        for i in range(0, len(flat), 3):
             with contextlib.suppress(CorruptRecord):
-                records.append(from_json(raw))
+                records.append(self._open(prefix + _text(flat[i]), flat[i + 1], flat[i + 2]))
         return records
 
     async def shared_secret(self, proposal: str) -> str:

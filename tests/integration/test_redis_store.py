@@ -1,21 +1,32 @@
-"""What only the Redis implementation can get wrong: its key layout, bad stored data, and an unreachable server."""
+"""What only the Redis implementation can get wrong: its key layout, sealing, scripts' cost, bad stored data,
+replica acknowledgement, and an unreachable server."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import secrets
+import signal
 import socket
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from sidecar.core.redact import redact_url
+from sidecar.core.sealing import Sealer
 from sidecar.core.session import SessionRecord, new_session
-from sidecar.core.tokens import KeyRing, mint_token, token_key
+from sidecar.core.tokens import SessionKey, token_key, user_tag
 from sidecar.errors import BadInput, CorruptRecord, StoreUnavailable
-from sidecar.store.redis import RedisStore
+from sidecar.store.redis import RedisStore, user_index_id
+from tests.support import servers
 
 pytestmark = pytest.mark.integration
+
+OLD_KEY = ("e-old", b"o" * 32)
+NEW_KEY = ("e-new", b"n" * 32)
 
 
 def closed_port() -> int:
@@ -24,74 +35,207 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def plain_session(user: str) -> SessionRecord:
+def plain_session(user: str, idle: float = 60) -> SessionRecord:
     return new_session(
-        session_id="sid", user_id=user, email=None, roles=(), attributes={},
-        idle_timeout=60, absolute_timeout=600, now=time.time(),
+        session_id="sid-" + secrets.token_hex(4), user_id=user, email=f"{user}@example.com", roles=("dev",),
+        attributes={"team": "blue"}, idle_timeout=idle, absolute_timeout=600, now=time.time(),
     )  # fmt: skip
 
 
+def key_for(user: str) -> SessionKey:
+    return SessionKey(user_tag(user), token_key(secrets.token_urlsafe(32)))
+
+
 @pytest.fixture
-async def raw(valkey_url: str) -> aioredis.Redis:
+async def raw(valkey_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.from_url(valkey_url)
     yield client
     await client.aclose()
 
 
 @pytest.fixture
-async def store(valkey_url: str) -> RedisStore:
-    s = RedisStore.from_url(valkey_url, f"it-{secrets.token_hex(4)}:", timeout=2.0)
+def prefix() -> str:
+    return f"it-{secrets.token_hex(4)}:"
+
+
+def store_with(url: str, prefix: str, *keys: tuple[str, bytes], **options: object) -> RedisStore:
+    return RedisStore.from_url(url, prefix, timeout=2.0, sealer=Sealer(keys), **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def store(valkey_url: str, prefix: str) -> AsyncIterator[RedisStore]:
+    s = store_with(valkey_url, prefix, NEW_KEY, OLD_KEY)
     yield s
     await s.close()
 
 
-async def test_redis_keys_hold_only_the_token_hash(store: RedisStore, raw: aioredis.Redis) -> None:
-    prefix = store._prefix
-    ring = KeyRing.of([("k1", b"k" * 32)])
-    token = mint_token(ring, secrets.token_bytes(32))
-    rec = plain_session("alice")
-    await store.create(token_key(token), rec, 60_000)
-    keys = [k.decode() for k in await raw.keys(f"{prefix}*")]
-    assert sorted(keys) == sorted([f"{prefix}s:{token_key(token)}", f"{prefix}u:alice"])
-    for k in keys:
-        assert token not in k
-        value = await raw.get(k) if k.startswith(f"{prefix}s:") else b"".join(await raw.smembers(k))
-        assert token.encode() not in value
+async def test_keys_hold_only_hashes_and_share_the_users_hash_tag(
+    store: RedisStore, raw: aioredis.Redis, prefix: str
+) -> None:
+    key = key_for("alice")
+    await store.create(key, plain_session("alice"))
+    names = sorted(k.decode() for k in await raw.keys(f"{prefix}*"))
+    tag = user_tag("alice")
+    assert names == sorted([f"{prefix}{{{tag}}}:s:{key.digest}", f"{prefix}{{{tag}}}:u:{user_index_id('alice')}"])
+    assert all("alice" not in name for name in names)
 
 
-async def test_session_ttl_is_set_on_the_record_and_the_user_index(store: RedisStore, raw: aioredis.Redis) -> None:
-    rec = plain_session("bob")
-    k = secrets.token_hex(32)
-    await store.create(k, rec, 60_000)
-    assert 0 < await raw.pttl(f"{store._prefix}s:{k}") <= 60_000
-    assert 0 < await raw.pttl(f"{store._prefix}u:bob") <= 60_000
+async def test_sealed_values_hold_no_identity_in_clear(store: RedisStore, raw: aioredis.Redis, prefix: str) -> None:
+    key = key_for("alice")
+    await store.create(key, plain_session("alice"))
+    fields = await raw.hgetall(f"{prefix}{{{key.tag}}}:s:{key.digest}")
+    assert fields[b"d"].startswith(b"e1.e-new.")
+    dumped = b" ".join(fields.values())
+    for secret in (b"alice", b"example.com", b"dev", b"blue"):
+        assert secret not in dumped
+
+
+async def test_tampered_ciphertext_is_a_corrupt_record(store: RedisStore, raw: aioredis.Redis, prefix: str) -> None:
+    key = key_for("alice")
+    await store.create(key, plain_session("alice"))
+    name = f"{prefix}{{{key.tag}}}:s:{key.digest}"
+    sealed = bytearray(await raw.hget(name, "d"))
+    sealed[-5] = ord("A") if sealed[-5] != ord("A") else ord("B")
+    await raw.hset(name, "d", bytes(sealed))
+    with pytest.raises(CorruptRecord):
+        await store.resolve(key, time.time())
+
+
+async def test_sealed_value_moved_to_another_session_key_does_not_open(
+    store: RedisStore, raw: aioredis.Redis, prefix: str
+) -> None:
+    first, second = key_for("alice"), key_for("alice")
+    await store.create(first, plain_session("alice"))
+    await store.create(second, plain_session("alice"))
+    sealed = await raw.hget(f"{prefix}{{{first.tag}}}:s:{first.digest}", "d")
+    await raw.hset(f"{prefix}{{{second.tag}}}:s:{second.digest}", "d", sealed)
+    with pytest.raises(CorruptRecord):
+        await store.get(second)
+
+
+async def test_rotated_encryption_key_still_reads_old_sessions(valkey_url: str, prefix: str) -> None:
+    before = store_with(valkey_url, prefix, OLD_KEY)
+    after = store_with(valkey_url, prefix, NEW_KEY, OLD_KEY)
+    retired = store_with(valkey_url, prefix, NEW_KEY)
+    try:
+        key, rec = key_for("bob"), plain_session("bob")
+        await before.create(key, rec)
+        assert await after.get(key) == rec
+        with pytest.raises(CorruptRecord, match="not configured"):
+            await retired.get(key)
+    finally:
+        for s in (before, after, retired):
+            await s.close()
+
+
+async def test_unsealed_store_reads_and_writes_plain_values(valkey_url: str, prefix: str, raw: aioredis.Redis) -> None:
+    plain = store_with(valkey_url, prefix)
+    try:
+        key, rec = key_for("carol"), plain_session("carol")
+        await plain.create(key, rec)
+        assert (await raw.hget(f"{prefix}{{{key.tag}}}:s:{key.digest}", "d")).startswith(b"p1.")
+        assert await plain.get(key) == rec
+    finally:
+        await plain.close()
 
 
 @pytest.mark.parametrize(
     "stored",
-    [
-        b"not json",
-        b"[]",
-        b'{"v": 99}',
-        b'{"v":1,"sid":"s","uid":"a\\r\\nx: y","email":null,"roles":[],"attrs":{},'
-        b'"created":1,"seen":1,"idle":60,"abs":99999999999}',
-    ],
-    ids=["garbage", "array", "future-version", "crlf-in-user-id"],
+    [b"not json", b"p1.[]", b'p1.{"v": 99}', b"e1.nokey.AAAA", b"zz", b"p1." + b"[" * 100_000],
+    ids=["garbage", "array", "future-version", "unknown-key", "unknown-format", "deeply-nested"],
 )
-async def test_unusable_stored_record_raises_corrupt_record(
-    store: RedisStore, raw: aioredis.Redis, stored: bytes
+async def test_unusable_stored_value_raises_corrupt_record(
+    store: RedisStore, raw: aioredis.Redis, prefix: str, stored: bytes
 ) -> None:
-    k = secrets.token_hex(32)
-    await raw.set(f"{store._prefix}s:{k}", stored, ex=60)
+    key = key_for("dave")
+    await raw.hset(f"{prefix}{{{key.tag}}}:s:{key.digest}", mapping={"d": stored, "seen": "1"})
+    await raw.expire(f"{prefix}{{{key.tag}}}:s:{key.digest}", 60)
     with pytest.raises(CorruptRecord):
-        await store.get(k)
+        await store.get(key)
+
+
+async def test_index_holds_no_expired_entries_once_listed_or_written(
+    store: RedisStore, raw: aioredis.Redis, prefix: str
+) -> None:
+    user = "erin-" + secrets.token_hex(3)
+    for _ in range(3):
+        await store.create(key_for(user), plain_session(user, idle=0.2))
+    index = f"{prefix}{{{user_tag(user)}}}:u:{user_index_id(user)}"
+    assert await raw.zcard(index) == 3
+    await asyncio.sleep(0.5)
+    assert await store.list_user(user) == []
+    assert await raw.zcard(index) == 0
+    for _ in range(2):
+        await store.create(key_for(user), plain_session(user, idle=0.2))
+    await asyncio.sleep(0.5)
+    await store.create(key_for(user), plain_session(user))  # a write prunes too
+    assert await raw.zcard(index) == 1
+
+
+async def test_index_expires_with_the_users_last_session(store: RedisStore, raw: aioredis.Redis, prefix: str) -> None:
+    user = "fay-" + secrets.token_hex(3)
+    await store.create(key_for(user), plain_session(user))
+    ttl_ms = await raw.pttl(f"{prefix}{{{user_tag(user)}}}:u:{user_index_id(user)}")
+    assert 590_000 < ttl_ms <= 600_000  # the absolute expiry of its session
+
+
+async def commands(raw: aioredis.Redis) -> dict[str, int]:
+    stats = await raw.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+async def test_an_allowed_request_costs_one_round_trip_and_no_write_within_the_touch_interval(
+    store: RedisStore, raw: aioredis.Redis
+) -> None:
+    key = key_for("gus")
+    await store.create(key, plain_session("gus"))
+    await store.resolve(key, time.time())  # loads the script once
+    await raw.config_resetstat()
+    for _ in range(10):
+        await store.resolve(key, time.time())
+    counted = await commands(raw)
+    counted.pop("config|resetstat", None)
+    counted.pop("info", None)
+    # commandstats also counts the commands run inside the script: one HMGET each, no HSET/PEXPIREAT.
+    assert counted == {"evalsha": 10, "hmget": 10}
+
+
+async def test_revocation_waits_for_a_connected_replica(valkey_url: str, prefix: str, tmp_path: Path) -> None:
+    replica = servers.start_valkey_server(tmp_path / "replica", name="replica")
+    try:
+        client = aioredis.from_url(replica.url)
+        primary_port = valkey_url.rsplit(":", 1)[1].split("/", maxsplit=1)[0]
+        await client.replicaof("127.0.0.1", primary_port)
+        deadline = time.monotonic() + 10
+        while (await client.info("replication")).get("master_link_status") != "up":
+            assert time.monotonic() < deadline, "replica did not connect"
+            await asyncio.sleep(0.05)
+        waiting = store_with(valkey_url, prefix, NEW_KEY, wait_replicas=1, wait_timeout=0.3)
+        key = key_for("hank")
+        await waiting.create(key, plain_session("hank"))
+        assert await waiting.revoke(key) is True  # acknowledged by the live replica
+
+        await waiting.create(key, plain_session("hank"))
+        assert replica.server.proc is not None
+        os.kill(replica.server.proc.pid, signal.SIGSTOP)  # a replica that cannot acknowledge
+        try:
+            with pytest.raises(StoreUnavailable, match="acknowledged"):
+                await waiting.revoke(key)
+        finally:
+            os.kill(replica.server.proc.pid, signal.SIGCONT)
+        assert await waiting.get(key) is None  # done on the primary all the same
+        await waiting.close()
+        await client.replicaof("NO", "ONE")
+        await client.aclose()
+    finally:
+        replica.stop()
 
 
 async def test_unreachable_server_raises_store_unavailable() -> None:
     store = RedisStore.from_url(f"redis://127.0.0.1:{closed_port()}/0", "x:", timeout=0.5)
     try:
         with pytest.raises(StoreUnavailable, match="unreachable"):
-            await store.get("k")
+            await store.get(key_for("x"))
     finally:
         await store.close()
 
@@ -101,6 +245,13 @@ def test_unsupported_url_scheme_is_bad_input() -> None:
         RedisStore.from_url("memcached://127.0.0.1:11211", "x:", timeout=1)
 
 
-def test_redacted_url_hides_the_password_only() -> None:
-    assert redact_url("redis://user:hunter2@h:6379/0") == "redis://user:<redacted>@h:6379/0"
-    assert redact_url("redis://h:6379/0") == "redis://h:6379/0"
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://user:hunter2@h:6379/0", "redis://user:<redacted>@h:6379/0"),
+        ("redis://h:6379/0", "redis://h:6379/0"),
+        ("redis://h:6379/0?password=hunter2", "redis://h:6379/0?password=<redacted>"),
+    ],
+)
+def test_redact_url_hides_passwords_only(url: str, shown: str) -> None:
+    assert redact_url(url) == shown

@@ -430,9 +430,15 @@ def test_directory_instead_of_file_is_an_error(tmp_path: Path) -> None:
 def test_redacted_defaults_render_as_contract_yaml() -> None:
     assert redacted(load_config(environ={})) == {
         "listen": {"grpc": "127.0.0.1:9191", "http": "127.0.0.1:9192", "admin": "127.0.0.1:9090"},
-        "redis": {"url": "redis://127.0.0.1:6379/0", "key_prefix": "sidecar:", "timeout": "150ms"},
+        "redis": {
+            "url": "redis://127.0.0.1:6379/0",
+            "key_prefix": "sidecar:",
+            "timeout": "150ms",
+            "wait_replicas": 1,
+            "wait_timeout": "500ms",
+        },
         "cookie": {"name": "SESSION", "strip_upstream": True},
-        "session": {"idle_timeout": "30m", "absolute_timeout": "12h"},
+        "session": {"idle_timeout": "30m", "absolute_timeout": "12h", "max_per_user": 0, "encryption_keys": []},
         "headers": {
             "user_id": "x-user-id",
             "email": "x-user-email",
@@ -443,6 +449,7 @@ def test_redacted_defaults_render_as_contract_yaml() -> None:
         "deny": {"login_url": ""},
         "routes": [],
         "token": {"keys": []},
+        "api": {"enabled": False, "token_file": ""},
         "log": {"level": "info"},
     }
 
@@ -465,10 +472,17 @@ def test_redacted_hides_redis_password_and_token_secrets_but_shows_everything_el
         "url": "redis://app:<redacted>@cache.internal:6379/0",
         "key_prefix": "sidecar:",
         "timeout": "150ms",
+        "wait_replicas": 1,
+        "wait_timeout": "500ms",
     }
     assert data["token"] == {"keys": ["k1:<redacted>", "k2:<redacted>"]}
     assert data["routes"] == [{"prefix": "/admin", "public": False, "roles": ["admin"]}]
-    assert data["session"] == {"idle_timeout": "90s", "absolute_timeout": "12h"}
+    assert data["session"] == {
+        "idle_timeout": "90s",
+        "absolute_timeout": "12h",
+        "max_per_user": 0,
+        "encryption_keys": [],
+    }
     assert data["cookie"] == {"name": "SESSION", "strip_upstream": True}
 
 
@@ -493,3 +507,43 @@ def test_repr_does_not_leak_secrets() -> None:
     )
     assert "hunter2" not in repr(config)
     assert repr(SECRET_BYTES) not in repr(config)
+
+
+# --- issue #3 additions: encryption keys, per-user cap, replica wait, the API --------------------------------
+
+AES_KEY = base64.urlsafe_b64encode(b"e" * 32).decode()
+
+
+def test_encryption_keys_need_exactly_32_bytes_and_are_redacted() -> None:
+    config = load_config(environ={"SIDECAR_SESSION__ENCRYPTION_KEYS": f"e1:{AES_KEY}"})
+    assert [(k.kid, k.secret) for k in config.session.encryption_keys] == [("e1", b"e" * 32)]
+    assert redacted(config)["session"]["encryption_keys"] == ["e1:<redacted>"]  # type: ignore[index]
+    long_key = base64.urlsafe_b64encode(b"e" * 48).decode()
+    problem = only_problem(environ={"SIDECAR_SESSION__ENCRYPTION_KEYS": f"e1:{long_key}"})
+    assert "session.encryption_keys[0]" in problem and "exactly 32" in problem
+
+
+def test_negative_session_cap_and_replica_count_are_errors() -> None:
+    found = problems_of(environ={"SIDECAR_SESSION__MAX_PER_USER": "-1", "SIDECAR_REDIS__WAIT_REPLICAS": "-2"})
+    assert any(p.startswith("session.max_per_user") for p in found)
+    assert any(p.startswith("redis.wait_replicas") for p in found)
+
+
+def test_api_enabled_needs_a_readable_token_file(tmp_path: Path) -> None:
+    assert "api.token_file" in only_problem(environ={"SIDECAR_API__ENABLED": "true"})
+    missing = tmp_path / "nope"
+    assert "cannot read" in only_problem(
+        environ={"SIDECAR_API__ENABLED": "true", "SIDECAR_API__TOKEN_FILE": str(missing)}
+    )
+    short = tmp_path / "short"
+    short.write_text("tiny\n")
+    assert "at least" in only_problem(environ={"SIDECAR_API__ENABLED": "true", "SIDECAR_API__TOKEN_FILE": str(short)})
+
+
+def test_api_token_is_read_from_the_file_and_never_shown(tmp_path: Path) -> None:
+    token_file = tmp_path / "api-token"
+    token_file.write_text("t" * 40 + "\n")
+    config = load_config(environ={"SIDECAR_API__ENABLED": "true", "SIDECAR_API__TOKEN_FILE": str(token_file)})
+    assert config.api.token == "t" * 40
+    assert "t" * 40 not in yaml.safe_dump(redacted(config))
+    assert "t" * 40 not in repr(config)

@@ -46,7 +46,7 @@ IDENTITY_NAMES = {"x-user-id", "x-user-email", "x-user-roles", "x-session-id"}
 
 
 def _token(ring: KeyRing = RING) -> str:
-    return mint_token(ring, secrets.token_bytes(ENTROPY_BYTES))
+    return mint_token(ring, secrets.token_bytes(ENTROPY_BYTES), "abc123")
 
 
 V1, V2, V3, V4 = (_token() for _ in range(4))

@@ -480,7 +480,7 @@ def test_describe_expires_at_is_the_absolute_expiry_when_it_comes_first() -> Non
 
 def test_describe_never_contains_a_token() -> None:
     ring = KeyRing.of([("k1", bytes(32))])
-    token = mint_token(ring, secrets.token_bytes(ENTROPY_BYTES))
+    token = mint_token(ring, secrets.token_bytes(ENTROPY_BYTES), "abc123")
     view = describe(_new(session_id="handle-123"))
     text = json.dumps(view)
     assert token not in text

@@ -18,7 +18,9 @@ from sidecar.core.tokens import (
     encode_secret,
     is_well_formed,
     mint_token,
+    session_key,
     token_key,
+    user_tag,
     verify_token,
 )
 
@@ -35,8 +37,11 @@ _COOKIE_OCTET = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+")
 _URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
+TAG = "0a1b2c"
+
+
 def _fresh(ring: KeyRing = RING) -> str:
-    return mint_token(ring, secrets.token_bytes(ENTROPY_BYTES))
+    return mint_token(ring, secrets.token_bytes(ENTROPY_BYTES), TAG)
 
 
 def _b64decode(text: str) -> bytes:
@@ -66,7 +71,7 @@ def test_minted_token_verifies_and_is_well_formed(ring: KeyRing) -> None:
 
 
 def test_minting_is_deterministic_for_the_same_entropy_and_key() -> None:
-    assert mint_token(RING, FIXED_ENTROPY) == mint_token(RING, FIXED_ENTROPY)
+    assert mint_token(RING, FIXED_ENTROPY, TAG) == mint_token(RING, FIXED_ENTROPY, TAG)
 
 
 def test_different_entropy_gives_different_tokens() -> None:
@@ -74,11 +79,12 @@ def test_different_entropy_gives_different_tokens() -> None:
     assert len(tokens) == 200
 
 
-def test_token_shape_is_version_kid_body_mac() -> None:
-    token = mint_token(RING, FIXED_ENTROPY)
-    version, kid, body, mac = token.split(".")
+def test_token_shape_is_version_kid_tag_body_mac() -> None:
+    token = mint_token(RING, FIXED_ENTROPY, TAG)
+    version, kid, tag, body, mac = token.split(".")
     assert version == "s1"
     assert kid == "k1"
+    assert tag == TAG
     assert _b64decode(body) == FIXED_ENTROPY
     assert len(_b64decode(mac)) == 16
 
@@ -95,15 +101,15 @@ def test_token_is_url_safe_cookie_safe_and_never_starts_with_dash(_round: int) -
 def test_token_carries_at_least_128_bits_of_entropy() -> None:
     assert ENTROPY_BYTES * 8 >= 128
     assert ENTROPY_BYTES >= 32
-    token = mint_token(RING, FIXED_ENTROPY)
-    body = token.split(".")[2]
+    token = mint_token(RING, FIXED_ENTROPY, TAG)
+    body = token.split(".")[3]
     assert _b64decode(body) == FIXED_ENTROPY, "the whole entropy is carried, not a truncation of it"
 
 
 @pytest.mark.parametrize("size", [0, 16, 31, 33, 64], ids=lambda n: f"{n}_bytes")
 def test_mint_rejects_entropy_of_the_wrong_size(size: int) -> None:
     with pytest.raises(ValueError, match="entropy"):
-        mint_token(RING, b"\x01" * size)
+        mint_token(RING, b"\x01" * size, TAG)
 
 
 def _single_character_changes(token: str) -> list[tuple[str, str]]:
@@ -121,7 +127,7 @@ def _single_character_changes(token: str) -> list[tuple[str, str]]:
 @pytest.mark.parametrize("ring_kids", [("k1",), ("k1", "k2")], ids=["one_key", "sibling_kid_in_ring"])
 def test_every_single_character_change_anywhere_fails_verify(ring_kids: tuple[str, ...]) -> None:
     ring = KeyRing.of(zip(ring_kids, (KEY_A, KEY_B), strict=False))
-    token = mint_token(ring, FIXED_ENTROPY)
+    token = mint_token(ring, FIXED_ENTROPY, TAG)
     changes = _single_character_changes(token)
     assert len(changes) > 4 * len(token)
     accepted = [what for what, changed in changes if verify_token(ring, changed)]
@@ -130,7 +136,7 @@ def test_every_single_character_change_anywhere_fails_verify(ring_kids: tuple[st
 
 @pytest.mark.parametrize("position", ["first", "last"])
 def test_appending_or_prepending_a_character_fails_verify(position: str) -> None:
-    token = mint_token(RING, FIXED_ENTROPY)
+    token = mint_token(RING, FIXED_ENTROPY, TAG)
     changed = "A" + token if position == "first" else token + "A"
     assert not verify_token(RING, changed)
 
@@ -168,8 +174,9 @@ def test_key_rotation_verifies_old_tokens_and_mints_with_the_new_key() -> None:
 # Malformed shapes
 # --------------------------------------------------------------------------------------------------------
 
-_GOOD = mint_token(RING, FIXED_ENTROPY)
-_V, _K, _BODY, _MAC = _GOOD.split(".")
+_GOOD = mint_token(RING, FIXED_ENTROPY, TAG)
+_V, _KID, _TAG, _BODY, _MAC = _GOOD.split(".")
+_K = f"{_KID}.{_TAG}"  # the key id and the user tag travel together
 
 MALFORMED: list[tuple[str, str]] = [
     ("empty", ""),
@@ -183,8 +190,12 @@ MALFORMED: list[tuple[str, str]] = [
     ("wrong_version", f"s2.{_K}.{_BODY}.{_MAC}"),
     ("upper_case_version", f"S1.{_K}.{_BODY}.{_MAC}"),
     ("empty_kid", f"{_V}..{_BODY}.{_MAC}"),
-    ("kid_too_long", f"{_V}.{'k' * 17}.{_BODY}.{_MAC}"),
-    ("kid_with_bad_char", f"{_V}.k!.{_BODY}.{_MAC}"),
+    ("kid_too_long", f"{_V}.{'k' * 17}.{_TAG}.{_BODY}.{_MAC}"),
+    ("kid_with_bad_char", f"{_V}.k!.{_TAG}.{_BODY}.{_MAC}"),
+    ("tag_missing", f"{_V}.{_KID}.{_BODY}.{_MAC}"),
+    ("tag_upper_case", f"{_V}.{_KID}.{_TAG.upper()}.{_BODY}.{_MAC}"),
+    ("tag_too_short", f"{_V}.{_KID}.{_TAG[:-1]}.{_BODY}.{_MAC}"),
+    ("tag_not_hex", f"{_V}.{_KID}.zzzzzz.{_BODY}.{_MAC}"),
     ("body_with_plus", f"{_V}.{_K}.+{_BODY[1:]}.{_MAC}"),
     ("body_with_slash", f"{_V}.{_K}./{_BODY[1:]}.{_MAC}"),
     ("body_with_padding", f"{_V}.{_K}.{_BODY[:-1]}=.{_MAC}"),
@@ -199,7 +210,7 @@ MALFORMED: list[tuple[str, str]] = [
     ("non_ascii_letter_in_body", f"{_V}.{_K}.\xe9{_BODY[1:]}.{_MAC}"),
     ("fullwidth_letter_in_body", f"{_V}.{_K}.\uff21{_BODY[1:]}.{_MAC}"),
     ("arabic_indic_digit_in_mac", f"{_V}.{_K}.{_BODY}.\u0663{_MAC[1:]}"),
-    ("non_ascii_kid", f"{_V}.k\xe9.{_BODY}.{_MAC}"),
+    ("non_ascii_kid", f"{_V}.k\xe9.{_TAG}.{_BODY}.{_MAC}"),
     ("lone_surrogate", f"{_V}.{_K}.\udcff{_BODY[1:]}.{_MAC}"),
     ("leading_space", " " + _GOOD),
     ("trailing_space", _GOOD + " "),
@@ -245,7 +256,7 @@ def test_token_key_is_the_sha256_hex_of_the_token() -> None:
 def test_token_key_does_not_contain_the_token_or_its_parts() -> None:
     token = _fresh()
     key = token_key(token)
-    _, _, body, mac = token.split(".")
+    _, _, _, body, mac = token.split(".")
     assert token not in key
     assert body not in key
     assert mac not in key
@@ -341,3 +352,33 @@ BAD_SECRETS: list[tuple[str, str]] = [
 def test_decode_secret_rejects_anything_but_base64url_with_value_error(text: str) -> None:
     with pytest.raises(ValueError, match="base64url"):
         decode_secret(text)
+
+
+# --------------------------------------------------------------------------------------------------------
+# user tags and session keys
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_user_tag_is_six_hex_digits_stable_per_user_and_spread_across_users() -> None:
+    assert re.fullmatch(r"[0-9a-f]{6}", user_tag("alice"))
+    assert user_tag("alice") == user_tag("alice")
+    assert len({user_tag(f"user-{i}") for i in range(1000)}) > 990
+
+
+def test_session_key_carries_the_tag_and_the_token_hash_never_the_token() -> None:
+    token = mint_token(RING, FIXED_ENTROPY, user_tag("alice"))
+    key = session_key(token)
+    assert key.tag == user_tag("alice")
+    assert key.digest == token_key(token)
+
+
+def test_tag_change_breaks_the_mac() -> None:
+    token = mint_token(RING, FIXED_ENTROPY, TAG)
+    v, k, _, body, mac = token.split(".")
+    assert not verify_token(RING, f"{v}.{k}.ffffff.{body}.{mac}")
+
+
+@pytest.mark.parametrize("tag", ["", "ABCDEF", "12345", "1234567", "g00000"])
+def test_mint_rejects_a_malformed_tag(tag: str) -> None:
+    with pytest.raises(ValueError, match="tag"):
+        mint_token(RING, FIXED_ENTROPY, tag)

@@ -1,0 +1,74 @@
+"""AES-256-GCM sealing of session values: round trips, key rotation, binding to the store key, tampering."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar.core.sealing import Sealer
+from sidecar.errors import CorruptRecord
+
+A = ("a", b"A" * 32)
+B = ("b", b"B" * 32)
+AAD = b"sidecar:{abc123}:s:digest"
+
+
+def test_sealed_value_opens_with_the_same_ring_and_hides_the_plaintext() -> None:
+    sealer = Sealer((A,))
+    sealed = sealer.seal(b'{"uid":"alice"}', AAD)
+    assert sealed.startswith(b"e1.a.")
+    assert b"alice" not in sealed
+    assert sealer.open(sealed, AAD) == b'{"uid":"alice"}'
+
+
+def test_each_seal_uses_a_fresh_nonce() -> None:
+    sealer = Sealer((A,))
+    assert sealer.seal(b"x", AAD) != sealer.seal(b"x", AAD)
+
+
+def test_newest_key_seals_and_older_keys_still_open() -> None:
+    old = Sealer((A,)).seal(b"old", AAD)
+    rotated = Sealer((B, A))
+    assert rotated.seal(b"new", AAD).startswith(b"e1.b.")
+    assert rotated.open(old, AAD) == b"old"
+
+
+def test_value_sealed_with_a_retired_key_is_corrupt() -> None:
+    old = Sealer((A,)).seal(b"old", AAD)
+    with pytest.raises(CorruptRecord, match="not configured"):
+        Sealer((B,)).open(old, AAD)
+
+
+def test_value_moved_under_another_key_does_not_open() -> None:
+    sealer = Sealer((A,))
+    with pytest.raises(CorruptRecord):
+        sealer.open(sealer.seal(b"x", AAD), b"sidecar:{abc123}:s:other")
+
+
+@pytest.mark.parametrize("position", [6, 10, 20, -1])
+def test_any_changed_byte_is_detected(position: int) -> None:
+    sealer = Sealer((A,))
+    sealed = bytearray(sealer.seal(b"some session value", AAD))
+    sealed[position] = ord("A") if sealed[position] != ord("A") else ord("B")
+    with pytest.raises(CorruptRecord):
+        sealer.open(bytes(sealed), AAD)
+
+
+@pytest.mark.parametrize("blob", [b"", b"e1.", b"e1.a", b"e1.a.!!!", b"e1.a.QUFB", b"x1.zzz", b"{}"])
+def test_malformed_blobs_are_corrupt_records_never_other_errors(blob: bytes) -> None:
+    with pytest.raises(CorruptRecord):
+        Sealer((A,)).open(blob, AAD)
+
+
+def test_without_keys_values_are_stored_plain_and_sealed_ones_refused() -> None:
+    plain = Sealer()
+    assert not plain.seals
+    assert plain.seal(b"v", AAD) == b"p1.v"
+    assert plain.open(b"p1.v", AAD) == b"v"
+    with pytest.raises(CorruptRecord):
+        plain.open(Sealer((A,)).seal(b"v", AAD), AAD)
+
+
+@pytest.mark.parametrize("key", [("a", b"short"), ("a", b"x" * 48), ("", b"x" * 32), ("a.b", b"x" * 32)])
+def test_bad_keys_are_refused(key: tuple[str, bytes]) -> None:
+    with pytest.raises(ValueError):
+        Sealer((key,))
