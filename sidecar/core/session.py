@@ -47,6 +47,10 @@ def header_value_problem(value: str) -> str | None:
         return "is empty"
     if len(value) > MAX_VALUE_LENGTH:
         return f"is longer than {MAX_VALUE_LENGTH} characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
     for ch in value:
         if (ch < " " and ch != "\t") or ch == "\x7f":
             return f"contains the control character {ch!r}"

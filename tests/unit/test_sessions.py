@@ -134,3 +134,9 @@ async def test_revoke_session_by_handle_and_list_never_shows_tokens(manager: Ses
     listed = await manager.list("alice")
     assert [r.session_id for r in listed] == [two.record.session_id]
     assert await manager.revoke_user("alice") == 1
+
+
+async def test_non_utf8_user_id_from_a_command_line_is_bad_input(manager: SessionManager) -> None:
+    undecodable = b"al\xffice".decode("utf-8", "surrogateescape")  # what argv holds for non-UTF-8 bytes
+    with pytest.raises(BadInput, match="UTF-8"):
+        await manager.create(undecodable)
