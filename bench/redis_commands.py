@@ -104,7 +104,7 @@ def main() -> int:
     ]
     for name, counted in rows:
         sent = sum(counted.get(cmd, 0) for cmd in ("evalsha", "info", "wait"))
-        inner = ", ".join(f"{cmd.upper()}×{n}" for cmd, n in sorted(counted.items()) if cmd != "evalsha")
+        inner = ", ".join(f"{cmd.upper()} x{n}" for cmd, n in sorted(counted.items()) if cmd != "evalsha")
         lines.append(f"| {name} | {sent} | {inner} |")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text("\n".join(lines) + "\n")
