@@ -20,6 +20,7 @@ from sidecar.core.sealing import Sealer
 from sidecar.core.tokens import KeyRing
 from sidecar.errors import RuntimeFailure, StoreError
 from sidecar.sessions import KeyRingSource, SessionManager
+from sidecar.store.connect import RedisSettings
 from sidecar.store.redis import RedisStore
 
 log = logging.getLogger("sidecar")
@@ -51,11 +52,27 @@ def configured_key_ring(config: Config) -> KeyRing | None:
     return KeyRing.of((key.kid, key.secret) for key in config.token.keys)
 
 
+def redis_settings(config: Config, timeout: float) -> RedisSettings:
+    redis = config.redis
+    return RedisSettings(
+        url=redis.url,
+        timeout=timeout,
+        username=redis.username or None,
+        password=redis.password or None,
+        sentinel_username=redis.sentinel_username or None,
+        sentinel_password=redis.sentinel_password or None,
+        tls_ca_file=redis.tls_ca_file or None,
+        tls_cert_file=redis.tls_cert_file or None,
+        tls_key_file=redis.tls_key_file or None,
+        tls_verify=redis.tls_verify,
+        max_connections=redis.max_connections,
+    )
+
+
 def open_store(config: Config, timeout: float) -> RedisStore:
-    return RedisStore.from_url(
-        config.redis.url,
+    return RedisStore.connect(
+        redis_settings(config, timeout),
         config.redis.key_prefix,
-        timeout,
         sealer=Sealer(tuple((key.kid, key.secret) for key in config.session.encryption_keys)),
         wait_replicas=config.redis.wait_replicas,
         wait_timeout=config.redis.wait_timeout,

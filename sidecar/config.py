@@ -154,6 +154,48 @@ class RedisConfig(_Section):
     # so a failover cannot bring a revoked session back. 0 turns it off.
     wait_replicas: int = Field(default=1, ge=0, le=16)
     wait_timeout: Duration = 0.5
+    # ACL credentials for the data nodes (they may also be in the URL); a *_file is read at load time.
+    username: str = ""
+    password: str = Field(default="", repr=False)
+    password_file: str = ""
+    # Sentinel nodes authenticate separately from the master they point to.
+    sentinel_username: str = ""
+    sentinel_password: str = Field(default="", repr=False)
+    sentinel_password_file: str = ""
+    # TLS for rediss:// (verification on unless tls_verify is false).
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_verify: bool = True
+    max_connections: int = Field(default=64, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _read_secret_files(self) -> RedisConfig:
+        problems: list[Problem] = []
+        for secret, source in (("password", "password_file"), ("sentinel_password", "sentinel_password_file")):
+            path = getattr(self, source)
+            if not path:
+                continue
+            if getattr(self, secret):
+                problems.append(((source,), f"give either redis.{secret} or redis.{source}, not both"))
+                continue
+            try:
+                value = Path(path).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                problems.append(((source,), f"cannot read {path!r}: {exc.__class__.__name__}"))
+                continue
+            if not value:
+                problems.append(((source,), f"{path!r} is empty"))
+            object.__setattr__(self, secret, value)
+        for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                problems.append(((name,), f"{path!r} is not a readable file"))
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            problems.append((("tls_key_file",), "tls_cert_file and tls_key_file go together"))
+        if problems:
+            raise _Problems(problems)
+        return self
 
     @field_validator("url")
     @classmethod
@@ -672,6 +714,8 @@ def redacted(config: Config) -> dict[str, object]:
     data["session"]["absolute_timeout"] = format_duration(config.session.absolute_timeout)
     data["deny"]["login_url"] = redact_url(config.deny.login_url)
     data["redis"]["wait_timeout"] = format_duration(config.redis.wait_timeout)
+    for secret in ("password", "sentinel_password"):
+        data["redis"][secret] = REDACTED if getattr(config.redis, secret) else ""
     data["token"]["keys"] = [f"{key.kid}:{REDACTED}" for key in config.token.keys]
     data["session"]["encryption_keys"] = [f"{key.kid}:{REDACTED}" for key in config.session.encryption_keys]
     return data

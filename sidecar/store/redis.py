@@ -23,11 +23,8 @@ import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
-from urllib.parse import urlsplit
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -37,9 +34,8 @@ from sidecar.core.redact import redact_url
 from sidecar.core.sealing import Sealer
 from sidecar.core.session import TOUCH_FRACTION, TOUCH_MAX_INTERVAL, SessionRecord, from_json, to_json
 from sidecar.core.tokens import SessionKey, user_tag
-from sidecar.errors import BadInput, CorruptRecord, StoreTimeout, StoreUnavailable
-
-STANDALONE_SCHEMES = frozenset({"redis", "rediss", "unix"})
+from sidecar.errors import CorruptRecord, StoreTimeout, StoreUnavailable
+from sidecar.store.connect import RedisClient, RedisSettings, open_client
 
 # KEYS: session. ARGV: now_ms, touch_fraction, touch_max_ms. Returns {d, seen} as stored before any touch.
 _RESOLVE = """
@@ -133,29 +129,6 @@ return out
 """
 
 
-def open_redis(url: str, timeout: float) -> aioredis.Redis:
-    """A client for ``url``; ``timeout`` bounds connecting and each command."""
-    scheme = urlsplit(url).scheme
-    if scheme not in STANDALONE_SCHEMES:
-        raise BadInput(
-            f"redis.url: scheme {scheme!r} is not supported by this version "
-            f"(use one of {', '.join(sorted(STANDALONE_SCHEMES))})"
-        )
-    try:
-        return aioredis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            # One immediate retry replaces a pooled connection the server closed (e.g. after a restart);
-            # more would only eat into the request's deadline.
-            retry=Retry(NoBackoff(), 1),
-            retry_on_error=[RedisConnectionError],
-            health_check_interval=30,
-        )
-    except ValueError as exc:
-        raise BadInput(f"redis.url: {exc}") from None
-
-
 def _text(value: object) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "surrogateescape")
@@ -173,7 +146,7 @@ def user_index_id(user_id: str) -> str:
 class RedisStore:
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         key_prefix: str,
         *,
         sealer: Sealer | None = None,
@@ -196,6 +169,25 @@ class RedisStore:
         self._list = self._script(_LIST)
 
     @classmethod
+    def connect(
+        cls,
+        settings: RedisSettings,
+        key_prefix: str,
+        *,
+        sealer: Sealer | None = None,
+        wait_replicas: int = 0,
+        wait_timeout: float = 0.5,
+    ) -> RedisStore:
+        return cls(
+            open_client(settings),
+            key_prefix,
+            sealer=sealer,
+            wait_replicas=wait_replicas,
+            wait_timeout=wait_timeout,
+            description=redact_url(settings.url),
+        )
+
+    @classmethod
     def from_url(
         cls,
         url: str,
@@ -206,13 +198,12 @@ class RedisStore:
         wait_replicas: int = 0,
         wait_timeout: float = 0.5,
     ) -> RedisStore:
-        return cls(
-            open_redis(url, timeout),
+        return cls.connect(
+            RedisSettings(url=url, timeout=timeout),
             key_prefix,
             sealer=sealer,
             wait_replicas=wait_replicas,
             wait_timeout=wait_timeout,
-            description=redact_url(url),
         )
 
     def _script(self, source: str) -> AsyncScript:
@@ -267,16 +258,22 @@ class RedisStore:
         except RedisError as exc:
             raise StoreUnavailable(f"{self._description}: {exc}") from None
 
-    async def _replicated(self) -> None:
-        """Make a revocation durable across a failover: wait for a replica's acknowledgement, when any exist."""
+    async def _replicated(self, key_name: str) -> None:
+        """Make a revocation durable across a failover: wait for a replica's acknowledgement, when any exist.
+
+        WAIT goes to the primary that holds ``key_name`` (in a Cluster, the owner of its slot).
+        """
         if self._wait_replicas <= 0:
             return
-        info = await self._client.info("replication")
-        connected = int(info.get("connected_slaves", 0))
-        if connected == 0:
+        client = self._client
+        target: dict[str, Any] = {}
+        if isinstance(client, RedisCluster):
+            target["target_nodes"] = client.get_node_from_key(key_name)
+        info = await client.info("replication", **target)
+        wanted = min(self._wait_replicas, int(info.get("connected_slaves", 0)))
+        if wanted == 0:
             return
-        wanted = min(self._wait_replicas, connected)
-        acknowledged = int(await self._client.wait(wanted, self._wait_timeout_ms))
+        acknowledged = int(await client.execute_command("WAIT", wanted, self._wait_timeout_ms, **target))
         if acknowledged < wanted:
             raise StoreUnavailable(
                 f"{self._description}: the change was made on the primary but only {acknowledged} of {wanted} "
@@ -329,29 +326,28 @@ class RedisStore:
                 await self._rotate(keys=keys, args=[self._seal(new, record), _ms(now), old.digest, new.digest])
             )
             if moved:
-                await self._replicated()
+                await self._replicated(keys[1])
         return moved
 
     async def revoke(self, key: SessionKey) -> bool:
+        session_key = self._session_key(key)
         async with self._errors():
-            deleted = bool(
-                await self._revoke(keys=[self._session_key(key)], args=[self._index_prefix(key.tag), key.digest])
-            )
-            await self._replicated()
+            deleted = bool(await self._revoke(keys=[session_key], args=[self._index_prefix(key.tag), key.digest]))
+            await self._replicated(session_key)
         return deleted
 
     async def revoke_session(self, user_id: str, session_id: str) -> bool:
         prefix = self._session_prefix(user_tag(user_id))
         async with self._errors():
             deleted = bool(await self._revoke_session(keys=[self._index_key(user_id)], args=[prefix, session_id]))
-            await self._replicated()
+            await self._replicated(self._index_key(user_id))
         return deleted
 
     async def revoke_user(self, user_id: str) -> int:
         prefix = self._session_prefix(user_tag(user_id))
         async with self._errors():
             deleted = int(await self._revoke_user(keys=[self._index_key(user_id)], args=[prefix]))
-            await self._replicated()
+            await self._replicated(self._index_key(user_id))
         return deleted
 
     async def list_user(self, user_id: str) -> list[SessionRecord]:

@@ -224,7 +224,7 @@ def test_unrelated_and_config_variables_are_not_overrides() -> None:
     ("name", "fragment"),
     [
         ("SIDECAR_BOGUS__KEY", "environment variable SIDECAR_BOGUS__KEY: unknown section 'bogus'"),
-        ("SIDECAR_REDIS__PASSWORD", "environment variable SIDECAR_REDIS__PASSWORD: unknown key 'password'"),
+        ("SIDECAR_REDIS__PASSWORDS", "environment variable SIDECAR_REDIS__PASSWORDS: unknown key 'passwords'"),
         ("SIDECAR_REDIS__URL__X", "environment variable SIDECAR_REDIS__URL__X: unknown key"),
         ("SIDECAR_ROUTES__PREFIX", "environment variable SIDECAR_ROUTES__PREFIX: routes is a list"),
     ],
@@ -427,6 +427,21 @@ def test_directory_instead_of_file_is_an_error(tmp_path: Path) -> None:
 # --- redacted -----------------------------------------------------------------------------------------------
 
 
+REDIS_CONNECTION_DEFAULTS = {
+    "username": "",
+    "password": "",
+    "password_file": "",
+    "sentinel_username": "",
+    "sentinel_password": "",
+    "sentinel_password_file": "",
+    "tls_ca_file": "",
+    "tls_cert_file": "",
+    "tls_key_file": "",
+    "tls_verify": True,
+    "max_connections": 64,
+}
+
+
 def test_redacted_defaults_render_as_contract_yaml() -> None:
     assert redacted(load_config(environ={})) == {
         "listen": {"grpc": "127.0.0.1:9191", "http": "127.0.0.1:9192", "admin": "127.0.0.1:9090"},
@@ -436,6 +451,7 @@ def test_redacted_defaults_render_as_contract_yaml() -> None:
             "timeout": "150ms",
             "wait_replicas": 1,
             "wait_timeout": "500ms",
+            **REDIS_CONNECTION_DEFAULTS,
         },
         "cookie": {"name": "SESSION", "strip_upstream": True},
         "session": {"idle_timeout": "30m", "absolute_timeout": "12h", "max_per_user": 0, "encryption_keys": []},
@@ -474,6 +490,7 @@ def test_redacted_hides_redis_password_and_token_secrets_but_shows_everything_el
         "timeout": "150ms",
         "wait_replicas": 1,
         "wait_timeout": "500ms",
+        **REDIS_CONNECTION_DEFAULTS,
     }
     assert data["token"] == {"keys": ["k1:<redacted>", "k2:<redacted>"]}
     assert data["routes"] == [{"prefix": "/admin", "public": False, "roles": ["admin"]}]
@@ -547,3 +564,30 @@ def test_api_token_is_read_from_the_file_and_never_shown(tmp_path: Path) -> None
     assert config.api.token == "t" * 40
     assert "t" * 40 not in yaml.safe_dump(redacted(config))
     assert "t" * 40 not in repr(config)
+
+
+def test_redis_passwords_come_from_files_and_are_redacted(tmp_path: Path) -> None:
+    secret = tmp_path / "redis-pass"
+    secret.write_text("s3cret-pass\n")
+    config = load_config(
+        environ={"SIDECAR_REDIS__PASSWORD_FILE": str(secret), "SIDECAR_REDIS__SENTINEL_PASSWORD": "sentinel-pass"}
+    )
+    assert (config.redis.password, config.redis.sentinel_password) == ("s3cret-pass", "sentinel-pass")
+    dumped = yaml.safe_dump(redacted(config))
+    assert "s3cret-pass" not in dumped and "sentinel-pass" not in dumped
+    assert "s3cret-pass" not in repr(config)
+
+
+def test_redis_secret_file_problems_are_named(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    found = problems_of(
+        environ={
+            "SIDECAR_REDIS__PASSWORD_FILE": str(empty),
+            "SIDECAR_REDIS__SENTINEL_PASSWORD_FILE": str(tmp_path / "missing"),
+            "SIDECAR_REDIS__TLS_CERT_FILE": str(empty),
+        }
+    )
+    assert any(p.startswith("redis.password_file") and "empty" in p for p in found)
+    assert any(p.startswith("redis.sentinel_password_file") and "cannot read" in p for p in found)
+    assert any(p.startswith("redis.tls_key_file") for p in found)
