@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import servers
+from tests.support import servers, topologies
 
 
 @pytest.fixture(scope="session")
@@ -64,3 +64,25 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             if isinstance(value, servers.Stack):
                 report.sections.append((f"{name} logs", value.logs()))
     return report
+
+
+@pytest.fixture(scope="session")
+def sentinel_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[topologies.SentinelTopology]:
+    """1 primary + 2 replicas + 3 sentinels from valkey-server, for the whole session."""
+    topology = topologies.SentinelTopology(tmp_path_factory.mktemp("sentinel"))
+    try:
+        topology.start()
+        yield topology
+    finally:
+        topology.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[topologies.ClusterTopology]:
+    """3 primaries + 3 replicas from valkey-server, for the whole session."""
+    topology = topologies.ClusterTopology(tmp_path_factory.mktemp("cluster"))
+    try:
+        topology.start()
+        yield topology
+    finally:
+        topology.stop()

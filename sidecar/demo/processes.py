@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -256,13 +257,15 @@ def start_valkey(port: int, workdir: Path, log_path: Path | None = None) -> subp
 
 
 def start_redis_compatible(
-    binary: str, port: int, workdir: Path, log_path: Path | None = None
+    binary: str, port: int, workdir: Path, log_path: Path | None = None, extra_args: Sequence[str] = ()
 ) -> subprocess.Popen[bytes]:
-    """``valkey-server`` or ``redis-server`` with the same loopback, no-persistence arguments."""
+    """``valkey-server`` or ``redis-server`` with the same loopback, no-persistence arguments (plus ``extra_args``,
+    e.g. a config file first for a Sentinel, or cluster options)."""
     workdir.mkdir(parents=True, exist_ok=True)
     return _popen(
         [
             binary,
+            *extra_args,
             "--port",
             str(port),
             "--bind",

@@ -1,4 +1,5 @@
-"""One contract for every SessionStore: the in-memory store, a real Valkey and a real Redis 7.
+"""One contract for every SessionStore: the in-memory store, a real Valkey, a real Redis 7, and Valkey behind
+Sentinel (1 primary, 2 replicas, 3 sentinels) and as a Cluster (3 primaries, 3 replicas).
 
 Redis-backed runs seal values (AES-256-GCM) and use their own key prefix, so runs never see each other's data.
 """
@@ -38,7 +39,7 @@ class FakeClock:
         return self.value
 
 
-@pytest.fixture(params=["memory", "valkey", "redis7"])
+@pytest.fixture(params=["memory", "valkey", "redis7", "sentinel", "cluster"])
 async def subject(request: pytest.FixtureRequest) -> AsyncIterator[StoreUnderTest]:
     if request.param == "memory":
         clock = FakeClock()
@@ -48,7 +49,10 @@ async def subject(request: pytest.FixtureRequest) -> AsyncIterator[StoreUnderTes
 
         yield StoreUnderTest(MemoryStore(clock=clock), advance_fake, clock)
         return
-    url = request.getfixturevalue("valkey_url" if request.param == "valkey" else "redis7_url")
+    if request.param in ("sentinel", "cluster"):
+        url = request.getfixturevalue(f"{request.param}_topology").url
+    else:
+        url = request.getfixturevalue(f"{request.param}_url")
     sealer = Sealer((("e1", b"k" * 32),))
     store = RedisStore.from_url(url, f"contract-{secrets.token_hex(4)}:", timeout=2.0, sealer=sealer)
     try:
