@@ -114,7 +114,7 @@ class SentinelTopology:
             )
 
     def current_primary_port(self) -> int:
-        host, port = self.sentinels[0].client().execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME)
+        _host, port = self.sentinels[0].client().execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME)
         return int(port)
 
     def node_on(self, port: int) -> Node:
@@ -155,7 +155,7 @@ class ClusterTopology:
                     "2000",
                     "--cluster-port",
                     str(bus_port),
-                ),  # fmt: skip
+                ),
             )
             node.bus_port = bus_port
             node.start()
