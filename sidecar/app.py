@@ -11,6 +11,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
+from sidecar.admin import AdminServer
 from sidecar.authz import grpc_v3
 from sidecar.authz.service import AuthzService
 from sidecar.config import Config
@@ -19,6 +20,7 @@ from sidecar.core.policy import Route, RoutePolicy
 from sidecar.core.sealing import Sealer
 from sidecar.core.tokens import KeyRing
 from sidecar.errors import RuntimeFailure, StoreError
+from sidecar.health import StoreHealth
 from sidecar.sessions import KeyRingSource, SessionManager
 from sidecar.store.connect import RedisSettings
 from sidecar.store.redis import RedisStore
@@ -114,9 +116,28 @@ async def serve(config: Config) -> None:
         raise RuntimeFailure(f"listen.grpc: cannot listen on {config.listen.grpc} ({exc})") from None
     await server.start()
     log.info("serving ext_authz and grpc.health.v1 on %s", config.listen.grpc)
-    for key in ("http", "admin"):
-        if getattr(config.listen, key):
-            log.info("listen.%s is not served by this version; only listen.grpc is", key)
+    if config.listen.http:
+        log.info("listen.http is not served by this version; only listen.grpc is")
+
+    async def readiness_changed(ready: bool) -> None:
+        # "" stays SERVING (the process answers, public routes work); the named service follows the store, so an
+        # Envoy health check on it routes around a replica that has lost its store.
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        await health.set(AUTHZ_SERVICE_NAME, status)
+
+    store_health = StoreHealth(store.ping, readiness_changed, timeout=max(config.redis.timeout, 0.5))
+    store_health.start()
+    admin = AdminServer(lambda: store_health.ready)
+    if config.listen.admin:
+        host, port = split_address(config.listen.admin)
+        try:
+            await admin.start(host, port)
+        except OSError as exc:
+            await store_health.stop()
+            await server.stop(0)
+            await store.close()
+            raise RuntimeFailure(f"listen.admin: cannot listen on {config.listen.admin} ({exc})") from None
+        log.info("serving /healthz and /readyz on %s", config.listen.admin)
 
     with contextlib.suppress(StoreError, TimeoutError):
         # Warm the key ring so the first request does not pay for it; a store that is down now is retried lazily.
@@ -130,5 +151,13 @@ async def serve(config: Config) -> None:
     await stop.wait()
     log.info("shutting down: draining in-flight checks for up to %.0fs", SHUTDOWN_GRACE_SECONDS)
     await health.enter_graceful_shutdown()
+    await admin.stop()
+    await store_health.stop()
     await server.stop(SHUTDOWN_GRACE_SECONDS)
     await store.close()
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` (validated by the config) as a (host, port) pair."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -14,13 +16,19 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.demo.processes import free_port, wait_for_port
+from tests.support import servers
 
 pytestmark = pytest.mark.integration
 
 
-def serve(redis_url: str) -> tuple[subprocess.Popen[str], int]:
+def serve(redis_url: str, admin_port: int | None = None) -> tuple[subprocess.Popen[str], int]:
     port = free_port()
-    env = {"PATH": "/usr/bin:/bin", "SIDECAR_REDIS__URL": redis_url, "SIDECAR_LISTEN__GRPC": f"127.0.0.1:{port}"}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SIDECAR_REDIS__URL": redis_url,
+        "SIDECAR_LISTEN__GRPC": f"127.0.0.1:{port}",
+        "SIDECAR_LISTEN__ADMIN": f"127.0.0.1:{admin_port}" if admin_port else "",
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "sidecar", "serve"],
         env=env,
@@ -29,7 +37,49 @@ def serve(redis_url: str) -> tuple[subprocess.Popen[str], int]:
         text=True,
     )
     wait_for_port("127.0.0.1", port, 15.0)
+    if admin_port:
+        wait_for_port("127.0.0.1", admin_port, 15.0)
     return proc, port
+
+
+def admin_status(admin_port: int, path: str) -> int:
+    with socket.create_connection(("127.0.0.1", admin_port), timeout=5) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+        return int(sock.recv(4096).split(b" ", 2)[1])
+
+
+def authz_health(port: int) -> int:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        request = health_pb2.HealthCheckRequest(service="envoy.service.auth.v3.Authorization")
+        return int(health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status)
+
+
+def test_readiness_follows_the_store(tmp_path: Path) -> None:
+    store = servers.start_valkey_server(tmp_path / "v")
+    admin_port = free_port()
+    proc, port = serve(store.url, admin_port)
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    try:
+        assert admin_status(admin_port, "/healthz") == 200
+        assert admin_status(admin_port, "/readyz") == 200
+        assert authz_health(port) == serving
+        store.stop()
+        deadline = time.monotonic() + 10
+        while admin_status(admin_port, "/readyz") != 503:
+            assert time.monotonic() < deadline, "never became unready"
+            time.sleep(0.1)
+        assert authz_health(port) == not_serving
+        assert admin_status(admin_port, "/healthz") == 200  # alive all the same
+        store.start()
+        deadline = time.monotonic() + 10
+        while admin_status(admin_port, "/readyz") != 200:
+            assert time.monotonic() < deadline, "never became ready again"
+            time.sleep(0.1)
+        assert authz_health(port) == serving
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+        store.stop()
 
 
 def check(port: int, cookie: str) -> object:
