@@ -50,7 +50,10 @@ end
 return {v[1], v[2] or ''}
 """
 
-# KEYS: session, index. ARGV: d, sid, created, seen, idle, abs (ms), ui, digest, max, session prefix, now.
+# Every script that deletes or moves a session publishes the token hashes on the invalidation channel (the last
+# ARGV), so per-process caches on every replica drop them at once.
+
+# KEYS: session, index. ARGV: d, sid, created, seen, idle, abs (ms), ui, digest, max, session prefix, now, channel.
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 local seen, idle, abs, now = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[11])
@@ -65,12 +68,13 @@ local evicted, max = 0, tonumber(ARGV[9])
 while max > 0 and redis.call('ZCARD', KEYS[2]) > max do
   local oldest = redis.call('ZPOPMIN', KEYS[2])
   evicted = evicted + redis.call('DEL', ARGV[10] .. oldest[1])
+  redis.call('PUBLISH', ARGV[12], oldest[1])
 end
 if redis.call('PTTL', KEYS[2]) < abs - now then redis.call('PEXPIREAT', KEYS[2], abs) end
 return evicted
 """
 
-# KEYS: old session, new session, index. ARGV: d, now, old digest, new digest.
+# KEYS: old session, new session, index. ARGV: d, now, old digest, new digest, channel.
 _ROTATE = """
 local f = redis.call('HMGET', KEYS[1], 'sid', 'created', 'idle', 'abs', 'ui')
 if not f[1] or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
@@ -82,32 +86,36 @@ redis.call('HSET', KEYS[2], 'd', ARGV[1], 'sid', f[1], 'created', f[2], 'seen', 
 redis.call('PEXPIREAT', KEYS[2], math.min(now + idle, abs))
 redis.call('ZREM', KEYS[3], ARGV[3])
 redis.call('ZADD', KEYS[3], f[2], ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[3])
 return 1
 """
 
-# KEYS: session. ARGV: index prefix, digest.
+# KEYS: session. ARGV: index prefix, digest, channel.
 _REVOKE = """
 local ui = redis.call('HGET', KEYS[1], 'ui')
 local deleted = redis.call('DEL', KEYS[1])
 if ui then redis.call('ZREM', ARGV[1] .. ui, ARGV[2]) end
+redis.call('PUBLISH', ARGV[3], ARGV[2])
 return deleted
 """
 
-# KEYS: index. ARGV: session prefix.
+# KEYS: index. ARGV: session prefix, channel.
 _REVOKE_USER = """
 local deleted = 0
 for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   deleted = deleted + redis.call('DEL', ARGV[1] .. member)
+  redis.call('PUBLISH', ARGV[2], member)
 end
 redis.call('DEL', KEYS[1])
 return deleted
 """
 
-# KEYS: index. ARGV: session prefix, session id.
+# KEYS: index. ARGV: session prefix, session id, channel.
 _REVOKE_SESSION = """
 for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   if redis.call('HGET', ARGV[1] .. member, 'sid') == ARGV[2] then
     redis.call('ZREM', KEYS[1], member)
+    redis.call('PUBLISH', ARGV[3], member)
     return redis.call('DEL', ARGV[1] .. member)
   end
 end
@@ -211,6 +219,14 @@ class RedisStore:
 
     # --- key names ---------------------------------------------------------------------------------------------
 
+    @property
+    def invalidation_channel(self) -> str:
+        return f"{self._prefix}invalidate"
+
+    @property
+    def client(self) -> RedisClient:
+        return self._client
+
     def _session_prefix(self, tag: str) -> str:
         return f"{self._prefix}{{{tag}}}:s:"
 
@@ -312,6 +328,7 @@ class RedisStore:
             max_per_user,
             self._session_prefix(key.tag),
             _ms(record.created_at),
+            self.invalidation_channel,
         ]
         async with self._errors():
             evicted = int(await self._create(keys=[session_key, self._index_key(record.user_id)], args=args))
@@ -323,7 +340,10 @@ class RedisStore:
         keys = [self._session_key(old), self._session_key(new), self._index_key(record.user_id)]
         async with self._errors():
             moved = bool(
-                await self._rotate(keys=keys, args=[self._seal(new, record), _ms(now), old.digest, new.digest])
+                await self._rotate(
+                    keys=keys,
+                    args=[self._seal(new, record), _ms(now), old.digest, new.digest, self.invalidation_channel],
+                )
             )
             if moved:
                 await self._replicated(keys[1])
@@ -332,21 +352,32 @@ class RedisStore:
     async def revoke(self, key: SessionKey) -> bool:
         session_key = self._session_key(key)
         async with self._errors():
-            deleted = bool(await self._revoke(keys=[session_key], args=[self._index_prefix(key.tag), key.digest]))
+            deleted = bool(
+                await self._revoke(
+                    keys=[session_key],
+                    args=[self._index_prefix(key.tag), key.digest, self.invalidation_channel],
+                )
+            )
             await self._replicated(session_key)
         return deleted
 
     async def revoke_session(self, user_id: str, session_id: str) -> bool:
         prefix = self._session_prefix(user_tag(user_id))
         async with self._errors():
-            deleted = bool(await self._revoke_session(keys=[self._index_key(user_id)], args=[prefix, session_id]))
+            deleted = bool(
+                await self._revoke_session(
+                    keys=[self._index_key(user_id)], args=[prefix, session_id, self.invalidation_channel]
+                )
+            )
             await self._replicated(self._index_key(user_id))
         return deleted
 
     async def revoke_user(self, user_id: str) -> int:
         prefix = self._session_prefix(user_tag(user_id))
         async with self._errors():
-            deleted = int(await self._revoke_user(keys=[self._index_key(user_id)], args=[prefix]))
+            deleted = int(
+                await self._revoke_user(keys=[self._index_key(user_id)], args=[prefix, self.invalidation_channel])
+            )
             await self._replicated(self._index_key(user_id))
         return deleted
 

@@ -1,5 +1,6 @@
 """One contract for every SessionStore: the in-memory store, a real Valkey, a real Redis 7, and Valkey behind
-Sentinel (1 primary, 2 replicas, 3 sentinels) and as a Cluster (3 primaries, 3 replicas).
+Sentinel (1 primary, 2 replicas, 3 sentinels) and as a Cluster (3 primaries, 3 replicas), and the per-process cache
+(with its invalidation channel) in front of Valkey.
 
 Redis-backed runs seal values (AES-256-GCM) and use their own key prefix, so runs never see each other's data.
 """
@@ -18,6 +19,8 @@ from sidecar.core.sealing import Sealer
 from sidecar.core.session import SessionRecord, new_session
 from sidecar.core.tokens import SessionKey, token_key, user_tag
 from sidecar.store.base import SessionStore
+from sidecar.store.cache import CachingStore, SessionCache
+from sidecar.store.invalidation import InvalidationListener
 from sidecar.store.memory import MemoryStore
 from sidecar.store.redis import RedisStore
 
@@ -39,7 +42,7 @@ class FakeClock:
         return self.value
 
 
-@pytest.fixture(params=["memory", "valkey", "redis7", "sentinel", "cluster"])
+@pytest.fixture(params=["memory", "valkey", "redis7", "sentinel", "cluster", "cached-valkey"])
 async def subject(request: pytest.FixtureRequest) -> AsyncIterator[StoreUnderTest]:
     if request.param == "memory":
         clock = FakeClock()
@@ -52,12 +55,23 @@ async def subject(request: pytest.FixtureRequest) -> AsyncIterator[StoreUnderTes
     if request.param in ("sentinel", "cluster"):
         url = request.getfixturevalue(f"{request.param}_topology").url
     else:
-        url = request.getfixturevalue(f"{request.param}_url")
+        url = request.getfixturevalue(f"{request.param.removeprefix('cached-')}_url")
     sealer = Sealer((("e1", b"k" * 32),))
     store = RedisStore.from_url(url, f"contract-{secrets.token_hex(4)}:", timeout=2.0, sealer=sealer)
+    if not request.param.startswith("cached-"):
+        try:
+            yield StoreUnderTest(store, asyncio.sleep, time.time)
+        finally:
+            await store.close()
+        return
+    cache = SessionCache(ttl=5.0, max_entries=1000, max_bytes=10**6)
+    listener = InvalidationListener(store.client, store.invalidation_channel, cache)
+    listener.start()
     try:
-        yield StoreUnderTest(store, asyncio.sleep, time.time)
+        await asyncio.wait_for(listener.connected.wait(), 5)
+        yield StoreUnderTest(CachingStore(store, cache), asyncio.sleep, time.time)
     finally:
+        await listener.stop()
         await store.close()
 
 
