@@ -36,6 +36,7 @@ from sidecar.errors import ConfigError
 
 __all__ = [
     "ApiConfig",
+    "CacheConfig",
     "Config",
     "CookieConfig",
     "DenyConfig",
@@ -482,6 +483,15 @@ class ApiConfig(_Section):
         return self
 
 
+class CacheConfig(_Section):
+    """The per-process session cache; it serves hits only while its invalidation channel is connected."""
+
+    enabled: bool = True
+    ttl: Duration = 10.0
+    max_entries: int = Field(default=100_000, ge=1, le=10_000_000)
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
+
+
 class LogConfig(_Section):
     level: str = "info"
 
@@ -506,6 +516,7 @@ class Config(_Section):
     routes: tuple[RouteConfig, ...] = ()
     token: TokenConfig = Field(default_factory=TokenConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
     @field_validator("routes")
@@ -714,6 +725,7 @@ def redacted(config: Config) -> dict[str, object]:
     data["session"]["absolute_timeout"] = format_duration(config.session.absolute_timeout)
     data["deny"]["login_url"] = redact_url(config.deny.login_url)
     data["redis"]["wait_timeout"] = format_duration(config.redis.wait_timeout)
+    data["cache"]["ttl"] = format_duration(config.cache.ttl)
     for secret in ("password", "sentinel_password"):
         data["redis"][secret] = REDACTED if getattr(config.redis, secret) else ""
     data["token"]["keys"] = [f"{key.kid}:{REDACTED}" for key in config.token.keys]

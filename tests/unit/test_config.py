@@ -466,6 +466,7 @@ def test_redacted_defaults_render_as_contract_yaml() -> None:
         "routes": [],
         "token": {"keys": []},
         "api": {"enabled": False, "token_file": ""},
+        "cache": {"enabled": True, "ttl": "10s", "max_entries": 100000, "max_bytes": 67108864},
         "log": {"level": "info"},
     }
 
