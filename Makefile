@@ -47,3 +47,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+# Regenerate the SessionService code from proto/ (checked in; tests/unit/test_proto.py fails when it is stale).
+.PHONY: proto
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. \
+	  proto/sidecar/session/v1/session.proto

@@ -5,6 +5,7 @@ used through its protocols (ext_authz gRPC, the CLI), described in the README an
 """
 
 from sidecar.errors import (
+    ApiAuthError,
     BadInput,
     ConfigError,
     CorruptRecord,
@@ -18,6 +19,7 @@ from sidecar.errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ApiAuthError",
     "BadInput",
     "ConfigError",
     "CorruptRecord",

@@ -12,6 +12,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
 from sidecar.admin import AdminServer
+from sidecar.api import servicer as session_api
+from sidecar.api.auth import BearerTokenInterceptor
 from sidecar.authz import grpc_v3
 from sidecar.authz.service import AuthzService
 from sidecar.config import Config
@@ -22,7 +24,10 @@ from sidecar.core.tokens import KeyRing
 from sidecar.errors import RuntimeFailure, StoreError
 from sidecar.health import StoreHealth
 from sidecar.sessions import KeyRingSource, SessionManager
+from sidecar.store.base import SessionStore
+from sidecar.store.cache import CachingStore, SessionCache
 from sidecar.store.connect import RedisSettings
+from sidecar.store.invalidation import InvalidationListener
 from sidecar.store.redis import RedisStore
 
 log = logging.getLogger("sidecar")
@@ -81,10 +86,11 @@ def open_store(config: Config, timeout: float) -> RedisStore:
     )
 
 
-def session_manager(config: Config, store: RedisStore) -> SessionManager:
+def session_manager(config: Config, store: SessionStore, keys: KeyRingSource | None = None) -> SessionManager:
+    """The SessionManager of the CLI and of the SessionService API; ``keys``: share the request path's ring."""
     return SessionManager(
         store,
-        KeyRingSource(store, configured_key_ring(config)),
+        keys if keys is not None else KeyRingSource(store, configured_key_ring(config)),
         cookie_name=config.cookie.name,
         idle_timeout=config.session.idle_timeout,
         absolute_timeout=config.session.absolute_timeout,
@@ -99,62 +105,107 @@ def configure_logging(level: str) -> None:
     )
 
 
-async def serve(config: Config) -> None:
-    store = open_store(config, config.redis.timeout)
-    keys = KeyRingSource(store, configured_key_ring(config))
-    service = AuthzService(edge_settings(config), store, keys, deadline=config.redis.timeout)
+def grpc_server(
+    config: Config, service: AuthzService, store: SessionStore, keys: KeyRingSource
+) -> tuple[grpc.aio.Server, list[str]]:
+    """The gRPC server of listen.grpc with ext_authz and, when api.enabled, the SessionService; and the names of
+    the services whose health follows the store.
 
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    The SessionService uses the same store and key ring as the request path (a token it issues verifies at once)
+    and its methods need the bearer token. Without the API there is no interceptor, so Check pays nothing for it;
+    with it, Check and grpc.health.v1 still need no token (Envoy calls them).
+    """
+    interceptors = [BearerTokenInterceptor(config.api.token)] if config.api.enabled else None
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=interceptors)
     grpc_v3.add_to_server(server, service)
-    health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    await health.set(AUTHZ_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    try:
-        server.add_insecure_port(config.listen.grpc)
-    except RuntimeError as exc:
-        await store.close()
-        raise RuntimeFailure(f"listen.grpc: cannot listen on {config.listen.grpc} ({exc})") from None
-    await server.start()
+    health_names = [AUTHZ_SERVICE_NAME]
+    if config.api.enabled:
+        session_api.add_to_server(server, session_manager(config, store, keys))
+        health_names.append(session_api.SERVICE_NAME)
+    return server, health_names
+
+
+def log_serving(config: Config) -> None:
     log.info("serving ext_authz and grpc.health.v1 on %s", config.listen.grpc)
+    if config.api.enabled:
+        log.info("SessionService API enabled on %s (bearer token from %s)", config.listen.grpc, config.api.token_file)
+    else:
+        log.info("SessionService API disabled (api.enabled: false)")
     if config.listen.http:
         log.info("listen.http is not served by this version; only listen.grpc is")
 
-    async def readiness_changed(ready: bool) -> None:
-        # "" stays SERVING (the process answers, public routes work); the named service follows the store, so an
-        # Envoy health check on it routes around a replica that has lost its store.
-        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
-        await health.set(AUTHZ_SERVICE_NAME, status)
 
-    store_health = StoreHealth(store.ping, readiness_changed, timeout=max(config.redis.timeout, 0.5))
-    store_health.start()
-    admin = AdminServer(lambda: store_health.ready)
-    if config.listen.admin:
-        host, port = split_address(config.listen.admin)
+def session_cache(config: Config, store: RedisStore) -> tuple[CachingStore, InvalidationListener]:
+    cache = SessionCache(ttl=config.cache.ttl, max_entries=config.cache.max_entries, max_bytes=config.cache.max_bytes)
+    return CachingStore(store, cache), InvalidationListener(store.client, store.invalidation_channel, cache)
+
+
+async def serve(config: Config) -> None:
+    # Everything started is stopped in reverse order, on a signal or on a failure to start.
+    async with contextlib.AsyncExitStack() as running:
+        store = open_store(config, config.redis.timeout)
+        running.push_async_callback(store.close)
+        sessions: SessionStore = store
+        if config.cache.enabled:
+            sessions, listener = session_cache(config, store)
+            listener.start()
+            running.push_async_callback(listener.stop)
+        keys = KeyRingSource(store, configured_key_ring(config))
+        service = AuthzService(edge_settings(config), sessions, keys, deadline=config.redis.timeout)
+
+        server, health_names = grpc_server(config, service, sessions, keys)
+        health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        for name in health_names:
+            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
         try:
-            await admin.start(host, port)
-        except OSError as exc:
-            await store_health.stop()
-            await server.stop(0)
-            await store.close()
-            raise RuntimeFailure(f"listen.admin: cannot listen on {config.listen.admin} ({exc})") from None
-        log.info("serving /healthz and /readyz on %s", config.listen.admin)
+            server.add_insecure_port(config.listen.grpc)
+        except RuntimeError as exc:
+            raise RuntimeFailure(f"listen.grpc: cannot listen on {config.listen.grpc} ({exc})") from None
+        await server.start()
+        running.push_async_callback(server.stop, SHUTDOWN_GRACE_SECONDS)
+        log_serving(config)
 
-    with contextlib.suppress(StoreError, TimeoutError):
-        # Warm the key ring so the first request does not pay for it; a store that is down now is retried lazily.
-        async with asyncio.timeout(max(config.redis.timeout, 1.0)):
-            await keys.ring()
+        async def readiness_changed(ready: bool) -> None:
+            # "" stays SERVING (the process answers, public routes work); the named services follow the store,
+            # so an Envoy health check on them routes around a replica that has lost its store.
+            status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in health_names:
+                await health.set(name, status)
 
+        store_health = StoreHealth(store.ping, readiness_changed, timeout=max(config.redis.timeout, 0.5))
+        store_health.start()
+        running.push_async_callback(store_health.stop)
+        if config.listen.admin:
+            admin = AdminServer(lambda: store_health.ready)
+            await start_admin(admin, config.listen.admin)
+            running.push_async_callback(admin.stop)
+
+        with contextlib.suppress(StoreError, TimeoutError):
+            # Warm the key ring so the first request does not pay for it; a store down now is retried lazily.
+            async with asyncio.timeout(max(config.redis.timeout, 1.0)):
+                await keys.ring()
+
+        await until_signalled()
+        log.info("shutting down: draining in-flight checks for up to %.0fs", SHUTDOWN_GRACE_SECONDS)
+        await health.enter_graceful_shutdown()
+
+
+async def start_admin(admin: AdminServer, address: str) -> None:
+    host, port = split_address(address)
+    try:
+        await admin.start(host, port)
+    except OSError as exc:
+        raise RuntimeFailure(f"listen.admin: cannot listen on {address} ({exc})") from None
+    log.info("serving /healthz and /readyz on %s", address)
+
+
+async def until_signalled() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down: draining in-flight checks for up to %.0fs", SHUTDOWN_GRACE_SECONDS)
-    await health.enter_graceful_shutdown()
-    await admin.stop()
-    await store_health.stop()
-    await server.stop(SHUTDOWN_GRACE_SECONDS)
-    await store.close()
 
 
 def split_address(address: str) -> tuple[str, int]:

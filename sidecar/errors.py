@@ -39,5 +39,9 @@ class StoreTimeout(StoreError):
     """The session store did not answer within the configured deadline."""
 
 
+class ApiAuthError(RuntimeFailure):
+    """The SessionService API refused the caller's bearer token (missing, wrong, or the API token changed)."""
+
+
 class CorruptRecord(SidecarError):
     """A stored session record does not decode to a valid session (bad JSON, types, or header-unsafe values)."""

@@ -207,12 +207,21 @@ class SessionManager:
         return await self._store.revoke(self._key_of(token))
 
     async def revoke_session(self, user_id: str, session_id: str) -> bool:
+        _require("user id", user_id)
+        _require("session id", session_id)
         return await self._store.revoke_session(user_id, session_id)
 
     async def revoke_user(self, user_id: str) -> int:
+        _require("user id", user_id)
         return await self._store.revoke_user(user_id)
 
     async def list(self, user_id: str) -> list[SessionRecord]:
+        _require("user id", user_id)
         now = self._clock()
         records = await self._store.list_user(user_id)
         return sorted((r for r in records if is_live(r, now)), key=lambda r: r.created_at)
+
+
+def _require(what: str, value: str) -> None:
+    if not value:
+        raise BadInput(f"{what}: must not be empty")

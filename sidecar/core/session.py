@@ -25,6 +25,7 @@ MAX_ATTRIBUTES = 32
 # window (at most once a minute) keeps idle expiry within 10% of the configured value.
 TOUCH_FRACTION = 0.1
 TOUCH_MAX_INTERVAL = 60.0
+MAX_SESSION_SECONDS = 400 * 86400  # a session that outlives a year of inactivity is a leak, not a feature
 MAX_TIMESTAMP = 253402300799.0  # 9999-12-31T23:59:59Z: the last instant RFC 3339 output can render
 
 
@@ -108,6 +109,8 @@ def new_session(
     for name, value in (("idle timeout", idle_timeout), ("absolute timeout", absolute_timeout)):
         if not math.isfinite(value) or value <= 0:
             problems.append(f"{name} must be a positive duration")
+        elif value > MAX_SESSION_SECONDS:
+            problems.append(f"{name} must be at most {MAX_SESSION_SECONDS // 86400:.0f} days")
     if problems:
         raise ValueError("; ".join(problems))
     return SessionRecord(

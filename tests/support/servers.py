@@ -180,6 +180,11 @@ class Stack:
     echo_port: int
     servers: list[Server] = field(default_factory=list)
     owns_shared: bool = True
+    api_token: str = ""  # the SessionService bearer token when started with api_token (else the API is off)
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{LOOPBACK}:{self.grpc_port}"
 
     @property
     def base_url(self) -> str:
@@ -290,9 +295,17 @@ def start_stack(
     share: Stack | None = None,
     name: str = "stack",
     direct_port: int | None = None,
+    api_token: str = "",
 ) -> Stack:
-    """Start a full stack (or a second sidecar + Envoy on ``share``'s Valkey and echo). Stops it on failure."""
+    """Start a full stack (or a second sidecar + Envoy on ``share``'s Valkey and echo). Stops it on failure.
+
+    ``api_token`` enables the SessionService API on the sidecar's gRPC port with that bearer token.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
+    if api_token:
+        token_file = workdir / f"{name}-api-token"
+        token_file.write_text(api_token + "\n")
+        extra_config = {**(extra_config or {}), "api": {"enabled": True, "token_file": str(token_file)}}
     valkey = share.valkey if share is not None else RedisServer(processes.valkey_binary(), workdir)
     grpc_port = processes.free_port()
     config_path = write_sidecar_config(
@@ -312,6 +325,7 @@ def start_stack(
         envoy_port=processes.free_port(),
         echo_port=share.echo_port if share is not None else processes.free_port(),
         owns_shared=share is None,
+        api_token=api_token,
     )
     try:
         if share is None:

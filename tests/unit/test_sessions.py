@@ -140,3 +140,18 @@ async def test_non_utf8_user_id_from_a_command_line_is_bad_input(manager: Sessio
     undecodable = b"al\xffice".decode("utf-8", "surrogateescape")  # what argv holds for non-UTF-8 bytes
     with pytest.raises(BadInput, match="UTF-8"):
         await manager.create(undecodable)
+
+
+@pytest.mark.parametrize("timeouts", [{"idle_timeout": 1e12}, {"absolute_timeout": 401 * 86400}])
+async def test_timeouts_beyond_400_days_are_bad_input(manager: SessionManager, timeouts: dict[str, float]) -> None:
+    with pytest.raises(BadInput, match="at most 400 days"):
+        await manager.create("alice", **timeouts)  # type: ignore[arg-type]
+
+
+async def test_empty_user_or_session_ids_are_bad_input(manager: SessionManager) -> None:
+    with pytest.raises(BadInput, match="user id"):
+        await manager.revoke_user("")
+    with pytest.raises(BadInput, match="user id"):
+        await manager.list("")
+    with pytest.raises(BadInput, match="session id"):
+        await manager.revoke_session("alice", "")

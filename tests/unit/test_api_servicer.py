@@ -1,0 +1,123 @@
+"""The SessionService servicer and its bearer guard, in process on the in-memory store: error mapping and routing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+
+from sidecar.api import servicer as session_api
+from sidecar.api.auth import BearerTokenInterceptor
+from sidecar.core.tokens import KeyRing
+from sidecar.errors import CorruptRecord, StoreTimeout
+from sidecar.session.v1 import session_pb2, session_pb2_grpc
+from sidecar.sessions import KeyRingSource, SessionManager
+from sidecar.store.memory import MemoryStore
+
+TOKEN = "unit-test-api-token-0123456789"
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
+
+
+class Allow(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+    async def Check(self, request: Any, context: Any) -> Any:
+        return external_auth_pb2.CheckResponse()
+
+
+class Exploding:
+    """A manager whose every call fails in a given way."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def __getattr__(self, name: str) -> Any:
+        async def fail(*args: Any, **kwargs: Any) -> Any:
+            raise self.error
+
+        return fail
+
+
+async def start(manager: Any) -> tuple[grpc.aio.Server, str]:
+    server = grpc.aio.server(interceptors=[BearerTokenInterceptor(TOKEN)])
+    session_api.add_to_server(server, manager)
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(Allow(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    return MemoryStore()
+
+
+@pytest.fixture
+async def target(store: MemoryStore) -> AsyncIterator[str]:
+    ring = KeyRing.of([("k1", b"k" * 32)])
+    manager = SessionManager(
+        store, KeyRingSource(store, ring), cookie_name="SESSION", idle_timeout=60, absolute_timeout=3600
+    )
+    server, address = await start(manager)
+    try:
+        yield address
+    finally:
+        await server.stop(None)
+
+
+async def status(target: str, method: str, request: Any, metadata: Any = AUTH) -> tuple[grpc.StatusCode, str]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = session_pb2_grpc.SessionServiceStub(channel)
+        try:
+            await getattr(stub, method)(request, timeout=5, metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code(), exc.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+async def test_guarded_service_and_unguarded_check(target: str) -> None:
+    assert (await status(target, "ListUser", session_pb2.ListUserRequest(user_id="a"), None))[0] == (
+        grpc.StatusCode.UNAUTHENTICATED
+    )
+    assert (await status(target, "ListUser", session_pb2.ListUserRequest(user_id="a")))[0] == grpc.StatusCode.OK
+    async with grpc.aio.insecure_channel(target) as channel:
+        reply = await external_auth_pb2_grpc.AuthorizationStub(channel).Check(external_auth_pb2.CheckRequest())
+        assert reply is not None
+
+
+async def test_store_down_is_unavailable(target: str, store: MemoryStore) -> None:
+    store.down = True
+    code, details = await status(target, "Create", session_pb2.CreateRequest(user_id="alice"))
+    assert code == grpc.StatusCode.UNAVAILABLE and "memory store marked down" in details
+
+
+async def test_not_found_for_a_well_formed_unknown_token(target: str) -> None:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = session_pb2_grpc.SessionServiceStub(channel)
+        created = await stub.Create(session_pb2.CreateRequest(user_id="alice"), metadata=AUTH)
+        await stub.Revoke(session_pb2.RevokeRequest(token=created.token), metadata=AUTH)
+    assert (await status(target, "Get", session_pb2.GetRequest(token=created.token)))[0] == grpc.StatusCode.NOT_FOUND
+    rotate = session_pb2.RotateRequest(token=created.token, roles=session_pb2.Roles(values=["x"]))
+    assert (await status(target, "Rotate", rotate))[0] == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "details"),
+    [
+        (StoreTimeout("store too slow"), grpc.StatusCode.UNAVAILABLE, "store too slow"),
+        (CorruptRecord("bad json"), grpc.StatusCode.DATA_LOSS, "corrupt"),
+        (RuntimeError("secret internals"), grpc.StatusCode.INTERNAL, "internal error"),
+    ],
+)
+async def test_error_mapping(error: Exception, code: grpc.StatusCode, details: str, caplog: Any) -> None:
+    server, address = await start(Exploding(error))
+    try:
+        got, message = await status(address, "Get", session_pb2.GetRequest(token="t"))
+    finally:
+        await server.stop(None)
+    assert got == code
+    assert details in message
+    assert "secret internals" not in message
+    if isinstance(error, RuntimeError):
+        assert "secret internals" in caplog.text  # logged for the operator, not sent to the caller
