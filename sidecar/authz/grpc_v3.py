@@ -71,7 +71,22 @@ def to_check_response(decision: Decision) -> Any:
     return _denied(decision)
 
 
+# Encoded answers for the memoized (constant) denials: a 401/403/503 costs no message building.
+_DENIED_CACHE: dict[Deny, Any] = {}
+_DENIED_CACHE_MAX = 256
+
+
 def _denied(deny: Deny) -> Any:
+    cached = _DENIED_CACHE.get(deny)
+    if cached is not None:
+        return cached
+    response = _build_denied(deny)
+    if deny.status != 302 and len(_DENIED_CACHE) < _DENIED_CACHE_MAX:  # redirects carry the request's URL
+        _DENIED_CACHE[deny] = response
+    return response
+
+
+def _build_denied(deny: Deny) -> Any:
     return external_auth_pb2.CheckResponse(
         status=_DENY_STATUS.get(deny.status, _OTHER_DENY_STATUS),
         denied_response=external_auth_pb2.DeniedHttpResponse(

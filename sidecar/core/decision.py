@@ -10,8 +10,8 @@ applies removals after additions and would drop the trusted value.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -126,17 +126,19 @@ def allow(settings: EdgeSettings, inspection: Inspection, record: SessionRecord 
     )
 
 
-def _json_deny(status: int, error: str, reason: str, extra: Iterable[tuple[str, str]] = ()) -> Deny:
+@functools.lru_cache(maxsize=256)
+def _json_deny(status: int, error: str, reason: str, extra: tuple[tuple[str, str], ...] = ()) -> Deny:
+    # Memoized: the common denials are the same object every time, so adapters can reuse their encoded form.
     body = json.dumps({"error": error, "reason": reason}, separators=(",", ":")).encode()
     headers = (("content-type", "application/json"), ("cache-control", "no-store"), *extra)
-    return Deny(status=status, reason=reason, body=body, headers=tuple(headers))
+    return Deny(status=status, reason=reason, body=body, headers=headers)
 
 
 def unauthenticated(settings: EdgeSettings, request: RequestView, reason: str) -> Deny:
     if settings.login_url and is_browser_navigation(request):
         return login_redirect(settings.login_url, request, reason)
     challenge = f'Cookie realm="{REALM}", cookie-name="{settings.cookie_name}"'
-    return _json_deny(401, "unauthenticated", reason, [("www-authenticate", challenge)])
+    return _json_deny(401, "unauthenticated", reason, (("www-authenticate", challenge),))
 
 
 def original_url(request: RequestView) -> str:
@@ -163,7 +165,7 @@ def forbidden(missing: tuple[str, ...]) -> Deny:
 
 
 def unavailable() -> Deny:
-    return _json_deny(503, "unavailable", "session_store_unavailable", [("retry-after", "1")])
+    return _json_deny(503, "unavailable", "session_store_unavailable", (("retry-after", "1"),))
 
 
 def decide(

@@ -144,3 +144,10 @@ async def test_health_service_answers_on_the_same_port(
     async with grpc.aio.insecure_channel(address) as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_constant_denials_are_encoded_once_and_redirects_never_cached() -> None:
+    deny = Deny(status=401, reason="r", body=b"{}", headers=(("www-authenticate", "Cookie"),))
+    assert grpc_v3.to_check_response(deny) is grpc_v3.to_check_response(deny)
+    redirect = Deny(status=302, reason="r", body=b"", headers=(("location", "https://login/?rd=x"),))
+    assert grpc_v3.to_check_response(redirect) is not grpc_v3.to_check_response(redirect)
