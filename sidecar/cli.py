@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from sidecar import app
+from sidecar import app, workers
 from sidecar.config import Config, load_config, redacted
 from sidecar.core.durations import parse_duration
 from sidecar.core.session import describe
@@ -81,6 +81,8 @@ def _print_json(value: object) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     app.configure_logging(config.log.level)
+    if args.workers != 1:
+        return workers.supervise(workers.worker_argv(args.config), workers.worker_environments(config, args.workers))
     try:
         import uvloop  # noqa: PLC0415 - optional speed-up, absent on some platforms
 
@@ -158,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the ext_authz gRPC server")
     serve.add_argument("--config", help=config_help)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N processes; worker i listens on the configured ports + i (list them as separate Envoy endpoints)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     session = commands.add_parser("session", help="create, revoke and list sessions")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -120,3 +121,40 @@ def test_starts_without_a_store_and_answers_503_for_sessions(valkey_url: str) ->
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=15)
+
+
+def test_workers_each_answer_on_their_own_port_and_a_dead_worker_is_restarted(valkey_url: str) -> None:
+    base = free_port()
+    while True:  # two consecutive free ports
+        try:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", base + 1))
+            break
+        except OSError:
+            base = free_port()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SIDECAR_REDIS__URL": valkey_url,
+        "SIDECAR_LISTEN__GRPC": f"127.0.0.1:{base}",
+        "SIDECAR_LISTEN__HTTP": "",
+        "SIDECAR_LISTEN__ADMIN": "",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "serve", "--workers", "2"], env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        for port in (base, base + 1):
+            wait_for_port("127.0.0.1", port, 15.0)
+            assert check(port, "SESSION=none").denied_response.status.code == 401  # type: ignore[attr-defined]
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True, check=False)
+        os.kill(int(children.stdout.split()[-1]), signal.SIGKILL)  # one worker of this supervisor dies
+        time.sleep(0.3)
+        for port in (base, base + 1):
+            wait_for_port("127.0.0.1", port, 15.0)
+            assert check(port, "SESSION=none").denied_response.status.code == 401  # type: ignore[attr-defined]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        proc.kill()
+        proc.wait()

@@ -1,0 +1,99 @@
+"""``serve --workers N``: N single-process sidecars, each on its own port, under one supervisor.
+
+Envoy holds few, long-lived HTTP/2 connections to its ext_authz cluster, so N processes behind one SO_REUSEPORT
+port get very uneven load (measured in DESIGN.md). Instead worker ``i`` listens on the configured port + ``i``
+(gRPC, and HTTP when enabled), and the ports are listed as separate endpoints of one Envoy cluster. Only worker 0
+serves the admin listener. The supervisor restarts a worker that dies and forwards SIGTERM/SIGINT to all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from types import FrameType
+
+from sidecar.config import Config
+from sidecar.errors import BadInput
+
+log = logging.getLogger("sidecar.workers")
+
+MAX_WORKERS = 64
+RESTART_BACKOFF_SECONDS = 1.0
+
+
+def _shift(address: str, offset: int) -> str:
+    host, _, port = address.rpartition(":")
+    shifted = int(port) + offset
+    if shifted > 65535:
+        raise BadInput(f"--workers: port {shifted} of worker {offset} is out of range")
+    return f"{host}:{shifted}"
+
+
+def worker_environments(config: Config, workers: int) -> list[dict[str, str]]:
+    """The SIDECAR_LISTEN__* overrides of each worker (pure: no I/O)."""
+    if not 1 <= workers <= MAX_WORKERS:
+        raise BadInput(f"--workers: must be between 1 and {MAX_WORKERS}")
+    listen = config.listen
+    if workers > 1 and listen.grpc.endswith(":0"):
+        raise BadInput("--workers: listen.grpc needs a fixed port (worker i listens on port + i)")
+    environments = []
+    for i in range(workers):
+        env = {"SIDECAR_LISTEN__GRPC": _shift(listen.grpc, i)}
+        env["SIDECAR_LISTEN__HTTP"] = _shift(listen.http, i) if listen.http else ""
+        env["SIDECAR_LISTEN__ADMIN"] = listen.admin if i == 0 else ""
+        environments.append(env)
+    return environments
+
+
+def supervise(argv: Sequence[str], environments: Sequence[Mapping[str, str]]) -> int:
+    """Run one child per environment until SIGTERM/SIGINT; restart children that exit on their own."""
+    stopping = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    children: list[subprocess.Popen[bytes] | None] = [None] * len(environments)
+    started_at = [0.0] * len(environments)
+    try:
+        while not stopping:
+            for i, env in enumerate(environments):
+                child = children[i]
+                if child is not None and child.poll() is None:
+                    continue
+                if child is not None:
+                    log.warning(
+                        "worker %d (%s) exited with %s; restarting", i, env["SIDECAR_LISTEN__GRPC"], child.returncode
+                    )
+                    if time.monotonic() - started_at[i] < RESTART_BACKOFF_SECONDS:
+                        time.sleep(RESTART_BACKOFF_SECONDS)
+                children[i] = subprocess.Popen([*argv], env={**os.environ, **env})
+                started_at[i] = time.monotonic()
+            time.sleep(0.1)
+    finally:
+        for child in children:
+            if child is not None and child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            if child is not None:
+                try:
+                    child.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def worker_argv(config_path: str | None) -> list[str]:
+    argv = [sys.executable, "-m", "sidecar", "serve"]
+    if config_path:
+        argv += ["--config", config_path]
+    return argv

@@ -1,0 +1,39 @@
+"""Worker planning for ``serve --workers N``: one port per worker, admin on worker 0 only, clear refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar.config import load_config
+from sidecar.errors import BadInput
+from sidecar.workers import worker_environments
+
+
+def test_each_worker_gets_its_own_grpc_and_http_port_and_only_the_first_the_admin() -> None:
+    config = load_config(environ={})
+    envs = worker_environments(config, 3)
+    assert [e["SIDECAR_LISTEN__GRPC"] for e in envs] == ["127.0.0.1:9191", "127.0.0.1:9192", "127.0.0.1:9193"]
+    assert [e["SIDECAR_LISTEN__HTTP"] for e in envs] == ["127.0.0.1:9192", "127.0.0.1:9193", "127.0.0.1:9194"]
+    assert [e["SIDECAR_LISTEN__ADMIN"] for e in envs] == ["127.0.0.1:9090", "", ""]
+
+
+def test_a_disabled_http_listener_stays_disabled_for_every_worker() -> None:
+    config = load_config(environ={"SIDECAR_LISTEN__HTTP": "", "SIDECAR_LISTEN__GRPC": "[::1]:7000"})
+    envs = worker_environments(config, 2)
+    assert [e["SIDECAR_LISTEN__HTTP"] for e in envs] == ["", ""]
+    assert [e["SIDECAR_LISTEN__GRPC"] for e in envs] == ["[::1]:7000", "[::1]:7001"]
+
+
+@pytest.mark.parametrize(
+    ("environ", "workers", "needle"),
+    [
+        ({}, 0, "between 1 and"),
+        ({}, 65, "between 1 and"),
+        ({"SIDECAR_LISTEN__GRPC": "127.0.0.1:65535"}, 2, "out of range"),
+        ({"SIDECAR_LISTEN__GRPC": "127.0.0.1:0"}, 2, "fixed port"),
+    ],
+)
+def test_impossible_worker_plans_are_bad_input(environ: dict[str, str], workers: int, needle: str) -> None:
+    with pytest.raises(BadInput, match="--workers") as raised:
+        worker_environments(load_config(environ=environ), workers)
+    assert needle in str(raised.value)
