@@ -203,10 +203,19 @@ class RedisConfig(_Section):
     def _url(cls, value: str) -> str:
         if _has_control(value) or any(ch.isspace() for ch in value):
             raise ValueError("must not contain whitespace or control characters")
-        parts = urlsplit(value)
-        if parts.scheme not in _REDIS_SCHEMES or "://" not in value:
+        scheme, sep, rest = value.partition("://")
+        if scheme not in _REDIS_SCHEMES or not sep:
             schemes = ", ".join(f"{s}://" for s in _REDIS_SCHEMES)
             raise ValueError(f"unsupported URL {redact_url(value)!r} (use {schemes})")
+        if scheme in ("redis+sentinel", "redis+cluster"):
+            # Several hosts: urlsplit cannot read them; the connection module checks each host:port.
+            if not rest.split("/", 1)[0].rpartition("@")[2]:
+                raise ValueError(f"{redact_url(value)!r} has no host")
+            return value
+        try:
+            parts = urlsplit(value)
+        except ValueError as exc:
+            raise ValueError(f"{redact_url(value)!r} is not a valid URL ({exc})") from None
         if parts.scheme == "unix":
             if not parts.path:
                 raise ValueError("a unix:// URL needs a socket path, e.g. unix:///run/redis.sock")

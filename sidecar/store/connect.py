@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -113,7 +113,7 @@ def _common(settings: RedisSettings) -> dict[str, Any]:
 
 def open_client(settings: RedisSettings) -> RedisClient:
     """A client for ``settings.url``; raises BadInput naming redis.url for a URL it cannot use."""
-    scheme = urlsplit(settings.url).scheme
+    scheme = settings.url.partition("://")[0]
     if scheme not in SCHEMES:
         raise BadInput(f"redis.url: unsupported scheme {scheme!r} (use {', '.join(s + '://' for s in SCHEMES)})")
     try:

@@ -592,3 +592,15 @@ def test_redis_secret_file_problems_are_named(tmp_path: Path) -> None:
     assert any(p.startswith("redis.password_file") and "empty" in p for p in found)
     assert any(p.startswith("redis.sentinel_password_file") and "cannot read" in p for p in found)
     assert any(p.startswith("redis.tls_key_file") for p in found)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis+sentinel://[::1]:26379,127.0.0.1:26380/mymaster", "redis+cluster://[::1]:7000,[::1]:7001"],
+)
+def test_multi_host_urls_with_ipv6_hosts_are_accepted(url: str) -> None:
+    assert load_config(environ={"SIDECAR_REDIS__URL": url}).redis.url == url
+
+
+def test_multi_host_url_without_hosts_is_an_error() -> None:
+    assert "has no host" in only_problem(environ={"SIDECAR_REDIS__URL": "redis+cluster:///"})
