@@ -13,6 +13,7 @@ import contextlib
 import logging
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from sidecar.store.cache import SessionCache
@@ -50,6 +51,9 @@ class InvalidationListener:
             self._cache.invalidate((digest,))
 
     async def _listen_once(self) -> None:
+        if isinstance(self._client, RedisCluster):
+            # ClusterPubSub picks its node from the slots map: make sure there is one before subscribing.
+            await self._client.initialize()
         pubsub: Any = self._client.pubsub()
         try:
             await pubsub.subscribe(self._channel)
@@ -88,6 +92,10 @@ class InvalidationListener:
                 await self._listen_once()
             except (RedisError, OSError, TimeoutError) as exc:
                 log.debug("invalidation channel error: %s", exc)
+            except Exception:
+                # The client library can fail in other ways (e.g. a cluster without a slots map yet); the listener
+                # must outlive them: the cache is already off (finally above), so retrying is always safe.
+                log.exception("invalidation channel failed unexpectedly; retrying")
             await asyncio.sleep(self._retry_interval)
 
     def start(self) -> None:

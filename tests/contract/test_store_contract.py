@@ -42,7 +42,7 @@ class FakeClock:
         return self.value
 
 
-@pytest.fixture(params=["memory", "valkey", "redis7", "sentinel", "cluster", "cached-valkey"])
+@pytest.fixture(params=["memory", "valkey", "redis7", "sentinel", "cluster", "cached-valkey", "cached-cluster"])
 async def subject(request: pytest.FixtureRequest) -> AsyncIterator[StoreUnderTest]:
     if request.param == "memory":
         clock = FakeClock()
@@ -52,10 +52,11 @@ async def subject(request: pytest.FixtureRequest) -> AsyncIterator[StoreUnderTes
 
         yield StoreUnderTest(MemoryStore(clock=clock), advance_fake, clock)
         return
-    if request.param in ("sentinel", "cluster"):
-        url = request.getfixturevalue(f"{request.param}_topology").url
+    server = request.param.removeprefix("cached-")
+    if server in ("sentinel", "cluster"):
+        url = request.getfixturevalue(f"{server}_topology").url
     else:
-        url = request.getfixturevalue(f"{request.param.removeprefix('cached-')}_url")
+        url = request.getfixturevalue(f"{server}_url")
     sealer = Sealer((("e1", b"k" * 32),))
     store = RedisStore.from_url(url, f"contract-{secrets.token_hex(4)}:", timeout=2.0, sealer=sealer)
     if not request.param.startswith("cached-"):
