@@ -15,6 +15,7 @@ from sidecar.admin import AdminServer
 from sidecar.api import servicer as session_api
 from sidecar.api.auth import BearerTokenInterceptor
 from sidecar.authz import grpc_v3
+from sidecar.authz.http import HttpAuthzServer
 from sidecar.authz.service import AuthzService
 from sidecar.config import Config
 from sidecar.core.decision import EdgeSettings
@@ -131,8 +132,6 @@ def log_serving(config: Config) -> None:
         log.info("SessionService API enabled on %s (bearer token from %s)", config.listen.grpc, config.api.token_file)
     else:
         log.info("SessionService API disabled (api.enabled: false)")
-    if config.listen.http:
-        log.info("listen.http is not served by this version; only listen.grpc is")
 
 
 def session_cache(config: Config, store: RedisStore) -> tuple[CachingStore, InvalidationListener]:
@@ -165,6 +164,7 @@ async def serve(config: Config) -> None:
         await server.start()
         running.push_async_callback(server.stop, SHUTDOWN_GRACE_SECONDS)
         log_serving(config)
+        await start_http(running, config.listen.http, service)
 
         async def readiness_changed(ready: bool) -> None:
             # "" stays SERVING (the process answers, public routes work); the named services follow the store,
@@ -189,6 +189,24 @@ async def serve(config: Config) -> None:
         await until_signalled()
         log.info("shutting down: draining in-flight checks for up to %.0fs", SHUTDOWN_GRACE_SECONDS)
         await health.enter_graceful_shutdown()
+
+
+async def start_http(running: contextlib.AsyncExitStack, address: str, service: AuthzService) -> HttpAuthzServer | None:
+    """The HTTP ext_authz / forward-auth listener on ``address`` (``listen.http``; "" disables it), stopped with
+    ``running``."""
+    if not address:
+        log.info("HTTP ext_authz disabled (listen.http is empty)")
+        return None
+    server = HttpAuthzServer(service)
+    host, port = split_address(address)
+    try:
+        await server.start(host, port)
+    except OSError as exc:
+        raise RuntimeFailure(f"listen.http: cannot listen on {address} ({exc})") from None
+    running.push_async_callback(server.stop, SHUTDOWN_GRACE_SECONDS)
+    bound_host, bound_port = server.address
+    log.info("serving HTTP ext_authz on %s:%d (forward-auth: /forward-auth)", bound_host, bound_port)
+    return server
 
 
 async def start_admin(admin: AdminServer, address: str) -> None:

@@ -41,6 +41,17 @@ def worker_environments(config: Config, workers: int) -> list[dict[str, str]]:
     listen = config.listen
     if workers > 1 and listen.grpc.endswith(":0"):
         raise BadInput("--workers: listen.grpc needs a fixed port (worker i listens on port + i)")
+    if listen.http and workers > 1:
+        grpc_port = listen.grpc.rpartition(":")[2]
+        http_port = listen.http.rpartition(":")[2]
+        grpc_range = range(int(grpc_port), int(grpc_port) + workers)
+        http_range = range(int(http_port), int(http_port) + workers)
+        if set(grpc_range) & set(http_range):
+            raise BadInput(
+                f"--workers {workers}: worker ports collide: listen.grpc uses {grpc_range.start}-{grpc_range.stop - 1} "
+                f"and listen.http {http_range.start}-{http_range.stop - 1}; move listen.http outside the gRPC range "
+                f'(e.g. {grpc_range.start + 100}) or disable it (listen.http: "")'
+            )
     environments = []
     for i in range(workers):
         env = {"SIDECAR_LISTEN__GRPC": _shift(listen.grpc, i)}

@@ -26,11 +26,18 @@ LOOPBACK = "127.0.0.1"
 INGRESS_LISTENER = "ingress"
 DIRECT_LISTENER = "direct"
 SIDECAR_CLUSTER = "session_sidecar"
+SIDECAR_HTTP_CLUSTER = "session_sidecar_http"  # mesh-config/envoy/envoy-http.yaml's cluster for listen.http
 UPSTREAM_CLUSTER = "upstream_echo"
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENVOY_TEMPLATE = REPO_ROOT / "mesh-config" / "envoy" / "envoy.yaml"
+ENVOY_HTTP_TEMPLATE = REPO_ROOT / "mesh-config" / "envoy" / "envoy-http.yaml"  # ext_authz over HTTP
+#: ext_authz mode → (Envoy template, the cluster of the sidecar in it).
+ENVOY_MODES: dict[str, tuple[Path, str]] = {
+    "grpc": (ENVOY_TEMPLATE, SIDECAR_CLUSTER),
+    "http": (ENVOY_HTTP_TEMPLATE, SIDECAR_HTTP_CLUSTER),
+}
 
 
 class ProcessError(RuntimeError):
@@ -125,11 +132,13 @@ def build_envoy_config(
     sidecar_port: int,
     upstream_port: int,
     direct_port: int | None = None,
+    sidecar_cluster: str = SIDECAR_CLUSTER,
 ) -> dict[str, Any]:
     """The bootstrap of ``template`` with its ports patched (as a dict).
 
     ``direct_port`` adds a second listener, ``direct``, identical to ``ingress`` but without the ext_authz
-    filter (the benchmark's baseline).
+    filter (the benchmark's baseline). ``sidecar_cluster`` names the cluster that gets ``sidecar_port``
+    (``SIDECAR_HTTP_CLUSTER`` in ``ENVOY_HTTP_TEMPLATE``).
     """
     config: dict[str, Any] = yaml.safe_load(template.read_text())
     config["admin"]["address"] = _socket_address(admin_port)
@@ -138,7 +147,7 @@ def build_envoy_config(
     clusters: list[dict[str, Any]] = resources["clusters"]
     ingress = _named(listeners, INGRESS_LISTENER, "listener")
     ingress["address"] = _socket_address(listen_port)
-    _set_cluster_port(_named(clusters, SIDECAR_CLUSTER, "cluster"), sidecar_port)
+    _set_cluster_port(_named(clusters, sidecar_cluster, "cluster"), sidecar_port)
     _set_cluster_port(_named(clusters, UPSTREAM_CLUSTER, "cluster"), upstream_port)
     if direct_port is not None:
         direct = copy.deepcopy(ingress)
@@ -160,6 +169,7 @@ def render_envoy_config(
     upstream_port: int,
     out: Path,
     direct_port: int | None = None,
+    sidecar_cluster: str = SIDECAR_CLUSTER,
 ) -> Path:
     """Write ``template`` with patched ports to ``out`` (YAML) and return ``out``."""
     config = build_envoy_config(
@@ -169,6 +179,7 @@ def render_envoy_config(
         sidecar_port=sidecar_port,
         upstream_port=upstream_port,
         direct_port=direct_port,
+        sidecar_cluster=sidecar_cluster,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -181,6 +181,8 @@ class Stack:
     servers: list[Server] = field(default_factory=list)
     owns_shared: bool = True
     api_token: str = ""  # the SessionService bearer token when started with api_token (else the API is off)
+    mode: str = "grpc"  # how Envoy asks the sidecar: "grpc" (envoy.yaml) or "http" (envoy-http.yaml)
+    http_port: int = 0  # the sidecar's listen.http port (0: disabled)
 
     @property
     def grpc_target(self) -> str:
@@ -270,9 +272,11 @@ def write_sidecar_config(
     login_url: str = "",
     routes: list[dict[str, Any]] | None = None,
     extra: dict[str, Any] | None = None,
+    http_port: int = 0,
 ) -> Path:
+    http = f"{LOOPBACK}:{http_port}" if http_port else ""
     config: dict[str, Any] = {
-        "listen": {"grpc": f"{LOOPBACK}:{grpc_port}", "http": "", "admin": ""},
+        "listen": {"grpc": f"{LOOPBACK}:{grpc_port}", "http": http, "admin": ""},
         "redis": {"url": redis_url},
         "deny": {"login_url": login_url},
         "routes": DEFAULT_ROUTES if routes is None else routes,
@@ -296,11 +300,16 @@ def start_stack(
     name: str = "stack",
     direct_port: int | None = None,
     api_token: str = "",
+    mode: str | None = None,
 ) -> Stack:
     """Start a full stack (or a second sidecar + Envoy on ``share``'s Valkey and echo). Stops it on failure.
 
-    ``api_token`` enables the SessionService API on the sidecar's gRPC port with that bearer token.
+    ``api_token`` enables the SessionService API on the sidecar's gRPC port with that bearer token. ``mode``
+    is how Envoy asks the sidecar: ``"grpc"`` (the default) or ``"http"`` (``listen.http`` and envoy-http.yaml);
+    a stack made with ``share`` takes the shared stack's mode unless told otherwise.
     """
+    mode = mode or (share.mode if share is not None else "grpc")
+    template, sidecar_cluster = processes.ENVOY_MODES[mode]
     workdir.mkdir(parents=True, exist_ok=True)
     if api_token:
         token_file = workdir / f"{name}-api-token"
@@ -308,6 +317,7 @@ def start_stack(
         extra_config = {**(extra_config or {}), "api": {"enabled": True, "token_file": str(token_file)}}
     valkey = share.valkey if share is not None else RedisServer(processes.valkey_binary(), workdir)
     grpc_port = processes.free_port()
+    http_port = processes.free_port() if mode == "http" else 0
     config_path = write_sidecar_config(
         workdir / f"{name}-sidecar.yaml",
         grpc_port=grpc_port,
@@ -315,6 +325,7 @@ def start_stack(
         login_url=login_url,
         routes=routes,
         extra=extra_config,
+        http_port=http_port,
     )
     stack = Stack(
         workdir=workdir,
@@ -326,6 +337,8 @@ def start_stack(
         echo_port=share.echo_port if share is not None else processes.free_port(),
         owns_shared=share is None,
         api_token=api_token,
+        mode=mode,
+        http_port=http_port,
     )
     try:
         if share is None:
@@ -339,15 +352,18 @@ def start_stack(
         stack.servers.append(sidecar)
         sidecar.attach(processes.start_sidecar(env=stack.env, config=config_path, log_path=sidecar.log, hermetic=True))
         sidecar.wait_listening(grpc_port)
+        if http_port:
+            sidecar.wait_listening(http_port)
 
         envoy_config = processes.render_envoy_config(
-            processes.ENVOY_TEMPLATE,
+            template,
             listen_port=stack.envoy_port,
             admin_port=processes.free_port(),
-            sidecar_port=grpc_port,
+            sidecar_port=http_port or grpc_port,
             upstream_port=stack.echo_port,
             direct_port=direct_port,
             out=workdir / f"{name}-envoy.yaml",
+            sidecar_cluster=sidecar_cluster,
         )
         envoy = Server("envoy", workdir / f"{name}-envoy.log")
         stack.servers.append(envoy)

@@ -10,10 +10,10 @@ from sidecar.workers import worker_environments
 
 
 def test_each_worker_gets_its_own_grpc_and_http_port_and_only_the_first_the_admin() -> None:
-    config = load_config(environ={})
+    config = load_config(environ={"SIDECAR_LISTEN__HTTP": "127.0.0.1:9291"})
     envs = worker_environments(config, 3)
     assert [e["SIDECAR_LISTEN__GRPC"] for e in envs] == ["127.0.0.1:9191", "127.0.0.1:9192", "127.0.0.1:9193"]
-    assert [e["SIDECAR_LISTEN__HTTP"] for e in envs] == ["127.0.0.1:9192", "127.0.0.1:9193", "127.0.0.1:9194"]
+    assert [e["SIDECAR_LISTEN__HTTP"] for e in envs] == ["127.0.0.1:9291", "127.0.0.1:9292", "127.0.0.1:9293"]
     assert [e["SIDECAR_LISTEN__ADMIN"] for e in envs] == ["127.0.0.1:9090", "", ""]
 
 
@@ -31,6 +31,7 @@ def test_a_disabled_http_listener_stays_disabled_for_every_worker() -> None:
         ({}, 65, "between 1 and"),
         ({"SIDECAR_LISTEN__GRPC": "127.0.0.1:65535"}, 2, "out of range"),
         ({"SIDECAR_LISTEN__GRPC": "127.0.0.1:0"}, 2, "fixed port"),
+        ({}, 2, "collide"),  # the defaults (9191 gRPC, 9192 HTTP) overlap as soon as there are two workers
     ],
 )
 def test_impossible_worker_plans_are_bad_input(environ: dict[str, str], workers: int, needle: str) -> None:

@@ -1,0 +1,440 @@
+"""HTTP ext_authz and forward-auth on ``listen.http``: HTTP/1.1 request → RequestView, Decision → response.
+
+Translation only, like the gRPC adapter. One small asyncio protocol with the httptools parser serves:
+
+- **Envoy** ``http_service``: Envoy sends the client's method and path as the request line and the headers its
+  ``allowed_headers`` let through. The answer is ``200`` with the identity headers to set (Envoy copies those
+  matching ``allowed_upstream_headers`` onto the upstream request, overwriting) and
+  ``x-envoy-auth-headers-to-remove`` naming the client-sent headers to drop; a denial is its own status, body and
+  headers, which Envoy relays to the client (a 5xx becomes Envoy's ``status_on_error``).
+- **nginx** ``auth_request`` and **Traefik** ``forwardAuth``, pointed at ``/forward-auth``: only on that path is
+  the original request read from ``X-Forwarded-Method/-Proto/-Host/-Uri`` (Traefik) or
+  ``X-Original-Method/-URI`` (nginx). Anywhere else the request line is the original request, so a client cannot
+  spoof ``X-Forwarded-Uri`` through Envoy to borrow a public route's decision. There an allow also carries an
+  unchanged ``cookie`` (see ``forward_auth_allow``).
+
+HTTP/1.1 with keep-alive; a pipelined request waits for the one before it. A request whose head exceeds
+``MAX_REQUEST_BYTES`` gets ``431``, a malformed one ``400``; both close the connection. Nothing here raises into
+the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+from http import HTTPStatus
+from typing import cast
+
+import httptools
+
+from sidecar.authz.service import AuthzService
+from sidecar.core.decision import COOKIE_HEADER, Allow, Decision, Deny, unavailable
+from sidecar.core.request import RequestView
+
+log = logging.getLogger("sidecar.authz")
+
+MAX_REQUEST_BYTES = 64 * 1024  # request line + headers + body of one request
+MAX_HEADER_LINES = 1024
+HEADER_TIMEOUT_SECONDS = 10.0  # a request begun must be complete within this
+FORWARD_AUTH_PATH = "/forward-auth"
+HEADERS_TO_REMOVE = "x-envoy-auth-headers-to-remove"
+_MAX_CACHED_DENIALS = 256
+
+_FORWARD_AUTH_QUERY = FORWARD_AUTH_PATH + "?"
+# The first value of these headers is all the translation reads; the rest are passed through untouched.
+_WANTED = frozenset(
+    {
+        "host",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-uri",
+        "x-forwarded-method",
+        "x-original-uri",
+        "x-original-method",
+    }
+)
+
+
+def _name_table(names: tuple[str, ...]) -> dict[bytes, str]:
+    """Header names as Envoy, nginx and Traefik spell them → lower case, so the common ones cost no decode."""
+    return {form.encode(): name for name in names for form in (name, name.title(), name.upper())}
+
+
+_NAMES = _name_table(
+    (
+        *sorted(_WANTED),
+        "accept",
+        "authorization",
+        "content-length",
+        "cookie",
+        "sec-fetch-mode",
+        "user-agent",
+        "x-envoy-expected-rq-timeout-ms",
+        "x-envoy-internal",
+        "x-forwarded-for",
+        "x-real-ip",
+        "x-request-id",
+    )
+)
+
+
+# --------------------------------------------------------------------------------------------------- request
+
+
+def _first_item(value: str) -> str:
+    """The first element of a comma-separated list (proxies append to X-Forwarded-*)."""
+    return value.split(",", 1)[0].strip(" \t")
+
+
+def is_forward_auth(target: str) -> bool:
+    return target == FORWARD_AUTH_PATH or target.startswith(_FORWARD_AUTH_QUERY)
+
+
+def to_request_view(method: str, target: str, headers: tuple[tuple[str, str], ...]) -> RequestView:
+    """The original request: the request line itself, or on ``/forward-auth`` the one the forwarded headers name.
+
+    ``headers`` are (lower-case name, value) in arrival order; they reach the core unchanged either way.
+    """
+    found: dict[str, str] = {}
+    for name, value in headers:
+        if name in _WANTED and name not in found:
+            found[name] = value
+    proto = found.get("x-forwarded-proto")
+    scheme = _first_item(proto) if proto else "http"
+    host = found.get("host", "")
+    if is_forward_auth(target):
+        uri = found.get("x-forwarded-uri") or found.get("x-original-uri")
+        if uri:
+            target = uri
+        method = found.get("x-forwarded-method") or found.get("x-original-method") or method
+        forwarded_host = found.get("x-forwarded-host")
+        if forwarded_host:
+            host = _first_item(forwarded_host)
+    return RequestView(method=method, scheme=scheme or "http", host=host, path=target, headers=headers)
+
+
+def forward_auth_allow(allow: Allow, request: RequestView) -> Allow:
+    """An allow as nginx and Traefik need it: with the Cookie header the upstream should get, even when unchanged.
+
+    Envoy keeps a Cookie header the answer does not mention. The forward-auth proxies, told to take Cookie from
+    the answer (Traefik ``authResponseHeaders: [Cookie]``, nginx ``auth_request_set … $upstream_http_cookie``),
+    would drop it instead, so an untouched Cookie is echoed; a rewritten or removed one is already in the answer.
+    """
+    if COOKIE_HEADER in allow.headers_to_remove or any(name == COOKIE_HEADER for name, _ in allow.headers_to_set):
+        return allow
+    lines = request.values(COOKIE_HEADER)
+    if not lines:
+        return allow
+    return dataclasses.replace(allow, headers_to_set=(*allow.headers_to_set, (COOKIE_HEADER, "; ".join(lines))))
+
+
+# --------------------------------------------------------------------------------------------------- response
+
+_CRLF = "\r\n"
+_CONNECTION_CLOSE = b"connection: close\r\n"
+_ALLOW_HEAD = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n"
+_ALLOW_EMPTY = (_ALLOW_HEAD + _CRLF).encode(), (_ALLOW_HEAD + "connection: close\r\n" + _CRLF).encode()
+
+
+class UnsafeHeader(ValueError):
+    """A header value the decision carries holds CR, LF or NUL: sending it would split the response."""
+
+
+def _checked(value: str) -> str:
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise UnsafeHeader("header value with CR, LF or NUL")
+    return value
+
+
+def _status_line(status: int) -> str:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Unknown"
+    return f"HTTP/1.1 {status} {phrase}\r\n"
+
+
+def allow_response(allow: Allow, *, close: bool = False) -> bytes:
+    """``200``: the headers to set, and the client-sent ones to remove (never a name in both)."""
+    if not allow.headers_to_set and not allow.headers_to_remove:
+        return _ALLOW_EMPTY[close]
+    text = _ALLOW_HEAD
+    for name, value in allow.headers_to_set:
+        text += f"{name}: {_checked(value)}\r\n"
+    if allow.headers_to_remove:
+        text += f"{HEADERS_TO_REMOVE}: {','.join(allow.headers_to_remove)}\r\n"
+    head = text.encode("utf-8", "surrogateescape")  # a rewritten Cookie header stays byte-exact
+    return head + (_CONNECTION_CLOSE + b"\r\n" if close else b"\r\n")
+
+
+def deny_response(deny: Deny, *, close: bool = False, head_only: bool = False) -> bytes:
+    """The denial's status, headers and body (``head_only``: the answer to HEAD, without a body)."""
+    body = b"" if head_only else deny.body
+    text = _status_line(deny.status) + f"content-length: {len(body)}\r\n"
+    for name, value in deny.headers:
+        text += f"{name}: {_checked(value)}\r\n"
+    if close:
+        text += "connection: close\r\n"
+    return (text + _CRLF).encode("utf-8", "surrogateescape") + body
+
+
+# Encoded answers of the memoized (constant) denials, keep-alive and closing: a 401/403/503 costs a lookup.
+_DENIED: dict[Deny, tuple[bytes, bytes]] = {}
+
+
+def _denied(deny: Deny, close: bool) -> bytes:
+    cached = _DENIED.get(deny)
+    if cached is None:
+        cached = deny_response(deny), deny_response(deny, close=True)
+        if deny.status != 302 and len(_DENIED) < _MAX_CACHED_DENIALS:  # redirects carry the request's URL
+            _DENIED[deny] = cached
+    return cached[close]
+
+
+def encode(decision: Decision, *, close: bool = False, head_only: bool = False) -> bytes:
+    """The response bytes of a decision; one that cannot be sent safely becomes the 503 denial."""
+    try:
+        if isinstance(decision, Allow):
+            return allow_response(decision, close=close)
+        if head_only:
+            return deny_response(decision, close=close, head_only=True)
+        return _denied(decision, close)
+    except UnsafeHeader:
+        log.error("a decision carried a header value with CR, LF or NUL; denying with 503")
+        return deny_response(unavailable(), close=close, head_only=head_only)
+
+
+def _error(status: int, message: str) -> bytes:
+    body = f'{{"error":"{message}"}}'.encode()
+    return (
+        _status_line(status) + "content-type: application/json\r\ncache-control: no-store\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode() + body
+
+
+BAD_REQUEST = _error(400, "bad_request")
+TOO_LARGE = _error(431, "request_header_fields_too_large")
+BODY_TOO_LARGE = _error(413, "content_too_large")
+_UNREADABLE = deny_response(unavailable(), close=True)
+
+
+# --------------------------------------------------------------------------------------------------- protocol
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class HttpAuthzProtocol(asyncio.Protocol):
+    """One client connection: parse, ask the service, answer in order."""
+
+    def __init__(self, service: AuthzService, server: HttpAuthzServer) -> None:
+        self._service = service
+        self._server = server
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._url = b""
+        self._headers: list[tuple[str, str]] = []
+        self._size = 0  # bytes of the request being read
+        self._in_message = False
+        self._headers_done = False
+        # (request, keep-alive, HEAD, on /forward-auth) of each request read and not yet answered
+        self._queue: collections.deque[tuple[RequestView, bool, bool, bool]] = collections.deque()
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._draining = False  # the server is stopping: close after the answer in flight
+
+    # --- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._server.opened(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.closed(self)
+        self._queue.clear()
+        self._cancel_timer()
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        self._transport = None
+
+    def data_received(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        try:
+            while data:
+                room = MAX_REQUEST_BYTES - self._size
+                if room <= 0:
+                    raise _TooLarge
+                chunk, data = data[:room], data[room:]  # the whole of data, uncopied, when it fits
+                self._size += len(chunk)
+                self._parser.feed_data(chunk)  # a complete request resets _size
+        except _TooLarge:
+            self._fail(BODY_TOO_LARGE if self._headers_done else TOO_LARGE)
+        except httptools.HttpParserCallbackError as exc:
+            self._fail(TOO_LARGE if isinstance(exc.__context__, _TooLarge) else BAD_REQUEST)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # malformed, or Upgrade / CONNECT
+            self._fail(BAD_REQUEST)
+        except Exception:  # never a traceback into the event loop
+            log.exception("HTTP ext_authz: unexpected error reading a request")
+            self._fail(BAD_REQUEST)
+        else:
+            if self._in_message and self._timer is None:
+                loop = asyncio.get_running_loop()
+                self._timer = loop.call_later(HEADER_TIMEOUT_SECONDS, self._timed_out)
+
+    def eof_received(self) -> bool | None:
+        if self._task is None:
+            return None  # nothing in flight: close
+        self._draining = True  # answer what was asked, then close
+        return True
+
+    # --- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._in_message = True
+        self._headers_done = False
+        self._url = b""
+        self._headers = []
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = _NAMES.get(name)
+        if key is None:
+            key = name.decode("latin-1").lower()
+        self._headers.append((key, value.decode("utf-8", "surrogateescape")))
+
+    def on_headers_complete(self) -> None:
+        self._headers_done = True
+        if len(self._headers) > MAX_HEADER_LINES:  # their bytes are bounded already; their count here
+            raise _TooLarge
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        self._size = 0
+        self._cancel_timer()
+        parser = self._parser
+        method = parser.get_method().decode("latin-1")
+        target = self._url.decode("latin-1")
+        view = to_request_view(method, target, tuple(self._headers))
+        self._queue.append((view, parser.should_keep_alive(), method == "HEAD", is_forward_auth(target)))
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._answer())
+        elif self._transport is not None:
+            self._transport.pause_reading()  # pipelined: read on once the queue is answered
+
+    # --- answering
+
+    async def _answer(self) -> None:
+        queue = self._queue
+        while queue:
+            view, keep_alive, head_only, forward = queue.popleft()
+            try:
+                decision = await self._service.check(view)
+                if forward and isinstance(decision, Allow):
+                    decision = forward_auth_allow(decision, view)
+                close = not keep_alive or self._draining
+                response = encode(decision, close=close, head_only=head_only)
+            except Exception:  # check never raises; belt and braces for the encoding
+                log.exception("HTTP ext_authz: unexpected error answering a request")
+                close, response = True, _UNREADABLE
+            transport = self._transport
+            if transport is None:
+                return
+            transport.write(response)
+            if close:
+                queue.clear()
+                transport.close()
+                break
+        self._task = None
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    def _fail(self, response: bytes) -> None:
+        """Answer a request that cannot be read (after any answer still in flight) and close."""
+        transport = self._transport
+        if transport is None:
+            return
+        self._cancel_timer()
+        self._queue.clear()
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        transport.write(response)
+        transport.close()
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._transport is not None:
+            self._transport.close()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def shutdown(self) -> None:
+        """The server is stopping: close now when idle, else after the answer in flight."""
+        self._draining = True
+        if self._task is None and not self._in_message and self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+
+class HttpAuthzServer:
+    """The ``listen.http`` listener."""
+
+    def __init__(self, service: AuthzService) -> None:
+        self._service = service
+        self._server: asyncio.Server | None = None
+        self._connections: set[HttpAuthzProtocol] = set()
+        self._drained: asyncio.Event | None = None  # set when the last connection closes during stop()
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: HttpAuthzProtocol(self._service, self), host, port, backlog=1024
+        )
+
+    def opened(self, connection: HttpAuthzProtocol) -> None:
+        self._connections.add(connection)
+
+    def closed(self, connection: HttpAuthzProtocol) -> None:
+        self._connections.discard(connection)
+        if not self._connections and self._drained is not None:
+            self._drained.set()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port) of the first socket (the port picked for port 0)."""
+        assert self._server is not None and self._server.sockets
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return str(host), int(port)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting, let answers in flight finish for up to ``grace`` seconds, then drop the rest."""
+        if self._server is None:
+            return
+        self._server.close()
+        self._drained = asyncio.Event()
+        for connection in list(self._connections):
+            connection.shutdown()
+        if self._connections:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._drained.wait()
+        for connection in list(self._connections):
+            connection.abort()
+        with contextlib.suppress(Exception):
+            await self._server.wait_closed()
+        self._server = None

@@ -1,0 +1,589 @@
+"""The HTTP ext_authz / forward-auth adapter: translation both ways, and a real server on a loopback port.
+
+The server runs in-process over the in-memory store; requests are raw bytes on a socket, so malformed and
+oversized ones can be sent exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from sidecar import app
+from sidecar.authz import http
+from sidecar.authz.service import AuthzService
+from sidecar.core.decision import Allow, Deny, EdgeSettings, unavailable
+from sidecar.core.request import RequestView
+from sidecar.errors import RuntimeFailure
+from sidecar.sessions import KeyRingSource, SessionManager
+from sidecar.store.memory import MemoryStore
+from tests.support.edge import RING, SETTINGS
+
+Headers = tuple[tuple[str, str], ...]
+
+
+def view(target: str, *headers: tuple[str, str], method: str = "GET") -> RequestView:
+    return http.to_request_view(method, target, tuple(headers))
+
+
+# --------------------------------------------------------------------------------------------------- request
+
+
+def test_envoy_mode_reads_the_request_line_and_host() -> None:
+    headers = (("host", "app.example.com"), ("x-forwarded-proto", "https"), ("cookie", "a=1"))
+    seen = http.to_request_view("POST", "/hello?q=1", headers)
+    assert (seen.method, seen.scheme, seen.host, seen.path) == ("POST", "https", "app.example.com", "/hello?q=1")
+    assert seen.headers == headers
+
+
+def test_scheme_defaults_to_http_and_takes_the_first_forwarded_proto() -> None:
+    assert view("/", ("host", "h")).scheme == "http"
+    assert view("/", ("x-forwarded-proto", "https, http")).scheme == "https"
+    assert view("/", ("x-forwarded-proto", "")).scheme == "http"
+
+
+@pytest.mark.parametrize("target", ["/hello", "/public/x", "/forward-auth/x", "/forward-authz", "/x/forward-auth"])
+def test_forwarded_headers_are_ignored_off_the_forward_auth_path(target: str) -> None:
+    seen = view(
+        target,
+        ("host", "real.example.com"),
+        ("x-forwarded-uri", "/public/borrowed"),
+        ("x-original-uri", "/public/borrowed"),
+        ("x-forwarded-method", "OPTIONS"),
+        ("x-forwarded-host", "spoofed.example.com"),
+    )
+    assert (seen.method, seen.host, seen.path) == ("GET", "real.example.com", target)
+
+
+@pytest.mark.parametrize("target", ["/forward-auth", "/forward-auth?x=1"])
+def test_traefik_forward_auth_headers_describe_the_original_request(target: str) -> None:
+    seen = view(
+        target,
+        ("host", "sidecar:9192"),
+        ("x-forwarded-method", "DELETE"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "app.example.com, proxy.internal"),
+        ("x-forwarded-uri", "/public/page?a=1"),
+    )
+    assert (seen.method, seen.scheme, seen.host, seen.path) == (
+        "DELETE",
+        "https",
+        "app.example.com",
+        "/public/page?a=1",
+    )
+
+
+def test_nginx_original_headers_describe_the_original_request() -> None:
+    seen = view(
+        "/forward-auth",
+        ("host", "app.example.com"),
+        ("x-original-uri", "/admin/x"),
+        ("x-original-method", "PUT"),
+    )
+    assert (seen.method, seen.scheme, seen.host, seen.path) == ("PUT", "http", "app.example.com", "/admin/x")
+
+
+def test_traefik_headers_win_over_nginx_ones_and_the_first_of_each_counts() -> None:
+    seen = view(
+        "/forward-auth",
+        ("x-original-uri", "/nginx"),
+        ("x-forwarded-uri", "/traefik"),
+        ("x-forwarded-uri", "/second"),
+    )
+    assert seen.path == "/traefik"
+
+
+def test_forward_auth_without_forwarded_headers_is_the_request_itself() -> None:
+    seen = view("/forward-auth", ("host", "h"))
+    assert (seen.method, seen.host, seen.path) == ("GET", "h", "/forward-auth")
+
+
+def test_forward_auth_allow_echoes_an_untouched_cookie_only() -> None:
+    request = view("/forward-auth", ("cookie", "a=1"), ("cookie", "b=2"))
+    untouched = Allow(headers_to_set=(("x-user-id", "alice"),), headers_to_remove=("x-user-evil",))
+    echoed = http.forward_auth_allow(untouched, request)
+    assert echoed.headers_to_set == (("x-user-id", "alice"), ("cookie", "a=1; b=2"))
+    assert echoed.headers_to_remove == ("x-user-evil",)
+    rewritten = Allow(headers_to_set=(("cookie", "a=1"),), headers_to_remove=())
+    removed = Allow(headers_to_set=(), headers_to_remove=("cookie",))
+    for allow in (rewritten, removed):
+        assert http.forward_auth_allow(allow, request) is allow
+    assert http.forward_auth_allow(untouched, view("/forward-auth")) is untouched
+
+
+# --------------------------------------------------------------------------------------------------- response
+
+
+def split(response: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    status, *lines = head.decode("utf-8", "surrogateescape").split("\r\n")
+    return status, [(n, v) for n, _, v in (line.partition(": ") for line in lines)], body
+
+
+def test_allow_sets_headers_and_lists_the_rest_for_removal() -> None:
+    allow = Allow(
+        headers_to_set=(("x-user-id", "alice"), ("x-session-id", "h1"), ("cookie", "a=1; b=2")),
+        headers_to_remove=("x-user-roles", "x-user-evil"),
+    )
+    status, headers, body = split(http.encode(allow))
+    assert status == "HTTP/1.1 200 OK"
+    assert headers == [
+        ("content-length", "0"),
+        ("x-user-id", "alice"),
+        ("x-session-id", "h1"),
+        ("cookie", "a=1; b=2"),
+        ("x-envoy-auth-headers-to-remove", "x-user-roles,x-user-evil"),
+    ]
+    assert body == b""
+
+
+def test_anonymous_allow_is_a_bare_200_and_close_adds_connection_close() -> None:
+    anonymous = Allow(headers_to_set=(), headers_to_remove=())
+    assert http.encode(anonymous) == b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+    assert http.encode(anonymous, close=True).endswith(b"connection: close\r\n\r\n")
+    removing = Allow(headers_to_set=(), headers_to_remove=("cookie",))
+    assert ("connection", "close") in split(http.encode(removing, close=True))[1]
+
+
+def test_non_utf8_cookie_bytes_survive_the_round_trip() -> None:
+    value = b"a=\xff\xfe".decode("utf-8", "surrogateescape")
+    response = http.encode(Allow(headers_to_set=(("cookie", value),), headers_to_remove=()))
+    assert b"\r\ncookie: a=\xff\xfe\r\n" in response
+
+
+def test_denial_keeps_status_body_and_headers() -> None:
+    deny = unavailable()
+    status, headers, body = split(http.encode(deny))
+    assert status == "HTTP/1.1 503 Service Unavailable"
+    assert ("content-length", str(len(deny.body))) in headers
+    assert ("retry-after", "1") in headers and ("content-type", "application/json") in headers
+    assert body == deny.body
+    assert http.encode(deny) is http.encode(deny), "constant denials are encoded once"
+
+
+def test_redirect_is_not_cached_and_head_has_no_body() -> None:
+    redirect = Deny(status=302, reason="r", body=b"", headers=(("location", "https://l/?rd=x"),))
+    assert split(http.encode(redirect))[0] == "HTTP/1.1 302 Found"
+    assert redirect not in http._DENIED
+    deny = Deny(status=401, reason="r", body=b'{"error":"x"}', headers=(("www-authenticate", "Cookie"),))
+    status, headers, body = split(http.encode(deny, head_only=True))
+    assert status == "HTTP/1.1 401 Unauthorized" and body == b""
+    assert ("content-length", "0") in headers
+
+
+def test_a_header_value_with_crlf_becomes_a_503_never_a_split_response() -> None:
+    allow = Allow(headers_to_set=(("x-user-id", "a\r\nx-user-roles: admin"),), headers_to_remove=())
+    status, headers, _ = split(http.encode(allow))
+    assert status == "HTTP/1.1 503 Service Unavailable"
+    assert not any(name == "x-user-roles" for name, _ in headers)
+
+
+# --------------------------------------------------------------------------------------------------- server
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return next((v for n, v in self.headers if n == name), None)
+
+
+@dataclass
+class Served:
+    port: int
+    manager: SessionManager
+    store: MemoryStore
+    server: http.HttpAuthzServer
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", self.port)
+
+    async def ask(self, target: str, *headers: tuple[str, str], method: str = "GET") -> Response:
+        reader, writer = await self.connect()
+        try:
+            writer.write(request(target, *headers, method=method))
+            return await read_response(reader)
+        finally:
+            writer.close()
+
+
+def request(target: str, *headers: tuple[str, str], method: str = "GET", version: str = "1.1") -> bytes:
+    lines = [f"{method} {target} HTTP/{version}", "host: app.example.com", *(f"{n}: {v}" for n, v in headers)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+
+
+async def read_response(reader: asyncio.StreamReader, *, head_only: bool = False) -> Response:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    status_line, *lines = head.decode("utf-8", "surrogateescape").rstrip("\r\n").split("\r\n")
+    headers = [(n.lower(), v) for n, _, v in (line.partition(": ") for line in lines)]
+    length = int(next((v for n, v in headers if n == "content-length"), "0"))
+    body = b"" if head_only else await asyncio.wait_for(reader.readexactly(length), 5)
+    return Response(int(status_line.split(" ")[1]), headers, body)
+
+
+async def closed(reader: asyncio.StreamReader) -> bool:
+    return await asyncio.wait_for(reader.read(), 5) == b""
+
+
+class Problems(logging.Handler):
+    """Collects ERROR records and event-loop exceptions: the server must produce neither."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append(record.getMessage())
+
+
+@pytest.fixture
+def problems() -> Iterator[Problems]:
+    handler = Problems()
+    logging.getLogger().addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert handler.seen == []
+
+
+@contextlib.asynccontextmanager
+async def serving(problems: Problems, settings: EdgeSettings = SETTINGS) -> AsyncIterator[Served]:
+    """An HttpAuthzServer on a free loopback port over a fresh in-memory store; loop exceptions are problems."""
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: problems.seen.append(str(context.get("message"))))
+    store = MemoryStore()
+    keys = KeyRingSource(store, RING)
+    server = http.HttpAuthzServer(AuthzService(settings, store, keys, deadline=0.15))
+    await server.start("127.0.0.1", 0)
+    manager = SessionManager(store, keys, cookie_name="SESSION", idle_timeout=60, absolute_timeout=3600)
+    try:
+        yield Served(server.address[1], manager, store, server)
+    finally:
+        await server.stop(1.0)
+
+
+@pytest.fixture
+async def served(problems: Problems) -> AsyncIterator[Served]:
+    async with serving(problems) as running:
+        yield running
+
+
+async def test_live_session_is_allowed_with_identity_cookie_rewrite_and_removals(served: Served) -> None:
+    issued = await served.manager.create("alice", email="a@example.com", roles=("admin", "dev"))
+    response = await served.ask(
+        "/hello",
+        ("Cookie", f"a=1; SESSION={issued.token}; b=2"),
+        ("X-User-Id", "admin"),
+        ("x-user-id", "root"),
+        ("X-Session-Other", "x"),
+    )
+    assert response.status == 200 and response.body == b""
+    assert response.header("x-user-id") == "alice"
+    assert response.header("x-user-roles") == "admin,dev"
+    assert response.header("x-session-id") == issued.record.session_id
+    assert response.header("cookie") == "a=1; b=2"
+    assert response.header(http.HEADERS_TO_REMOVE) == "x-session-other"  # the others are set, not removed
+
+
+async def test_only_the_session_cookie_means_cookie_is_removed(served: Served) -> None:
+    issued = await served.manager.create("alice")
+    response = await served.ask("/hello", ("Cookie", f"SESSION={issued.token}"))
+    assert response.status == 200
+    assert response.header("cookie") is None
+    assert response.header(http.HEADERS_TO_REMOVE) == "cookie"
+
+
+async def test_session_cookie_in_its_own_header_line(served: Served) -> None:
+    issued = await served.manager.create("alice")
+    response = await served.ask("/c", ("Cookie", "a=1"), ("Cookie", f"SESSION={issued.token}"), ("Cookie", "b=2"))
+    assert response.header("x-user-id") == "alice"
+    assert response.header("cookie") == "a=1; b=2"
+
+
+async def test_denials_carry_status_body_and_headers(served: Served) -> None:
+    unauthenticated = await served.ask("/hello")
+    assert unauthenticated.status == 401
+    assert unauthenticated.header("www-authenticate")
+    assert b'"unauthenticated"' in unauthenticated.body
+    bob = await served.manager.create("bob", roles=("dev",))
+    forbidden = await served.ask("/admin/x", ("cookie", f"SESSION={bob.token}"))
+    assert forbidden.status == 403 and b'"forbidden"' in forbidden.body
+    served.store.down = True
+    down = await served.ask("/hello", ("cookie", f"SESSION={bob.token}"))
+    assert (down.status, down.header("retry-after")) == (503, "1")
+    public = await served.ask("/public/x", ("cookie", f"SESSION={bob.token}"), ("x-user-id", "evil"))
+    assert public.status == 200 and public.header(http.HEADERS_TO_REMOVE) == "cookie,x-user-id"
+
+
+async def test_public_route_with_spoofed_headers_is_anonymous(served: Served) -> None:
+    response = await served.ask("/public/x", ("X-User-Id", "admin"), ("x-session-id", "s"))
+    assert response.status == 200
+    assert response.header("x-user-id") is None
+    assert response.header(http.HEADERS_TO_REMOVE) == "x-user-id,x-session-id"
+
+
+async def test_forward_auth_decides_for_the_forwarded_request(served: Served) -> None:
+    public = await served.ask("/forward-auth", ("X-Forwarded-Uri", "/public/page"), ("X-Forwarded-Method", "GET"))
+    assert public.status == 200
+    nginx = await served.ask("/forward-auth", ("X-Original-URI", "/public/page"))
+    assert nginx.status == 200
+    bob = await served.manager.create("bob", roles=("dev",))
+    admin = await served.ask("/forward-auth", ("X-Forwarded-Uri", "/admin/x"), ("cookie", f"SESSION={bob.token}"))
+    assert admin.status == 403
+
+
+async def test_forward_auth_answers_carry_the_cookie_the_upstream_should_get(served: Served) -> None:
+    issued = await served.manager.create("alice")
+    public = ("X-Forwarded-Uri", "/public/x")
+    untouched = await served.ask("/forward-auth", public, ("cookie", "a=1"), ("cookie", "b=2"))
+    assert untouched.header("cookie") == "a=1; b=2"
+    rewritten = await served.ask("/forward-auth", public, ("cookie", f"a=1; SESSION={issued.token}"))
+    assert (rewritten.header("cookie"), rewritten.header(http.HEADERS_TO_REMOVE)) == ("a=1", None)
+    removed = await served.ask("/forward-auth", public, ("cookie", f"SESSION={issued.token}"))
+    assert (removed.header("cookie"), removed.header(http.HEADERS_TO_REMOVE)) == (None, "cookie")
+    envoy = await served.ask("/public/x", ("cookie", "a=1"))
+    assert envoy.header("cookie") is None, "Envoy keeps a Cookie header the answer does not name"
+
+
+@pytest.mark.parametrize("target", ["/hello", "/forward-auth/x", "/forward-authz"])
+async def test_forwarded_uri_cannot_borrow_a_public_route_off_forward_auth(served: Served, target: str) -> None:
+    response = await served.ask(target, ("X-Forwarded-Uri", "/public/page"), ("X-Original-URI", "/public/page"))
+    assert response.status == 401
+
+
+async def test_login_redirect_uses_the_forwarded_scheme_and_host(problems: Problems) -> None:
+    async with serving(problems, dataclasses.replace(SETTINGS, login_url="/login")) as served:
+        envoy = await served.ask("/a?b=1", ("x-forwarded-proto", "https"), ("sec-fetch-mode", "navigate"))
+        assert envoy.status == 302
+        assert envoy.header("location") == "/login?rd=https%3A%2F%2Fapp.example.com%2Fa%3Fb%3D1"
+        traefik = await served.ask(
+            "/forward-auth",
+            ("sec-fetch-mode", "navigate"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "shop.example.com"),
+            ("x-forwarded-uri", "/cart"),
+        )
+        assert traefik.header("location") == "/login?rd=https%3A%2F%2Fshop.example.com%2Fcart"
+
+
+async def test_keep_alive_answers_several_requests_on_one_connection(served: Served) -> None:
+    reader, writer = await served.connect()
+    try:
+        for path in ("/public/a", "/hello", "/public/b"):
+            writer.write(request(path))
+            response = await read_response(reader)
+            assert response.status == (401 if path == "/hello" else 200)
+            assert response.header("connection") is None
+    finally:
+        writer.close()
+
+
+async def test_pipelined_requests_are_answered_in_order(served: Served) -> None:
+    reader, writer = await served.connect()
+    try:
+        writer.write(request("/hello") + request("/public/x") + request("/hello", ("Connection", "close")))
+        statuses = [(await read_response(reader)).status for _ in range(3)]
+        assert statuses == [401, 200, 401]
+        assert await closed(reader)
+    finally:
+        writer.close()
+
+
+async def test_http_1_0_and_connection_close_are_answered_then_closed(served: Served) -> None:
+    for raw in (request("/public/x", version="1.0"), request("/public/x", ("Connection", "close"))):
+        reader, writer = await served.connect()
+        writer.write(raw)
+        response = await read_response(reader)
+        assert (response.status, response.header("connection")) == (200, "close")
+        assert await closed(reader)
+        writer.close()
+
+
+async def test_head_gets_no_body(served: Served) -> None:
+    reader, writer = await served.connect()
+    try:
+        writer.write(request("/hello", method="HEAD") + request("/public/x"))
+        head = await read_response(reader, head_only=True)
+        assert head.status == 401 and head.header("content-length") == "0"
+        assert (await read_response(reader)).status == 200  # the next answer starts right after the head
+    finally:
+        writer.close()
+
+
+async def test_a_request_split_across_writes_is_read_whole(served: Served) -> None:
+    reader, writer = await served.connect()
+    try:
+        raw = request("/public/x", ("x-user-id", "evil"))
+        for i in range(0, len(raw), 7):
+            writer.write(raw[i : i + 7])
+            await writer.drain()
+            await asyncio.sleep(0)
+        response = await read_response(reader)
+        assert response.status == 200 and response.header(http.HEADERS_TO_REMOVE) == "x-user-id"
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(b"GARBAGE\r\n\r\n", id="no-request-line"),
+        pytest.param(b"GET / HTTP/1.1\r\nbad header\r\n\r\n", id="header-without-colon"),
+        pytest.param(b"GET / HTTP/1.1\r\nx: a\rb\r\n\r\n", id="bare-cr"),
+        pytest.param(b"GET /\x00 HTTP/1.1\r\n\r\n", id="nul-in-target"),
+        pytest.param(b"GET / HTTP/9.9\r\n\r\n", id="bad-version"),
+        pytest.param(b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", id="bad-chunk"),
+        pytest.param(b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com\r\n\r\n", id="connect"),
+        pytest.param(b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", id="upgrade"),
+    ],
+)
+async def test_malformed_request_is_400_and_closed(served: Served, raw: bytes) -> None:
+    reader, writer = await served.connect()
+    try:
+        writer.write(raw)
+        response = await read_response(reader)
+        assert (response.status, response.header("connection")) == (400, "close")
+        assert await closed(reader)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(request("/", ("x-big", "a" * (70 * 1024))), id="one-huge-header"),
+        pytest.param(request("/", *[(f"x-h{i}", "v" * 100) for i in range(800)]), id="many-headers"),
+        pytest.param(request("/", *[("x", "") for _ in range(1100)]), id="too-many-header-lines"),
+        pytest.param(request("/" + "a" * (70 * 1024)), id="huge-target"),
+    ],
+)
+async def test_oversized_request_head_is_431_and_closed(served: Served, raw: bytes) -> None:
+    reader, writer = await served.connect()
+    try:
+        with contextlib.suppress(ConnectionError):
+            writer.write(raw)
+            await writer.drain()
+        response = await read_response(reader)
+        assert (response.status, response.header("connection")) == (431, "close")
+        assert await closed(reader)
+    finally:
+        writer.close()
+
+
+async def test_oversized_body_is_413(served: Served) -> None:
+    reader, writer = await served.connect()
+    try:
+        with contextlib.suppress(ConnectionError):
+            writer.write(request("/", ("content-length", str(100 * 1024)), method="POST") + b"x" * (100 * 1024))
+            await writer.drain()
+        assert (await read_response(reader)).status == 413
+    finally:
+        writer.close()
+
+
+async def test_small_request_body_is_read_and_ignored(served: Served) -> None:
+    reader, writer = await served.connect()
+    try:
+        writer.write(request("/public/x", ("content-length", "5"), method="POST") + b"hello" + request("/hello"))
+        assert (await read_response(reader)).status == 200
+        assert (await read_response(reader)).status == 401
+    finally:
+        writer.close()
+
+
+async def test_a_request_left_unfinished_is_dropped(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http, "HEADER_TIMEOUT_SECONDS", 0.1)
+    reader, writer = await served.connect()
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n")
+        assert await closed(reader)
+    finally:
+        writer.close()
+
+
+async def test_stop_closes_idle_connections_and_finishes_answers_in_flight(served: Served) -> None:
+    issued = await served.manager.create("alice")
+    slow = asyncio.Event()
+    original = served.store.resolve
+
+    async def resolve(*args: object) -> object:
+        slow.set()
+        await asyncio.sleep(0.1)  # within the store deadline (0.15 s)
+        return await original(*args)  # type: ignore[arg-type]
+
+    served.store.resolve = resolve  # type: ignore[method-assign]
+    idle_reader, idle_writer = await served.connect()
+    busy_reader, busy_writer = await served.connect()
+    busy_writer.write(request("/hello", ("cookie", f"SESSION={issued.token}")))
+    await slow.wait()
+    stopping = asyncio.create_task(served.server.stop(2.0))
+    assert await closed(idle_reader)
+    response = await read_response(busy_reader)
+    assert (response.status, response.header("connection")) == (200, "close")
+    assert response.header("x-user-id") == "alice"
+    await stopping
+    with pytest.raises((ConnectionError, OSError)):
+        await served.connect()
+    idle_writer.close()
+    busy_writer.close()
+
+
+async def test_client_disconnecting_mid_check_is_quiet(served: Served) -> None:
+    issued = await served.manager.create("alice")
+    original = served.store.resolve
+
+    async def resolve(*args: object) -> object:
+        await asyncio.sleep(0.05)
+        return await original(*args)  # type: ignore[arg-type]
+
+    served.store.resolve = resolve  # type: ignore[method-assign]
+    _, writer = await served.connect()
+    writer.write(request("/hello", ("cookie", f"SESSION={issued.token}")))
+    await writer.drain()
+    writer.close()
+    await asyncio.sleep(0.2)
+    assert (await served.ask("/public/x")).status == 200
+
+
+# --------------------------------------------------------------------------------------------------- serve()
+
+
+async def test_listen_http_that_cannot_bind_is_a_runtime_failure_naming_the_key() -> None:
+    blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = blocker.sockets[0].getsockname()[1]
+    store = MemoryStore()
+    service = AuthzService(SETTINGS, store, KeyRingSource(store, RING), deadline=0.15)
+    try:
+        async with contextlib.AsyncExitStack() as running:
+            with pytest.raises(RuntimeFailure, match=rf"listen\.http: cannot listen on 127\.0\.0\.1:{port}"):
+                await app.start_http(running, f"127.0.0.1:{port}", service)
+    finally:
+        blocker.close()
+        await blocker.wait_closed()
+
+
+async def test_listen_http_is_served_and_stopped_with_the_exit_stack() -> None:
+    store = MemoryStore()
+    service = AuthzService(SETTINGS, store, KeyRingSource(store, RING), deadline=0.15)
+    async with contextlib.AsyncExitStack() as running:
+        assert await app.start_http(running, "", service) is None  # "" disables it
+        server = await app.start_http(running, "127.0.0.1:0", service)
+        assert server is not None
+        port = server.address[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request("/public/x"))
+        assert (await read_response(reader)).status == 200
+    assert await closed(reader), "an idle keep-alive connection is closed on shutdown"
+    writer.close()
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", port)
