@@ -1,16 +1,22 @@
-"""The invalidation channel: a subscription that evicts cache entries the moment any replica revokes them.
+"""The invalidation channel: subscriptions that evict cache entries the moment any replica revokes them.
 
-The store's scripts PUBLISH the token hash of every session they delete or move. This listener keeps one
-subscription open, and the cache serves hits only while it is verifiably connected: a dropped connection, or a
-PING that is not answered within ``liveness_timeout``, flushes the cache and turns it off until the subscription
-is back (a partition never leaves a stale allow behind).
+The store's scripts PUBLISH the token hash of every session they delete or move. The cache serves hits only
+while every subscription is verifiably connected: a dropped connection, a PING not answered within
+``liveness_timeout``, or a re-subscription the client library made on its own flushes the cache, and it stays off
+until all subscriptions are back, so a partition never leaves a stale allow behind.
+
+On a Cluster the listener subscribes on every primary: a PUBLISH is delivered by the node that ran the script to
+its own subscribers first, so a stalled node (the one a single subscription would sit on) cannot hold back a
+revocation made on a healthy one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
@@ -21,6 +27,9 @@ from sidecar.store.connect import RedisClient
 
 log = logging.getLogger("sidecar.cache")
 
+PING_INTERVAL_SECONDS = 0.2
+LIVENESS_TIMEOUT_SECONDS = 0.6
+
 
 class InvalidationListener:
     def __init__(
@@ -29,8 +38,8 @@ class InvalidationListener:
         channel: str,
         cache: SessionCache,
         *,
-        ping_interval: float = 1.0,
-        liveness_timeout: float = 2.5,
+        ping_interval: float = PING_INTERVAL_SECONDS,
+        liveness_timeout: float = LIVENESS_TIMEOUT_SECONDS,
         retry_interval: float = 0.5,
     ) -> None:
         self._client = client
@@ -39,27 +48,41 @@ class InvalidationListener:
         self._ping_interval = ping_interval
         self._liveness_timeout = liveness_timeout
         self._retry_interval = retry_interval
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._up: set[int] = set()
+        self._sources = 1
         self.connected = asyncio.Event()
         self.subscriptions = 0
 
     def _handle(self, message: dict[str, Any]) -> None:
-        kind = message.get("type")
-        if kind == "message":
+        if message.get("type") == "message":
             data = message.get("data")
             digest = data.decode("ascii", "replace") if isinstance(data, bytes) else str(data)
             self._cache.invalidate((digest,))
 
-    async def _listen_once(self) -> None:
-        if isinstance(self._client, RedisCluster):
-            # ClusterPubSub picks its node from the slots map: make sure there is one before subscribing.
-            await self._client.initialize()
-        pubsub: Any = self._client.pubsub()
+    def _subscribed(self, source: int) -> None:
+        self.subscriptions += 1
+        self._up.add(source)
+        if len(self._up) == self._sources:
+            # Also after a reconnect the client library made on its own: whatever was published while a
+            # connection was down is lost, so nothing cached before is trusted.
+            self._cache.set_live(True)
+            self.connected.set()
+            log.info("invalidation channel %s subscribed (%d connection(s)): cache on", self._channel, self._sources)
+
+    def _lost(self, source: int) -> None:
+        self._up.discard(source)
+        if self._cache.live:
+            log.warning("invalidation channel %s lost: cache flushed and off", self._channel)
+        self._cache.set_live(False)
+        self.connected.clear()
+
+    async def _listen_once(self, source: int, open_pubsub: Callable[[], Any]) -> None:
+        pubsub: Any = open_pubsub()
         try:
             await pubsub.subscribe(self._channel)
             loop = asyncio.get_running_loop()
-            last_heard = loop.time()
-            next_ping = loop.time()
+            last_heard = next_ping = loop.time()
             while True:
                 now = loop.time()
                 if now >= next_ping:
@@ -69,40 +92,51 @@ class InvalidationListener:
                 if message is not None:
                     last_heard = loop.time()
                     if message.get("type") == "subscribe":
-                        # Also after a reconnect the client library made on its own: whatever was published
-                        # while the connection was down is lost, so nothing cached before is trusted.
-                        self._cache.set_live(True)
-                        self.subscriptions += 1
-                        self.connected.set()
-                        log.info("invalidation channel %s (re)subscribed: cache flushed and on", self._channel)
+                        self._subscribed(source)
                     self._handle(message)
                 elif loop.time() - last_heard > self._liveness_timeout:
                     raise TimeoutError(f"no answer on the invalidation channel for {self._liveness_timeout:.1f}s")
         finally:
-            if self._cache.live:
-                log.warning("invalidation channel %s lost: cache flushed and off", self._channel)
-            self._cache.set_live(False)
-            self.connected.clear()
+            self._lost(source)
             with contextlib.suppress(RedisError, OSError, RuntimeError):
                 await pubsub.aclose()
 
-    async def _run(self) -> None:
+    async def _keep_listening(self, source: int, open_pubsub: Callable[[], Any]) -> None:
         while True:
             try:
-                await self._listen_once()
+                await self._listen_once(source, open_pubsub)
             except (RedisError, OSError, TimeoutError) as exc:
                 log.debug("invalidation channel error: %s", exc)
             except Exception:
-                # The client library can fail in other ways (e.g. a cluster without a slots map yet); the listener
-                # must outlive them: the cache is already off (finally above), so retrying is always safe.
+                # The client library can fail in other ways; the listener must outlive them: the cache is already
+                # off (see _lost), so retrying is always safe.
                 log.exception("invalidation channel failed unexpectedly; retrying")
             await asyncio.sleep(self._retry_interval)
 
+    async def _run(self) -> None:
+        client = self._client
+        if not isinstance(client, RedisCluster):
+            await self._keep_listening(0, client.pubsub)
+            return
+        while True:
+            try:
+                await client.initialize()  # the primaries come from the slots map
+                primaries = client.get_primaries()
+                break
+            except Exception as exc:  # a cluster that is not reachable yet: the cache stays off meanwhile
+                log.debug("cluster not ready for the invalidation channel: %s", exc)
+                await asyncio.sleep(self._retry_interval)
+        self._sources = len(primaries)
+        await asyncio.gather(
+            *(self._keep_listening(i, functools.partial(client.pubsub, node=node)) for i, node in enumerate(primaries))
+        )
+
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._tasks = [asyncio.get_running_loop().create_task(self._run())]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
