@@ -42,8 +42,10 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
+	@command -v wrk >/dev/null 2>&1 || if [ "$$(id -u)" = 0 ]; then echo "installing Debian wrk (the load generator of bench/throughput.py)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; else echo "wrk is missing: run 'sudo apt-get install wrk' (bench/throughput.py needs it)"; exit 1; fi
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/redis_commands.py
+	$(BIN)/python bench/throughput.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
