@@ -150,7 +150,8 @@ async def serve(config: Config) -> None:
             listener.start()
             running.push_async_callback(listener.stop)
         keys = KeyRingSource(store, configured_key_ring(config))
-        service = AuthzService(edge_settings(config), sessions, keys, deadline=config.redis.timeout)
+        cache = sessions.cache if isinstance(sessions, CachingStore) else None
+        service = AuthzService(edge_settings(config), sessions, keys, deadline=config.redis.timeout, cache=cache)
 
         server, health_names = grpc_server(config, service, sessions, keys)
         health = health_aio.HealthServicer()

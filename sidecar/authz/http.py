@@ -324,7 +324,14 @@ class HttpAuthzProtocol(asyncio.Protocol):
         method = parser.get_method().decode("latin-1")
         target = self._url.decode("latin-1")
         view = to_request_view(method, target, tuple(self._headers))
-        self._queue.append((view, parser.should_keep_alive(), method == "HEAD", is_forward_auth(target)))
+        keep_alive, head_only, forward = parser.should_keep_alive(), method == "HEAD", is_forward_auth(target)
+        # An Upgrade or CONNECT request completes here and then fails the parser (a 400): never answer it first.
+        if self._task is None and not self._queue and not parser.should_upgrade():
+            decision = self._service.check_now(view)
+            if decision is not None:  # no I/O needed: answer now, without a task
+                self._respond(view, keep_alive, head_only, forward, decision)
+                return
+        self._queue.append((view, keep_alive, head_only, forward))
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._answer())
         elif self._transport is not None:
@@ -332,26 +339,33 @@ class HttpAuthzProtocol(asyncio.Protocol):
 
     # --- answering
 
+    def _respond(self, view: RequestView, keep_alive: bool, head_only: bool, forward: bool, decision: Decision) -> bool:
+        """Write the answer; True when the connection is done (closed or gone)."""
+        try:
+            if forward and isinstance(decision, Allow):
+                decision = forward_auth_allow(decision, view)
+            close = not keep_alive or self._draining
+            response = encode(decision, close=close, head_only=head_only)
+        except Exception:  # check never raises; belt and braces for the encoding
+            log.exception("HTTP ext_authz: unexpected error answering a request")
+            close, response = True, _UNREADABLE
+        transport = self._transport
+        if transport is None:
+            return True
+        transport.write(response)
+        if close:
+            self._queue.clear()
+            transport.close()
+        return close
+
     async def _answer(self) -> None:
         queue = self._queue
         while queue:
             view, keep_alive, head_only, forward = queue.popleft()
-            try:
-                decision = await self._service.check(view)
-                if forward and isinstance(decision, Allow):
-                    decision = forward_auth_allow(decision, view)
-                close = not keep_alive or self._draining
-                response = encode(decision, close=close, head_only=head_only)
-            except Exception:  # check never raises; belt and braces for the encoding
-                log.exception("HTTP ext_authz: unexpected error answering a request")
-                close, response = True, _UNREADABLE
-            transport = self._transport
-            if transport is None:
-                return
-            transport.write(response)
-            if close:
-                queue.clear()
-                transport.close()
+            decision = await self._service.check(view)
+            if self._respond(view, keep_alive, head_only, forward, decision):
+                if self._transport is None:
+                    return
                 break
         self._task = None
         if self._transport is not None and not self._transport.is_closing():

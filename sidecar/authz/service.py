@@ -19,6 +19,7 @@ from sidecar.core.tokens import session_key
 from sidecar.errors import CorruptRecord, StoreError
 from sidecar.sessions import KeyRingSource
 from sidecar.store.base import SessionStore
+from sidecar.store.cache import SessionCache
 
 log = logging.getLogger("sidecar.authz")
 
@@ -32,16 +33,40 @@ class AuthzService:
         *,
         deadline: float,
         clock: Callable[[], float] = time.time,
+        cache: SessionCache | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._keys = keys
         self._deadline = deadline
         self._clock = clock
+        self._cache = cache
+
+    def check_now(self, request: RequestView) -> Decision | None:
+        """The decision when it needs no I/O (no session cookie, or the first verified token is a cache hit), so an
+        adapter can answer without scheduling anything; None when only ``check`` can tell."""
+        try:
+            settings = self._settings
+            inspection = inspect(settings, request)
+            if not inspection.session_cookies:
+                return decide(settings, request, inspection, None)
+            ring, cache = self._keys.cached, self._cache
+            if ring is None or cache is None:
+                return None
+            tokens = tokens_to_try(ring, inspection)
+            if not tokens:
+                return None  # maybe a new shared key: check() re-reads it
+            now = self._clock()
+            record = cache.get(session_key(tokens[0]), now)  # header order: only the first may answer here
+            if record is None or not is_live(record, now):
+                return None
+            return decide(settings, request, inspection, record)
+        except Exception:
+            return None  # check() takes it from here and logs what goes wrong
 
     async def check(self, request: RequestView) -> Decision:
         try:
-            return await self._check(request)
+            return self.check_now(request) or await self._check(request)
         except Exception:
             log.exception("check failed unexpectedly; denying with 503")
             return unavailable()

@@ -11,8 +11,9 @@ from sidecar.authz.service import AuthzService
 from sidecar.core.decision import Allow, Deny
 from sidecar.core.request import RequestView
 from sidecar.core.session import SessionRecord
-from sidecar.core.tokens import KeyRing, SessionKey, mint_token
+from sidecar.core.tokens import KeyRing, SessionKey, mint_token, session_key
 from sidecar.sessions import KeyRingSource, SessionManager
+from sidecar.store.cache import CachingStore, SessionCache
 from sidecar.store.memory import MemoryStore
 from tests.support.edge import RING, SETTINGS
 
@@ -238,3 +239,25 @@ async def test_forged_tokens_reread_the_shared_key_at_most_once_a_second(store: 
     for _ in range(50):
         assert isinstance(await service.check(request(cookie=f"SESSION={forged}")), Deny)
     assert reads == 1
+
+
+async def test_check_now_answers_without_io_only_when_nothing_needs_the_store(
+    store: CountingStore, clock: Clock
+) -> None:
+    cache = SessionCache(ttl=10, max_entries=100, max_bytes=10**6)
+    cache.set_live(True)
+    cached = CachingStore(store, cache, clock)
+    keys = KeyRingSource(store, RING)
+    service = AuthzService(SETTINGS, cached, keys, deadline=0.15, clock=clock, cache=cache)
+    manager = SessionManager(store, keys, cookie_name="SESSION", idle_timeout=600, absolute_timeout=3600, clock=clock)
+    alice, bob = await manager.create("alice"), await manager.create("bob")
+    assert isinstance(service.check_now(request()), Deny)  # no cookie: decided on the spot
+    assert service.check_now(request(cookie=f"SESSION={alice.token}")) is None  # not cached yet: the store decides
+    assert isinstance(await service.check(request(cookie=f"SESSION={alice.token}")), Allow)
+    gets = store.gets
+    fast = service.check_now(request(cookie=f"SESSION={alice.token}"))
+    assert isinstance(fast, Allow) and fast.user_id == "alice" and store.gets == gets
+    # Header order: bob comes first and is not cached, so only the store may say who this is.
+    assert service.check_now(request(cookie=f"SESSION={bob.token}; SESSION={alice.token}")) is None
+    await cached.revoke(session_key(alice.token))
+    assert service.check_now(request(cookie=f"SESSION={alice.token}")) is None
