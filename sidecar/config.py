@@ -169,10 +169,18 @@ class RedisConfig(_Section):
     tls_key_file: str = ""
     tls_verify: bool = True
     max_connections: int = Field(default=64, ge=1, le=10_000)
+    # deny: a store that cannot answer means 503. stale: a session confirmed within stale_for (while the
+    # invalidation channel was live) is still answered from its last known identity; needs cache.enabled.
+    failure_policy: str = "deny"
+    stale_for: Duration = 30.0
 
     @model_validator(mode="after")
     def _read_secret_files(self) -> RedisConfig:
         problems: list[Problem] = []
+        if self.failure_policy not in ("deny", "stale"):
+            problems.append((("failure_policy",), f"must be deny or stale (got {self.failure_policy!r})"))
+        if self.stale_for > 300:
+            problems.append((("stale_for",), "must be at most 5m: a last known identity ages fast"))
         for secret, source in (("password", "password_file"), ("sentinel_password", "sentinel_password_file")):
             path = getattr(self, source)
             if not path:
@@ -541,6 +549,14 @@ class Config(_Section):
             raise _Problems(problems)
         return value
 
+    @model_validator(mode="after")
+    def _stale_needs_the_cache(self) -> Config:
+        if self.redis.failure_policy == "stale" and not self.cache.enabled:
+            raise _Problems(
+                [(("redis", "failure_policy"), "stale needs cache.enabled: true (its invalidation channel)")]
+            )
+        return self
+
 
 # --- loading ------------------------------------------------------------------------------------------------
 
@@ -735,6 +751,7 @@ def redacted(config: Config) -> dict[str, object]:
     data["deny"]["login_url"] = redact_url(config.deny.login_url)
     data["redis"]["wait_timeout"] = format_duration(config.redis.wait_timeout)
     data["cache"]["ttl"] = format_duration(config.cache.ttl)
+    data["redis"]["stale_for"] = format_duration(config.redis.stale_for)
     for secret in ("password", "sentinel_password"):
         data["redis"][secret] = REDACTED if getattr(config.redis, secret) else ""
     data["token"]["keys"] = [f"{key.kid}:{REDACTED}" for key in config.token.keys]

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from sidecar.core.decision import Decision, EdgeSettings, decide, inspect, tokens_to_try, unavailable
+from sidecar.core.decision import Decision, EdgeSettings, Inspection, decide, inspect, tokens_to_try, unavailable
 from sidecar.core.request import RequestView
 from sidecar.core.session import SessionRecord, is_live
 from sidecar.core.tokens import session_key
@@ -87,8 +87,22 @@ class AuthzService:
                 record = await self._resolve(tokens)
         except (StoreError, TimeoutError) as exc:
             log.warning("session store failed: %s", exc or "deadline exceeded")
+            stale = self._last_known(inspection)
+            if stale is not None:
+                return decide(settings, request, inspection, stale)
             return decide(settings, request, inspection, None, store_failed=True)
         return decide(settings, request, inspection, record, invalid_reason="session_invalid")
+
+    def _last_known(self, inspection: Inspection) -> SessionRecord | None:
+        """failure_policy stale: the identity of the first verified token, as last confirmed (never a revoked one)."""
+        stale, ring = self._cache.stale if self._cache is not None else None, self._keys.cached
+        if stale is None or ring is None:
+            return None
+        tokens = tokens_to_try(ring, inspection)
+        record = stale.recall(session_key(tokens[0]), self._clock()) if tokens else None
+        if record is not None:
+            log.info("store unavailable: answering session %s from its last known identity", record.session_id)
+        return record
 
     async def _resolve(self, tokens: tuple[str, ...]) -> SessionRecord | None:
         """The first token, in header order, that names a live session (its read also refreshes last-seen)."""
@@ -99,6 +113,9 @@ class AuthzService:
             except CorruptRecord as exc:
                 log.error("unusable session record %s…: %s", key.digest[:12], exc)
                 continue
-            if record is not None and is_live(record, self._clock()):
+            now = self._clock()
+            if record is not None and is_live(record, now):
+                if self._cache is not None and self._cache.stale is not None:
+                    self._cache.stale.remember(key, record, now)
                 return record
         return None

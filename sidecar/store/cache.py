@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from sidecar.core.session import SessionRecord, expires_at, needs_touch, touch_interval, touched
 from sidecar.core.tokens import SessionKey
 from sidecar.store.base import SessionStore
+from sidecar.store.stale import StaleSessions
 
 ENTRY_OVERHEAD_BYTES = 400  # the key, the record object, the LRU links: measured roughly with tracemalloc
 
@@ -37,7 +38,8 @@ class CacheStats:
 
 
 class SessionCache:
-    def __init__(self, *, ttl: float, max_entries: int, max_bytes: int) -> None:
+    def __init__(self, *, ttl: float, max_entries: int, max_bytes: int, stale: StaleSessions | None = None) -> None:
+        self.stale = stale  # last known identities (failure_policy: stale), kept honest by the same channel
         self._ttl = ttl
         self._max_entries = max_entries
         self._max_bytes = max_bytes
@@ -89,6 +91,8 @@ class SessionCache:
         for digest in digests:
             self.invalidations += 1
             self._drop(digest)
+            if self.stale is not None:
+                self.stale.invalidate((digest,))
 
     def flush(self) -> None:
         self.epoch += 1
@@ -99,6 +103,8 @@ class SessionCache:
         """Connected (True) or lost (False) invalidation channel: either way nothing cached before is trusted."""
         self.flush()
         self.live = live
+        if self.stale is not None:
+            self.stale.trusted = live
 
     def stats(self) -> CacheStats:
         return CacheStats(self.hits, self.misses, self.invalidations, len(self._entries), self._bytes)

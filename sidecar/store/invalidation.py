@@ -53,6 +53,8 @@ class InvalidationListener:
         self._sources = 1
         self.connected = asyncio.Event()
         self.subscriptions = 0
+        self._checks: set[asyncio.Task[None]] = set()
+        self._ever: set[int] = set()
 
     def _handle(self, message: dict[str, Any]) -> None:
         if message.get("type") == "message":
@@ -62,6 +64,11 @@ class InvalidationListener:
 
     def _subscribed(self, source: int) -> None:
         self.subscriptions += 1
+        if source in self._ever and self._cache.stale is not None:
+            # A re-subscription (possibly one the client library made on its own) proves the store answers again
+            # and that something may have been published unseen: last known identities are not needed, nor safe.
+            self._cache.stale.clear()
+        self._ever.add(source)
         self._up.add(source)
         if len(self._up) == self._sources:
             # Also after a reconnect the client library made on its own: whatever was published while a
@@ -74,8 +81,24 @@ class InvalidationListener:
         self._up.discard(source)
         if self._cache.live:
             log.warning("invalidation channel %s lost: cache flushed and off", self._channel)
+            if self._cache.stale is not None and len(self._cache.stale):
+                self._checks.add(task := asyncio.get_running_loop().create_task(self._forget_if_store_answers()))
+                task.add_done_callback(self._checks.discard)
         self._cache.set_live(False)
         self.connected.clear()
+
+    async def _forget_if_store_answers(self) -> None:
+        """A channel lost while the store still answers may have missed a revocation: forget the stale identities.
+        When the store is down too, nobody could revoke meanwhile, and they stay usable."""
+        try:
+            async with asyncio.timeout(self._liveness_timeout):
+                await self._client.ping()
+        except Exception:
+            log.info("store unreachable with the invalidation channel: last known identities kept")
+            return
+        if self._cache.stale is not None:
+            self._cache.stale.clear()
+            log.warning("invalidation channel lost while the store answers: last known identities forgotten")
 
     async def _listen_once(self, source: int, open_pubsub: Callable[[], Any]) -> None:
         pubsub: Any = open_pubsub()
@@ -135,8 +158,8 @@ class InvalidationListener:
         self._tasks = [asyncio.get_running_loop().create_task(self._run())]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in (*self._tasks, *self._checks):
             task.cancel()
-        for task in self._tasks:
+        for task in (*self._tasks, *self._checks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task

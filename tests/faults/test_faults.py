@@ -517,7 +517,10 @@ def test_sentinel_primary_killed(
     assert not errors, f"gRPC errors: {kinds(errors)}"
     assert noticed.sent - killed < 0.5, f"the sidecar noticed the dead primary only {noticed.sent - killed:.2f}s later"
     during = [o for o in outcomes if noticed.done <= o.sent < recovered.sent]
-    assert {o.kind for o in during if o.which == "valid"} <= {"503"}, kinds(during)
+    # The valid session may still be answered from the cache until its channel is found dead (under a second);
+    # the revoked one may meet the new primary before the window is declared over: both are right answers.
+    assert {o.kind for o in during if o.which == "valid"} <= {"503", "allow"}, kinds(during)
+    assert {o.kind for o in during if o.which == "revoked"} <= {"503", "401"}, kinds(during)
     assert {o.kind for o in after if o.which == "valid"} == {"allow"}, kinds(after)
     assert {o.kind for o in after if o.which == "revoked"} == {"401"}, "the revoked session must stay revoked"
     slowest = max(outcomes, key=lambda o: o.latency)

@@ -20,6 +20,7 @@ from sidecar.core.tokens import SessionKey, token_key, user_tag
 from sidecar.store.cache import CachingStore, SessionCache
 from sidecar.store.invalidation import InvalidationListener
 from sidecar.store.redis import RedisStore
+from sidecar.store.stale import StaleSessions
 from tests.support import servers
 
 pytestmark = pytest.mark.integration
@@ -135,5 +136,44 @@ async def test_a_silent_channel_turns_the_cache_off(tmp_path: Path) -> None:
         await asyncio.wait_for(r.listener.connected.wait(), 5)
         await r.listener.stop()
         await r.store.close()
+    finally:
+        server.stop()
+
+
+async def test_last_known_identities_survive_a_store_outage_but_not_a_channel_lost_while_the_store_answers(
+    tmp_path: Path,
+) -> None:
+    server = servers.start_valkey_server(tmp_path / "v")
+    try:
+        store = RedisStore.from_url(server.url, "stale:", timeout=0.3)
+        stale = StaleSessions(max_age=30, max_entries=100)
+        cache = SessionCache(ttl=30, max_entries=100, max_bytes=10**6, stale=stale)
+        listener = InvalidationListener(store.client, store.invalidation_channel, cache, ping_interval=0.2,
+                                        liveness_timeout=0.6, retry_interval=0.1)  # fmt: skip
+        listener.start()
+        await asyncio.wait_for(listener.connected.wait(), 5)
+        key, record = session_for("dora")
+        await store.create(key, record)  # type: ignore[arg-type]
+        stale.remember(key, record, time.time())  # type: ignore[arg-type]
+        # The channel is cut while the store still answers: a revocation could be missed, so forget.
+        admin = aioredis.from_url(server.url)
+        await admin.client_kill_filter(_type="pubsub")
+        await admin.aclose()
+        deadline = time.monotonic() + 3
+        while len(stale):
+            assert time.monotonic() < deadline, "last known identities kept after a channel loss with the store up"
+            await asyncio.sleep(0.02)
+        await asyncio.wait_for(listener.connected.wait(), 5)
+        stale.remember(key, record, time.time())  # type: ignore[arg-type]
+        # The store itself goes: nobody can revoke, the identity stays usable.
+        server.stop()
+        deadline = time.monotonic() + 3
+        while cache.live:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(1.0)  # the store check after the loss has run by now
+        assert stale.recall(key, time.time()) == record
+        await listener.stop()
+        await store.close()
     finally:
         server.stop()

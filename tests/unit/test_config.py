@@ -439,6 +439,8 @@ REDIS_CONNECTION_DEFAULTS = {
     "tls_key_file": "",
     "tls_verify": True,
     "max_connections": 64,
+    "failure_policy": "deny",
+    "stale_for": "30s",
 }
 
 
@@ -604,3 +606,10 @@ def test_multi_host_urls_with_ipv6_hosts_are_accepted(url: str) -> None:
 
 def test_multi_host_url_without_hosts_is_an_error() -> None:
     assert "has no host" in only_problem(environ={"SIDECAR_REDIS__URL": "redis+cluster:///"})
+
+
+def test_stale_failure_policy_needs_the_cache_and_a_short_window() -> None:
+    no_cache = {"SIDECAR_REDIS__FAILURE_POLICY": "stale", "SIDECAR_CACHE__ENABLED": "false"}
+    assert only_problem(environ=no_cache).startswith("redis.failure_policy")
+    assert only_problem(environ={"SIDECAR_REDIS__STALE_FOR": "1h"}).startswith("redis.stale_for")
+    assert "deny or stale" in only_problem(environ={"SIDECAR_REDIS__FAILURE_POLICY": "allow"})

@@ -15,6 +15,7 @@ from sidecar.core.tokens import KeyRing, SessionKey, mint_token, session_key
 from sidecar.sessions import KeyRingSource, SessionManager
 from sidecar.store.cache import CachingStore, SessionCache
 from sidecar.store.memory import MemoryStore
+from sidecar.store.stale import StaleSessions
 from tests.support.edge import RING, SETTINGS
 
 
@@ -261,3 +262,29 @@ async def test_check_now_answers_without_io_only_when_nothing_needs_the_store(
     assert service.check_now(request(cookie=f"SESSION={bob.token}; SESSION={alice.token}")) is None
     await cached.revoke(session_key(alice.token))
     assert service.check_now(request(cookie=f"SESSION={alice.token}")) is None
+
+
+async def test_stale_policy_answers_a_confirmed_session_through_an_outage_but_never_a_revoked_one(
+    store: CountingStore, clock: Clock
+) -> None:
+    stale = StaleSessions(max_age=30, max_entries=100)
+    cache = SessionCache(ttl=10, max_entries=100, max_bytes=10**6, stale=stale)
+    cache.set_live(True)
+    cached = CachingStore(store, cache, clock)
+    keys = KeyRingSource(store, RING)
+    service = AuthzService(SETTINGS, cached, keys, deadline=0.15, clock=clock, cache=cache)
+    manager = SessionManager(store, keys, cookie_name="SESSION", idle_timeout=600, absolute_timeout=3600, clock=clock)
+    alice, bob = await manager.create("alice"), await manager.create("bob")
+    for token in (alice.token, bob.token):
+        assert isinstance(await service.check(request(cookie=f"SESSION={token}")), Allow)
+    cache.invalidate([session_key(bob.token).digest])  # bob is revoked elsewhere; the channel says so
+    store.down = True
+    cache.set_live(False)  # the channel goes with the store
+    clock.now += 20
+    during = await service.check(request("/app", f"SESSION={alice.token}", ("x-user-id", "evil")))
+    assert isinstance(during, Allow) and header(during, "x-user-id") == "alice"
+    revoked = await service.check(request(cookie=f"SESSION={bob.token}"))
+    assert isinstance(revoked, Deny) and revoked.status == 503
+    clock.now += 11  # 31 s after the last confirmation: too old
+    late = await service.check(request(cookie=f"SESSION={alice.token}"))
+    assert isinstance(late, Deny) and late.status == 503
