@@ -46,14 +46,14 @@ class AdminServer:
         self._server: asyncio.Server | None = None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        unanswerable = (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError)
         try:
-            async with asyncio.timeout(READ_TIMEOUT_SECONDS):
-                head = await reader.readuntil(b"\r\n\r\n")
-            if len(head) <= MAX_REQUEST_BYTES:
-                writer.write(answer(head.split(b"\r\n", 1)[0], self._ready))
-                await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-            pass
+            with contextlib.suppress(*unanswerable):  # a slow, short or oversized request just gets closed
+                async with asyncio.timeout(READ_TIMEOUT_SECONDS):
+                    head = await reader.readuntil(b"\r\n\r\n")
+                if len(head) <= MAX_REQUEST_BYTES:
+                    writer.write(answer(head.split(b"\r\n", 1)[0], self._ready))
+                    await writer.drain()
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError):

@@ -83,12 +83,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app.configure_logging(config.log.level)
     if args.workers != 1:
         return workers.supervise(workers.worker_argv(args.config), workers.worker_environments(config, args.workers))
-    try:
-        import uvloop  # noqa: PLC0415 - optional speed-up, absent on some platforms
+    with contextlib.suppress(ImportError):  # uvloop is an optional speed-up, absent on some platforms
+        import uvloop  # noqa: PLC0415
 
         uvloop.install()
-    except ImportError:
-        pass
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(app.serve(config))
     return EXIT_OK

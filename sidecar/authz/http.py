@@ -225,7 +225,7 @@ _UNREADABLE = deny_response(unavailable(), close=True)
 
 
 class _TooLarge(Exception):
-    pass
+    """The request being read is over a size bound (answered 431 or 413)."""
 
 
 class HttpAuthzProtocol(asyncio.Protocol):
