@@ -51,6 +51,7 @@ _WANTED = frozenset(
         "x-forwarded-proto",
         "x-forwarded-host",
         "x-forwarded-uri",
+        "x-original-url",
         "x-forwarded-method",
         "x-original-uri",
         "x-original-method",
@@ -89,6 +90,17 @@ def _first_item(value: str) -> str:
     return value.split(",", 1)[0].strip(" \t")
 
 
+def _path_of(url: str | None) -> str | None:
+    """The path and query of an absolute URL (ingress-nginx sends X-Original-URL: scheme://host/path?query)."""
+    if not url:
+        return None
+    _, sep, rest = url.partition("://")
+    if not sep:
+        return url if url.startswith("/") else None
+    slash = rest.find("/")
+    return rest[slash:] if slash >= 0 else "/"
+
+
 def is_forward_auth(target: str) -> bool:
     return target == FORWARD_AUTH_PATH or target.startswith(_FORWARD_AUTH_QUERY)
 
@@ -106,7 +118,7 @@ def to_request_view(method: str, target: str, headers: tuple[tuple[str, str], ..
     scheme = _first_item(proto) if proto else "http"
     host = found.get("host", "")
     if is_forward_auth(target):
-        uri = found.get("x-forwarded-uri") or found.get("x-original-uri")
+        uri = found.get("x-forwarded-uri") or found.get("x-original-uri") or _path_of(found.get("x-original-url"))
         if uri:
             target = uri
         method = found.get("x-forwarded-method") or found.get("x-original-method") or method

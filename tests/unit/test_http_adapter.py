@@ -55,10 +55,23 @@ def test_forwarded_headers_are_ignored_off_the_forward_auth_path(target: str) ->
         ("host", "real.example.com"),
         ("x-forwarded-uri", "/public/borrowed"),
         ("x-original-uri", "/public/borrowed"),
+        ("x-original-url", "https://real.example.com/public/borrowed"),
         ("x-forwarded-method", "OPTIONS"),
         ("x-forwarded-host", "spoofed.example.com"),
     )
     assert (seen.method, seen.host, seen.path) == ("GET", "real.example.com", target)
+
+
+@pytest.mark.parametrize(
+    ("original_url", "path"),
+    [
+        ("https://app.example.com/admin/x?y=1", "/admin/x?y=1"),
+        ("http://app.example.com", "/"),
+        ("/relative/path", "/relative/path"),
+    ],
+)
+def test_ingress_nginx_original_url_names_the_original_path_on_forward_auth(original_url: str, path: str) -> None:
+    assert view("/forward-auth", ("x-original-url", original_url)).path == path
 
 
 @pytest.mark.parametrize("target", ["/forward-auth", "/forward-auth?x=1"])
