@@ -448,6 +448,11 @@ def _signing_key(value: Any, exact: int | None = None) -> Any:
     return SigningKey(kid=kid, secret=raw)
 
 
+# SessionConfig names SigningKey before it exists: resolve that annotation now, so environment overrides of
+# session.encryption_keys are read as a list like token.keys.
+SessionConfig.model_rebuild(force=True)
+
+
 class TokenConfig(_Section):
     keys: tuple[Annotated[SigningKey, BeforeValidator(_signing_key)], ...] = ()
 

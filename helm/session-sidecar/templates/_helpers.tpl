@@ -1,0 +1,247 @@
+{{/* Chart name. */}}
+{{- define "session-sidecar.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: release-chart, unless the release name already holds the chart name. */}}
+{{- define "session-sidecar.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "session-sidecar.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Common labels. */}}
+{{- define "session-sidecar.labels" -}}
+helm.sh/chart: {{ include "session-sidecar.chart" . }}
+{{ include "session-sidecar.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* Selector labels. */}}
+{{- define "session-sidecar.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "session-sidecar.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "session-sidecar.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "session-sidecar.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "session-sidecar.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The Secret the env vars read: existingSecret or this chart's. */}}
+{{- define "session-sidecar.secretName" -}}
+{{- default (include "session-sidecar.fullname" .) .Values.existingSecret }}
+{{- end }}
+
+{{- define "session-sidecar.host" -}}
+{{- if .Values.listen.host }}{{ .Values.listen.host }}{{ else if eq .Values.mode "sidecar" }}127.0.0.1{{ else }}0.0.0.0{{ end }}
+{{- end }}
+
+{{/* redis.url: given, or built from redis.mode. */}}
+{{- define "session-sidecar.redisUrl" -}}
+{{- $r := .Values.redis }}
+{{- if $r.url }}
+{{- $r.url }}
+{{- else if eq $r.mode "standalone" }}
+{{- printf "%s://%s:%v/%v" (ternary "rediss" "redis" (toString $r.tls | eq "true")) $r.host $r.port $r.db }}
+{{- else if eq $r.mode "sentinel" }}
+{{- printf "redis+sentinel://%s/%s/%v" (join "," $r.sentinel.hosts) $r.sentinel.masterName $r.db }}
+{{- else if eq $r.mode "cluster" }}
+{{- printf "redis+cluster://%s" (join "," $r.cluster.nodes) }}
+{{- end }}
+{{- end }}
+
+{{/* Every bad combination of values, each with a clear message. Included by every template. */}}
+{{- define "session-sidecar.validate" -}}
+{{- $v := .Values }}
+{{- if not (has $v.mode (list "central" "sidecar")) }}
+{{- fail (printf "mode must be central or sidecar (got %q)" (toString $v.mode)) }}
+{{- end }}
+{{- if not $v.redis.url }}
+{{- if not (has $v.redis.mode (list "standalone" "sentinel" "cluster")) }}
+{{- fail (printf "redis.mode must be standalone, sentinel or cluster (got %q), or set redis.url" (toString $v.redis.mode)) }}
+{{- end }}
+{{- if and (eq $v.redis.mode "sentinel") (or (empty $v.redis.sentinel.hosts) (empty $v.redis.sentinel.masterName)) }}
+{{- fail "redis.mode sentinel needs redis.sentinel.hosts (host:port entries) and redis.sentinel.masterName" }}
+{{- end }}
+{{- if and (eq $v.redis.mode "cluster") (empty $v.redis.cluster.nodes) }}
+{{- fail "redis.mode cluster needs redis.cluster.nodes (host:port entries)" }}
+{{- end }}
+{{- if and (eq $v.redis.mode "standalone") (empty $v.redis.host) }}
+{{- fail "redis.mode standalone needs redis.host (or set redis.url)" }}
+{{- end }}
+{{- end }}
+{{- if not (has $v.redis.failure_policy (list "deny" "stale")) }}
+{{- fail (printf "redis.failure_policy must be deny or stale (got %q)" (toString $v.redis.failure_policy)) }}
+{{- end }}
+{{- if and (eq $v.redis.failure_policy "stale") (not $v.cache.enabled) }}
+{{- fail "redis.failure_policy stale needs cache.enabled: true (the last known identities live in the cache)" }}
+{{- end }}
+{{- $inline := include "session-sidecar.hasInlineSecrets" . }}
+{{- if and $v.existingSecret $inline }}
+{{- fail "existingSecret is set: leave token.keys, session.encryption_keys, redis.password, redis.sentinel_password and api.token empty (put them in the existing Secret)" }}
+{{- end }}
+{{- if and $v.api.enabled (not $v.existingSecret) (not $v.api.token) }}
+{{- fail "api.enabled needs api.token (at least 24 printable characters) or an existingSecret with key api-token" }}
+{{- end }}
+{{- if or (lt (int $v.workers) 1) (gt (int $v.workers) 64) }}
+{{- fail (printf "workers must be between 1 and 64 (got %v)" $v.workers) }}
+{{- end }}
+{{- if and (gt (int $v.workers) 1) $v.listen.httpEnabled }}
+{{- $g := int $v.listen.grpcPort }}{{- $h := int $v.listen.httpPort }}{{- $n := int $v.workers }}
+{{- if and (lt $h (add $g $n)) (lt $g (add $h $n)) }}
+{{- fail (printf "workers %d: listen.grpcPort %d..%d and listen.httpPort %d..%d collide (worker i uses port + i); move listen.httpPort or set listen.httpEnabled: false" $n $g (sub (add $g $n) 1) $h (sub (add $h $n) 1)) }}
+{{- end }}
+{{- end }}
+{{- if and $v.autoscaling.enabled (lt (int $v.autoscaling.maxReplicas) (int $v.autoscaling.minReplicas)) }}
+{{- fail "autoscaling.maxReplicas must be >= autoscaling.minReplicas" }}
+{{- end }}
+{{- end }}
+
+{{/* The sidecar's config file (no secrets: those come from the Secret as SIDECAR_* env). */}}
+{{- define "session-sidecar.config" -}}
+{{- $v := .Values }}
+{{- $host := include "session-sidecar.host" . }}
+{{- $cfg := dict }}
+{{- $_ := set $cfg "listen" (dict "grpc" (printf "%s:%v" $host $v.listen.grpcPort) "http" (ternary (printf "%s:%v" $host $v.listen.httpPort) "" $v.listen.httpEnabled) "admin" (printf "%s:%v" $host $v.listen.adminPort)) }}
+{{- $redis := pick $v.redis "key_prefix" "timeout" "failure_policy" "stale_for" "wait_replicas" "wait_timeout" "max_connections" "username" "sentinel_username" "tls_ca_file" "tls_cert_file" "tls_key_file" "tls_verify" }}
+{{- $_ := set $redis "url" (include "session-sidecar.redisUrl" .) }}
+{{- $_ := set $cfg "redis" $redis }}
+{{- $_ := set $cfg "cookie" $v.cookie }}
+{{- $_ := set $cfg "session" (omit $v.session "encryption_keys") }}
+{{- $_ := set $cfg "headers" $v.headers }}
+{{- $_ := set $cfg "deny" $v.deny }}
+{{- $_ := set $cfg "routes" $v.routes }}
+{{- $api := dict "enabled" $v.api.enabled }}
+{{- if $v.api.enabled }}{{ $_ := set $api "token_file" "/etc/session-sidecar/secrets/api-token" }}{{ end }}
+{{- $_ := set $cfg "api" $api }}
+{{- $_ := set $cfg "cache" $v.cache }}
+{{- $_ := set $cfg "log" $v.log }}
+{{- toYaml $cfg }}
+{{- end }}
+
+{{/* Secret env vars (token keys, encryption keys, Redis passwords). */}}
+{{- define "session-sidecar.secretEnv" -}}
+{{- $v := .Values }}
+{{- $secret := include "session-sidecar.secretName" . }}
+{{- $optional := ternary true false (not (empty $v.existingSecret)) -}}
+{{- range $item := list (list "SIDECAR_TOKEN__KEYS" "token-keys" $v.token.keys) (list "SIDECAR_SESSION__ENCRYPTION_KEYS" "encryption-keys" $v.session.encryption_keys) (list "SIDECAR_REDIS__PASSWORD" "redis-password" $v.redis.password) (list "SIDECAR_REDIS__SENTINEL_PASSWORD" "redis-sentinel-password" $v.redis.sentinel_password) }}
+{{- if or $optional (index $item 2) }}
+- name: {{ index $item 0 }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ index $item 1 }}
+      {{- if $optional }}
+      optional: true
+      {{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The sidecar container (central Deployment and the sidecar-mode snippet). */}}
+{{- define "session-sidecar.container" -}}
+{{- $v := .Values -}}
+name: session-sidecar
+image: {{ include "session-sidecar.image" . }}
+imagePullPolicy: {{ $v.image.pullPolicy }}
+args: ["serve", "--config", "/etc/session-sidecar/config.yaml", "--workers", {{ $v.workers | int | toString | quote }}]
+ports:
+{{- range $i, $_ := until (int $v.workers) }}
+{{- $suffix := ternary "" (printf "-%d" $i) (eq $i 0) }}
+  - name: grpc{{ $suffix }}
+    containerPort: {{ add $v.listen.grpcPort $i }}
+    protocol: TCP
+  {{- if $v.listen.httpEnabled }}
+  - name: http{{ $suffix }}
+    containerPort: {{ add $v.listen.httpPort $i }}
+    protocol: TCP
+  {{- end }}
+{{- end }}
+  - name: admin
+    containerPort: {{ $v.listen.adminPort }}
+    protocol: TCP
+{{- $env := include "session-sidecar.secretEnv" . | trim }}
+{{- if or $env $v.extraEnv }}
+env:
+  {{- with $env }}
+  {{- . | nindent 2 }}
+  {{- end }}
+  {{- with $v.extraEnv }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
+readinessProbe:
+  grpc:
+    port: {{ $v.listen.grpcPort }}
+  {{- toYaml $v.probes.readiness | nindent 2 }}
+livenessProbe:
+  grpc:
+    port: {{ $v.listen.grpcPort }}
+  {{- toYaml $v.probes.liveness | nindent 2 }}
+securityContext:
+  {{- toYaml $v.securityContext | nindent 2 }}
+resources:
+  {{- toYaml $v.resources | nindent 2 }}
+volumeMounts:
+  - name: config
+    mountPath: /etc/session-sidecar/config.yaml
+    subPath: config.yaml
+    readOnly: true
+  {{- if $v.api.enabled }}
+  - name: secrets
+    mountPath: /etc/session-sidecar/secrets
+    readOnly: true
+  {{- end }}
+  - name: tmp
+    mountPath: /tmp
+  {{- with $v.extraVolumeMounts }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
+
+{{- define "session-sidecar.volumes" -}}
+- name: config
+  configMap:
+    name: {{ include "session-sidecar.fullname" . }}
+{{- if .Values.api.enabled }}
+- name: secrets
+  secret:
+    secretName: {{ include "session-sidecar.secretName" . }}
+    items:
+      - key: api-token
+        path: api-token
+{{- end }}
+- name: tmp
+  emptyDir:
+    medium: Memory
+    sizeLimit: 16Mi
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when any secret is given inline in values. */}}
+{{- define "session-sidecar.hasInlineSecrets" -}}
+{{- $v := .Values }}
+{{- if or $v.token.keys $v.session.encryption_keys $v.redis.password $v.redis.sentinel_password $v.api.token }}true{{ end }}
+{{- end }}
