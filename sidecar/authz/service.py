@@ -46,36 +46,36 @@ class AuthzService:
         """The decision when it needs no I/O (no session cookie, or the first verified token is a cache hit), so an
         adapter can answer without scheduling anything; None when only ``check`` can tell."""
         try:
-            settings = self._settings
-            inspection = inspect(settings, request)
-            if not inspection.session_cookies:
-                return decide(settings, request, inspection, None)
-            ring, cache = self._keys.cached, self._cache
-            if ring is None or cache is None:
-                return None
-            tokens = tokens_to_try(ring, inspection)
-            if not tokens:
-                return None  # maybe a new shared key: check() re-reads it
-            now = self._clock()
-            record = cache.get(session_key(tokens[0]), now)  # header order: only the first may answer here
-            if record is None or not is_live(record, now):
-                return None
-            return decide(settings, request, inspection, record)
+            return self._decide_now(request, inspect(self._settings, request))
         except Exception:
             return None  # check() takes it from here and logs what goes wrong
 
+    def _decide_now(self, request: RequestView, inspection: Inspection) -> Decision | None:
+        settings = self._settings
+        if not inspection.session_cookies:
+            return decide(settings, request, inspection, None)
+        ring, cache = self._keys.cached, self._cache
+        if ring is None or cache is None:
+            return None
+        tokens = tokens_to_try(ring, inspection)
+        if not tokens:
+            return None  # maybe a new shared key: check() re-reads it
+        now = self._clock()
+        record = cache.get(session_key(tokens[0]), now)  # header order: only the first may answer here
+        if record is None or not is_live(record, now):
+            return None
+        return decide(settings, request, inspection, record)
+
     async def check(self, request: RequestView) -> Decision:
         try:
-            return self.check_now(request) or await self._check(request)
+            inspection = inspect(self._settings, request)  # once, for the fast and the slow path
+            return self._decide_now(request, inspection) or await self._check(request, inspection)
         except Exception:
             log.exception("check failed unexpectedly; denying with 503")
             return unavailable()
 
-    async def _check(self, request: RequestView) -> Decision:
+    async def _check(self, request: RequestView, inspection: Inspection) -> Decision:
         settings = self._settings
-        inspection = inspect(settings, request)
-        if not inspection.session_cookies:
-            return decide(settings, request, inspection, None)
         try:
             async with asyncio.timeout(self._deadline):
                 ring = self._keys.cached or await self._keys.ring()
