@@ -82,6 +82,7 @@ def running_stack(workdir: Path) -> Iterator[tuple[Ports, dict[str, str]]]:
             upstream_port=ports.echo,
             direct_port=ports.direct,
             out=workdir / "envoy.yaml",
+            access_log=False,
         )
         up("envoy", processes.start_envoy(envoy_config, workdir / "envoy.log"), ports.ingress, ports.direct)
         yield ports, env

@@ -6,35 +6,46 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from prometheus_client import CollectorRegistry
 
+from sidecar import logs
 from sidecar.admin import AdminServer
 from sidecar.api import servicer as session_api
 from sidecar.api.auth import BearerTokenInterceptor
+from sidecar.assertions import AssertionIssuer
 from sidecar.authz import grpc_v3
 from sidecar.authz.http import HttpAuthzServer
+from sidecar.authz.observer import DecisionObserver
 from sidecar.authz.service import AuthzService
 from sidecar.config import Config
+from sidecar.core.abuse import RepeatedInvalidTokens
 from sidecar.core.decision import EdgeSettings
 from sidecar.core.policy import Route, RoutePolicy
 from sidecar.core.sealing import Sealer
 from sidecar.core.tokens import KeyRing
 from sidecar.errors import RuntimeFailure, StoreError
 from sidecar.health import StoreHealth
+from sidecar.metrics import Metrics, exposition, process_registry
 from sidecar.sessions import KeyRingSource, SessionManager
 from sidecar.store.base import SessionStore
 from sidecar.store.cache import CachingStore, SessionCache
 from sidecar.store.connect import RedisSettings
 from sidecar.store.invalidation import InvalidationListener
+from sidecar.store.metered import MeteredStore
 from sidecar.store.redis import RedisStore
+from sidecar.store.stale import StaleSessions
 
 log = logging.getLogger("sidecar")
 
 AUTHZ_SERVICE_NAME = "envoy.service.auth.v3.Authorization"
 SHUTDOWN_GRACE_SECONDS = 5.0
+METRICS_REFRESH_SECONDS = 1.0
 # The CLI is not on a request path: give a slow store a fair chance before calling it unreachable.
 CLI_STORE_TIMEOUT = 3.0
 
@@ -51,6 +62,7 @@ def edge_settings(config: Config) -> EdgeSettings:
         strip_prefixes=tuple(headers.strip_prefixes),
         login_url=config.deny.login_url,
         policy=RoutePolicy.of(Route(r.prefix, r.public, tuple(r.roles)) for r in config.routes),
+        max_header_bytes=headers.max_bytes,
     )
 
 
@@ -81,7 +93,10 @@ def open_store(config: Config, timeout: float) -> RedisStore:
     return RedisStore.connect(
         redis_settings(config, timeout),
         config.redis.key_prefix,
-        sealer=Sealer(tuple((key.kid, key.secret) for key in config.session.encryption_keys)),
+        sealer=Sealer(
+            tuple((key.kid, key.secret) for key in config.session.encryption_keys),
+            accept_plain=config.session.accept_unsealed,
+        ),
         wait_replicas=config.redis.wait_replicas,
         wait_timeout=config.redis.wait_timeout,
     )
@@ -99,11 +114,8 @@ def session_manager(config: Config, store: SessionStore, keys: KeyRingSource | N
     )
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+def configure_logging(level: str, fmt: str = "json") -> None:
+    logs.configure_logging(level, fmt)
 
 
 def grpc_server(
@@ -134,26 +146,97 @@ def log_serving(config: Config) -> None:
         log.info("SessionService API disabled (api.enabled: false)")
 
 
-def session_cache(config: Config, store: RedisStore) -> tuple[CachingStore, InvalidationListener]:
-    cache = SessionCache(ttl=config.cache.ttl, max_entries=config.cache.max_entries, max_bytes=config.cache.max_bytes)
-    return CachingStore(store, cache), InvalidationListener(store.client, store.invalidation_channel, cache)
+def session_cache(
+    config: Config, store: RedisStore, reads: SessionStore | None = None
+) -> tuple[CachingStore, InvalidationListener]:
+    """The cache in front of ``reads`` (the store itself unless given, e.g. metered), kept honest by ``store``'s
+    invalidation channel."""
+    stale = None
+    if config.redis.failure_policy == "stale":
+        stale = StaleSessions(max_age=config.redis.stale_for, max_entries=config.cache.max_entries)
+    cache = SessionCache(
+        ttl=config.cache.ttl, max_entries=config.cache.max_entries, max_bytes=config.cache.max_bytes, stale=stale
+    )
+    inner = reads if reads is not None else store
+    return CachingStore(inner, cache), InvalidationListener(store.client, store.invalidation_channel, cache)
+
+
+def assertion_issuer(config: Config) -> AssertionIssuer | None:
+    return AssertionIssuer.from_config(config.assertion) if config.assertion.enabled else None
+
+
+def metrics_refresher(
+    metrics: Metrics, cache: SessionCache | None, observer: DecisionObserver, ready: Callable[[], bool]
+) -> Callable[[], None]:
+    """Copies states into gauges and the cache's own counters into Prometheus ones (see ``sidecar.metrics``)."""
+
+    def refresh() -> None:
+        if cache is not None:
+            metrics.sync_cache(cache.stats())
+        observer.sync()
+        metrics.store_ready.set(1 if ready() else 0)
+
+    return refresh
+
+
+async def every(interval: float, action: Callable[[], None]) -> None:
+    while True:
+        try:
+            action()
+        except Exception:  # a metrics hiccup must not stop the refreshes (or anything else)
+            log.exception("periodic metrics refresh failed")
+        await asyncio.sleep(interval)
+
+
+@dataclass
+class RequestPath:
+    """What answers a Check, built from the config: the store (raw and metered), the cache, the service."""
+
+    store: RedisStore
+    metered: MeteredStore
+    sessions: SessionStore
+    keys: KeyRingSource
+    cache: SessionCache | None
+    observer: DecisionObserver
+    issuer: AssertionIssuer | None
+    service: AuthzService
+
+
+def request_path(config: Config, metrics: Metrics, running: contextlib.AsyncExitStack) -> RequestPath:
+    store = open_store(config, config.redis.timeout)
+    running.push_async_callback(store.close)
+    metered = MeteredStore(store, metrics)
+    sessions: SessionStore = metered
+    if config.cache.enabled:
+        sessions, listener = session_cache(config, store, metered)
+        listener.start()
+        running.push_async_callback(listener.stop)
+    keys = KeyRingSource(store, configured_key_ring(config))
+    cache = sessions.cache if isinstance(sessions, CachingStore) else None
+    observer = DecisionObserver(metrics, sample_allows=config.log.sample_allows, tracker=RepeatedInvalidTokens())
+    issuer = assertion_issuer(config)
+    service = AuthzService(
+        edge_settings(config),
+        sessions,
+        keys,
+        deadline=config.redis.timeout,
+        cache=cache,
+        observer=observer,
+        assertions=issuer,
+    )
+    return RequestPath(store, metered, sessions, keys, cache, observer, issuer, service)
 
 
 async def serve(config: Config) -> None:
+    configure_logging(config.log.level, config.log.format)
     # Everything started is stopped in reverse order, on a signal or on a failure to start.
     async with contextlib.AsyncExitStack() as running:
-        store = open_store(config, config.redis.timeout)
-        running.push_async_callback(store.close)
-        sessions: SessionStore = store
-        if config.cache.enabled:
-            sessions, listener = session_cache(config, store)
-            listener.start()
-            running.push_async_callback(listener.stop)
-        keys = KeyRingSource(store, configured_key_ring(config))
-        cache = sessions.cache if isinstance(sessions, CachingStore) else None
-        service = AuthzService(edge_settings(config), sessions, keys, deadline=config.redis.timeout, cache=cache)
+        registry = process_registry()
+        metrics = Metrics(registry)
+        metrics.workers.set(1)
+        path = request_path(config, metrics, running)
 
-        server, health_names = grpc_server(config, service, sessions, keys)
+        server, health_names = grpc_server(config, path.service, path.sessions, path.keys)
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         for name in health_names:
@@ -165,7 +248,7 @@ async def serve(config: Config) -> None:
         await server.start()
         running.push_async_callback(server.stop, SHUTDOWN_GRACE_SECONDS)
         log_serving(config)
-        await start_http(running, config.listen.http, service)
+        await start_http(running, config.listen.http, path.service)
 
         async def readiness_changed(ready: bool) -> None:
             # "" stays SERVING (the process answers, public routes work); the named services follow the store,
@@ -174,22 +257,45 @@ async def serve(config: Config) -> None:
             for name in health_names:
                 await health.set(name, status)
 
-        store_health = StoreHealth(store.ping, readiness_changed, timeout=max(config.redis.timeout, 0.5))
+        store_health = StoreHealth(path.metered.ping, readiness_changed, timeout=max(config.redis.timeout, 0.5))
         store_health.start()
         running.push_async_callback(store_health.stop)
-        if config.listen.admin:
-            admin = AdminServer(lambda: store_health.ready)
-            await start_admin(admin, config.listen.admin)
-            running.push_async_callback(admin.stop)
+        await start_observability(config, running, registry, path, lambda: store_health.ready)
 
         with contextlib.suppress(StoreError, TimeoutError):
             # Warm the key ring so the first request does not pay for it; a store down now is retried lazily.
             async with asyncio.timeout(max(config.redis.timeout, 1.0)):
-                await keys.ring()
+                await path.keys.ring()
 
         await until_signalled()
         log.info("shutting down: draining in-flight checks for up to %.0fs", SHUTDOWN_GRACE_SECONDS)
         await health.enter_graceful_shutdown()
+
+
+async def start_observability(
+    config: Config,
+    running: contextlib.AsyncExitStack,
+    registry: CollectorRegistry,
+    path: RequestPath,
+    ready: Callable[[], bool],
+) -> None:
+    """The periodic metrics refresh and, unless listen.admin is "", the admin listener (health, metrics, JWKS)."""
+    metrics = path.observer.metrics
+    assert metrics is not None  # serve() always builds the observer with them
+    refresh = metrics_refresher(metrics, path.cache, path.observer, ready)
+    refresher = asyncio.get_running_loop().create_task(every(METRICS_REFRESH_SECONDS, refresh))
+    running.callback(refresher.cancel)
+    if not config.listen.admin:
+        return
+
+    def render_metrics() -> bytes:
+        refresh()  # this process's states are current; other workers refresh their own every second
+        return exposition(registry)
+
+    jwks = path.issuer.jwks_json if path.issuer is not None else None
+    admin = AdminServer(ready, metrics=render_metrics, jwks=jwks)
+    await start_admin(admin, config.listen.admin, jwks is not None)
+    running.push_async_callback(admin.stop)
 
 
 async def start_http(running: contextlib.AsyncExitStack, address: str, service: AuthzService) -> HttpAuthzServer | None:
@@ -210,13 +316,14 @@ async def start_http(running: contextlib.AsyncExitStack, address: str, service: 
     return server
 
 
-async def start_admin(admin: AdminServer, address: str) -> None:
+async def start_admin(admin: AdminServer, address: str, jwks: bool = False) -> None:
     host, port = split_address(address)
     try:
         await admin.start(host, port)
     except OSError as exc:
         raise RuntimeFailure(f"listen.admin: cannot listen on {address} ({exc})") from None
-    log.info("serving /healthz and /readyz on %s", address)
+    served = "/healthz, /readyz, /metrics" + (" and /.well-known/jwks.json" if jwks else "")
+    log.info("serving %s on %s", served, address)
 
 
 async def until_signalled() -> None:

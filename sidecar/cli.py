@@ -1,4 +1,5 @@
-"""The ``session-sidecar`` command line: serve, session create|revoke|revoke-user|list, config check.
+"""The ``session-sidecar`` command line: serve, session create|revoke|revoke-user|list, config check,
+assertion keygen.
 
 Exit codes: 0 success; 2 bad input or bad config (stderr names the key or argument); 1 a runtime failure such as
 an unreachable store. Errors are one line each on stderr, never a traceback.
@@ -10,11 +11,14 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import yaml
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from sidecar import app, workers
 from sidecar.config import Config, load_config, redacted
@@ -145,6 +149,48 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+KEY_ALGORITHMS = ("ES256", "EdDSA")
+
+
+def _new_private_key_pem(algorithm: str) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1()) if algorithm == "ES256" else ed25519.Ed25519PrivateKey.generate()
+    return key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+
+
+def _write_new_file(path: str, data: bytes) -> None:
+    """Create ``path`` with mode 0600 and write ``data``; never overwrite or follow a symlink (O_EXCL)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise BadInput(
+            f"--out: {path} already exists; refusing to overwrite a key (remove it or pick another path)"
+        ) from None
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+        raise BadInput(f"--out: cannot create {path}: {exc.strerror}") from None
+    except OSError as exc:
+        raise RuntimeFailure(f"--out: cannot create {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), 0o600)  # the umask may only have narrowed it; make the mode exact
+            out.write(data)
+    except OSError as exc:
+        # A half-written key would later fail config check with a confusing message: leave nothing behind.
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise RuntimeFailure(f"--out: cannot write {path}: {exc.strerror or exc}") from None
+
+
+def cmd_assertion_keygen(args: argparse.Namespace) -> int:
+    pem = _new_private_key_pem(args.algorithm)
+    if args.out == "-":
+        sys.stdout.write(pem.decode("ascii"))
+        return EXIT_OK
+    _write_new_file(args.out, pem)
+    _print_json({"algorithm": args.algorithm, "private_key_file": os.path.abspath(args.out)})
+    return EXIT_OK
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # same exit code (2), but one line plus usage and no Python noise
         self.print_usage(sys.stderr)
@@ -195,6 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
     check = config_commands.add_parser("check", help="print the effective config (secrets redacted) or its problems")
     check.add_argument("--config", help=config_help)
     check.set_defaults(func=cmd_config_check)
+
+    assertion = commands.add_parser("assertion", help="signed identity assertion tools")
+    assertion_commands = assertion.add_subparsers(dest="assertion_command", required=True, parser_class=_Parser)
+    keygen = assertion_commands.add_parser(
+        "keygen", help="write a new assertion signing key (unencrypted PKCS#8 PEM, mode 0600) for assertion.keys"
+    )
+    keygen.add_argument("--algorithm", required=True, choices=KEY_ALGORITHMS, help="ES256 (P-256) or EdDSA (Ed25519)")
+    keygen.add_argument("--out", required=True, metavar="PATH", help="a new file (never overwritten); - for stdout")
+    keygen.set_defaults(func=cmd_assertion_keygen)
     return parser
 
 

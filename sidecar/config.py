@@ -20,6 +20,9 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import yaml
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -36,6 +39,8 @@ from sidecar.errors import ConfigError
 
 __all__ = [
     "ApiConfig",
+    "AssertionConfig",
+    "AssertionKey",
     "CacheConfig",
     "Config",
     "CookieConfig",
@@ -62,6 +67,7 @@ _KID = re.compile(r"[A-Za-z0-9_-]{1,16}")
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 _REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel", "redis+cluster", "unix")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+_LOG_FORMATS = ("json", "text")
 _MIN_SECRET_BYTES = 32
 
 
@@ -271,6 +277,9 @@ class SessionConfig(_Section):
     absolute_timeout: Duration = 43200.0
     max_per_user: int = Field(default=0, ge=0, le=10_000)  # 0: no cap; else creating one more evicts the oldest
     encryption_keys: tuple[Annotated[SigningKey, BeforeValidator(lambda v: _signing_key(v, exact=32))], ...] = ()
+    # With encryption_keys, unsealed values are refused (a Redis writer could forge them); true only while
+    # sessions written before the keys were set are still live.
+    accept_unsealed: bool = False
 
     @field_validator("encryption_keys")
     @classmethod
@@ -305,6 +314,9 @@ class HeadersConfig(_Section):
     roles: str = "x-user-roles"
     session: str = "x-session-id"
     strip_prefixes: tuple[str, ...] = ("x-user-", "x-session-")
+    # The most bytes (names + values) of the headers one allow may set upstream: an identity that would need more
+    # is denied (403 identity_too_large) rather than sent on to fail with a 431 at the upstream.
+    max_bytes: int = Field(default=8192, ge=512, le=65536)
 
     @field_validator(*_IDENTITY_HEADERS)
     @classmethod
@@ -505,6 +517,153 @@ class ApiConfig(_Section):
         return self
 
 
+# --- assertion ----------------------------------------------------------------------------------------------
+
+ASSERTION_CLAIMS = ("sub", "email", "roles", "sid")
+MAX_ASSERTION_TTL = 300.0  # an assertion is a bearer credential: keep the replay window short
+_ASSERTION_KID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+class AssertionKey(_Section):
+    """A signing key of the identity assertion: a PEM private key (EC P-256 → ES256, Ed25519 → EdDSA)."""
+
+    kid: str
+    private_key_file: str
+    # Read from private_key_file at load time; never printed.
+    private_key_pem: bytes = Field(default=b"", repr=False, exclude=True)
+    algorithm: str = Field(default="", exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_settable_keys(cls, data: Any) -> Any:
+        # private_key_pem and algorithm are read from the file, never written in the config.
+        if isinstance(data, dict):
+            derived = [key for key in ("private_key_pem", "algorithm") if key in data]
+            if derived:
+                raise _Problems([((key,), "unknown key (read from private_key_file)") for key in derived])
+        return data
+
+    @field_validator("kid")
+    @classmethod
+    def _kid(cls, value: str) -> str:
+        if not _ASSERTION_KID.fullmatch(value):
+            raise ValueError(f"invalid key id {value[:70]!r}: 1-64 characters of A-Z a-z 0-9 _ . -")
+        return value
+
+    @model_validator(mode="after")
+    def _read_key(self) -> AssertionKey:
+        where = (("private_key_file",),)
+        try:
+            pem = Path(self.private_key_file).read_bytes()
+        except OSError as exc:
+            raise _Problems([(where[0], f"cannot read {self.private_key_file!r}: {exc.__class__.__name__}")]) from None
+        try:
+            key = load_pem_private_key(pem, password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            reason = "it is encrypted (use an unencrypted PKCS#8 key)" if "encrypted" in str(exc) else "not a PEM key"
+            if isinstance(exc, UnsupportedAlgorithm):
+                reason = "its algorithm or curve is not supported (use EC P-256 or Ed25519)"
+            raise _Problems([(where[0], f"{self.private_key_file!r} is not a usable private key: {reason}")]) from None
+        if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
+            algorithm = "ES256"
+        elif isinstance(key, ed25519.Ed25519PrivateKey):
+            algorithm = "EdDSA"
+        else:
+            raise _Problems(
+                [(where[0], f"{self.private_key_file!r} must hold an EC P-256 (ES256) or Ed25519 (EdDSA) private key")]
+            )
+        object.__setattr__(self, "private_key_pem", pem)
+        object.__setattr__(self, "algorithm", algorithm)
+        return self
+
+
+def _assertion_key(value: Any) -> Any:
+    # "KID:PATH" is the short form (and the one an environment variable can hold), like token.keys.
+    if isinstance(value, str):
+        kid, sep, path = value.partition(":")
+        if not sep or not path:
+            raise ValueError("must be {kid: ..., private_key_file: ...} or 'KID:PATH'")
+        return {"kid": kid, "private_key_file": path}
+    return value
+
+
+class AssertionConfig(_Section):
+    """The optional signed identity assertion (a JWT) added to every allow that carries an identity."""
+
+    enabled: bool = False
+    header: str = "x-user-assertion"
+    # The first key signs; every key is published at /.well-known/jwks.json (rotate: add second, then move first).
+    keys: tuple[Annotated[AssertionKey, BeforeValidator(_assertion_key)], ...] = ()
+    issuer: str = "session-sidecar"
+    ttl: Duration = 60.0
+    claims: tuple[str, ...] = ASSERTION_CLAIMS
+    audience: str = ""  # "": the request's host; per route: Envoy context_extensions assertion_audience
+
+    @field_validator("header")
+    @classmethod
+    def _header(cls, value: str) -> str:
+        return _header_name(value)
+
+    @field_validator("ttl")
+    @classmethod
+    def _ttl(cls, value: float) -> float:
+        if not 1.0 <= value <= MAX_ASSERTION_TTL:
+            raise ValueError(
+                f"must be between 1s and {format_duration(MAX_ASSERTION_TTL)} (got {format_duration(value)})"
+            )
+        return value
+
+    @field_validator("claims")
+    @classmethod
+    def _claims(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        problems: list[Problem] = [
+            ((i,), f"unknown claim {claim!r} (choose from {', '.join(ASSERTION_CLAIMS)})")
+            for i, claim in enumerate(value)
+            if claim not in ASSERTION_CLAIMS
+        ]
+        if problems:
+            raise _Problems(problems)
+        if "sub" not in value:
+            raise ValueError("must include sub (an assertion without a subject identifies no one)")
+        return tuple(dict.fromkeys(value))
+
+    @field_validator("issuer", "audience")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        if _has_control(value) or len(value) > 256:
+            raise ValueError("must be at most 256 characters without control characters")
+        return value
+
+    @field_validator("keys")
+    @classmethod
+    def _unique_keys(cls, value: tuple[AssertionKey, ...]) -> tuple[AssertionKey, ...]:
+        seen: set[str] = set()
+        problems: list[Problem] = []
+        for i, key in enumerate(value):
+            if key.kid in seen:
+                problems.append(((i, "kid"), f"duplicate key id {key.kid!r}"))
+            seen.add(key.kid)
+        if problems:
+            raise _Problems(problems)
+        return value
+
+    @model_validator(mode="after")
+    def _keys_when_enabled(self) -> AssertionConfig:
+        if self.enabled and not self.keys:
+            raise _Problems(
+                [
+                    (
+                        ("keys",),
+                        "at least one key is required when assertion.enabled is true "
+                        "(session-sidecar assertion keygen writes one)",
+                    )
+                ]
+            )
+        if not self.issuer:
+            raise _Problems([(("issuer",), "must not be empty")])
+        return self
+
+
 class CacheConfig(_Section):
     """The per-process session cache; it serves hits only while its invalidation channel is connected."""
 
@@ -516,6 +675,16 @@ class CacheConfig(_Section):
 
 class LogConfig(_Section):
     level: str = "info"
+    format: str = "json"  # json: one object per line (decision logs are structured); text: for a terminal
+    # Every denial is logged; this fraction of allows too (0: none, 1: all).
+    sample_allows: float = Field(default=0.01, ge=0.0, le=1.0)
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _format(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.lower() in _LOG_FORMATS:
+            return value.lower()
+        raise ValueError(f"must be one of {', '.join(_LOG_FORMATS)} (got {value!r})")
 
     @field_validator("level", mode="before")
     @classmethod
@@ -540,6 +709,7 @@ class Config(_Section):
     api: ApiConfig = Field(default_factory=ApiConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    assertion: AssertionConfig = Field(default_factory=AssertionConfig)
 
     @field_validator("routes")
     @classmethod
@@ -553,6 +723,27 @@ class Config(_Section):
         if problems:
             raise _Problems(problems)
         return value
+
+    @model_validator(mode="after")
+    def _assertion_header_is_stripped(self) -> Config:
+        header, headers = self.assertion.header, self.headers
+        if not self.assertion.enabled:
+            return self
+        if not header.startswith(headers.strip_prefixes):
+            listed = ", ".join(headers.strip_prefixes)
+            raise _Problems(
+                [
+                    (
+                        ("assertion", "header"),
+                        f"{header!r} does not start with any of headers.strip_prefixes ({listed}), "
+                        "so a client-supplied (replayed) assertion would reach the upstream",
+                    )
+                ]
+            )
+        for key in _IDENTITY_HEADERS:
+            if getattr(headers, key) == header:
+                raise _Problems([(("assertion", "header"), f"same header as headers.{key} ({header!r})")])
+        return self
 
     @model_validator(mode="after")
     def _stale_needs_the_cache(self) -> Config:
@@ -761,4 +952,5 @@ def redacted(config: Config) -> dict[str, object]:
         data["redis"][secret] = REDACTED if getattr(config.redis, secret) else ""
     data["token"]["keys"] = [f"{key.kid}:{REDACTED}" for key in config.token.keys]
     data["session"]["encryption_keys"] = [f"{key.kid}:{REDACTED}" for key in config.session.encryption_keys]
+    data["assertion"]["ttl"] = format_duration(config.assertion.ttl)
     return data

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 from types import FrameType
 
+from sidecar import metrics
 from sidecar.config import Config
 from sidecar.errors import BadInput
 
@@ -62,7 +64,20 @@ def worker_environments(config: Config, workers: int) -> list[dict[str, str]]:
 
 
 def supervise(argv: Sequence[str], environments: Sequence[Mapping[str, str]]) -> int:
-    """Run one child per environment until SIGTERM/SIGINT; restart children that exit on their own."""
+    """Run one child per environment until SIGTERM/SIGINT; restart children that exit on their own.
+
+    The children share one Prometheus multiprocess directory, so worker 0's /metrics covers all of them.
+    """
+    metrics_dir, owned = metrics.prepare_multiprocess_dir()
+    try:
+        shared = [{**env, metrics.MULTIPROC_ENV: metrics_dir} for env in environments]
+        return _supervise(argv, shared, metrics_dir)
+    finally:
+        if owned:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _supervise(argv: Sequence[str], environments: Sequence[Mapping[str, str]], metrics_dir: str) -> int:
     stopping = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -82,6 +97,7 @@ def supervise(argv: Sequence[str], environments: Sequence[Mapping[str, str]]) ->
                     log.warning(
                         "worker %d (%s) exited with %s; restarting", i, env["SIDECAR_LISTEN__GRPC"], child.returncode
                     )
+                    metrics.worker_exited(child.pid, metrics_dir)
                     if time.monotonic() - started_at[i] < RESTART_BACKOFF_SECONDS:
                         time.sleep(RESTART_BACKOFF_SECONDS)
                 children[i] = subprocess.Popen([*argv], env={**os.environ, **env})
@@ -98,6 +114,7 @@ def supervise(argv: Sequence[str], environments: Sequence[Mapping[str, str]]) ->
                 except subprocess.TimeoutExpired:
                     child.kill()
                     child.wait()
+                metrics.worker_exited(child.pid, metrics_dir)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0

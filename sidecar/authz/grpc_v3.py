@@ -13,6 +13,7 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from sidecar.authz.service import AuthzService
@@ -37,7 +38,8 @@ def _text(raw: bytes) -> str:
 
 
 def to_request_view(request: Any) -> RequestView:
-    http = request.attributes.request.http
+    attributes = request.attributes
+    http = attributes.request.http
     entries = http.header_map.headers
     if entries:
         headers = tuple(
@@ -45,7 +47,16 @@ def to_request_view(request: Any) -> RequestView:
         )
     else:
         headers = tuple((key.lower(), value) for key, value in http.headers.items())
-    return RequestView(method=http.method, scheme=http.scheme, host=http.host, path=http.path, headers=headers)
+    context = tuple(attributes.context_extensions.items()) if attributes.context_extensions else ()
+    return RequestView(
+        method=http.method,
+        scheme=http.scheme,
+        host=http.host,
+        path=http.path,
+        headers=headers,
+        source=attributes.source.address.socket_address.address,
+        context=context,
+    )
 
 
 def _header(key: str, value: str) -> Any:
@@ -54,6 +65,17 @@ def _header(key: str, value: str) -> Any:
     except UnicodeEncodeError:
         return base_pb2.HeaderValue(key=key, raw_value=value.encode("utf-8", "surrogateescape"))
     return base_pb2.HeaderValue(key=key, value=value)
+
+
+def allow_metadata(allow: Allow) -> Any:
+    """``dynamic_metadata`` of an allow: Envoy emits it under ``envoy.filters.http.ext_authz`` for access logs."""
+    metadata = struct_pb2.Struct()
+    metadata.update({"decision": "allow", "reason": allow.reason})
+    if allow.user_id is not None:
+        metadata["user_id"] = allow.user_id
+    if allow.session_id is not None:
+        metadata["session_id"] = allow.session_id
+    return metadata
 
 
 def to_check_response(decision: Decision) -> Any:
@@ -67,6 +89,7 @@ def to_check_response(decision: Decision) -> Any:
                 ],
                 headers_to_remove=decision.headers_to_remove,
             ),
+            dynamic_metadata=allow_metadata(decision),
         )
     return _denied(decision)
 
@@ -87,7 +110,10 @@ def _denied(deny: Deny) -> Any:
 
 
 def _build_denied(deny: Deny) -> Any:
+    metadata = struct_pb2.Struct()
+    metadata.update({"decision": "deny", "reason": deny.reason, "status": deny.status})
     return external_auth_pb2.CheckResponse(
+        dynamic_metadata=metadata,
         status=_DENY_STATUS.get(deny.status, _OTHER_DENY_STATUS),
         denied_response=external_auth_pb2.DeniedHttpResponse(
             status=http_status_pb2.HttpStatus(code=deny.status),

@@ -55,6 +55,7 @@ _WANTED = frozenset(
         "x-forwarded-method",
         "x-original-uri",
         "x-original-method",
+        "x-forwarded-for",
     }
 )
 
@@ -75,7 +76,6 @@ _NAMES = _name_table(
         "user-agent",
         "x-envoy-expected-rq-timeout-ms",
         "x-envoy-internal",
-        "x-forwarded-for",
         "x-real-ip",
         "x-request-id",
     )
@@ -105,10 +105,17 @@ def is_forward_auth(target: str) -> bool:
     return target == FORWARD_AUTH_PATH or target.startswith(_FORWARD_AUTH_QUERY)
 
 
-def to_request_view(method: str, target: str, headers: tuple[tuple[str, str], ...]) -> RequestView:
+def _last_item(value: str) -> str:
+    """The last element of a comma-separated list: the address the proxy nearest to us appended."""
+    return value.rsplit(",", 1)[-1].strip(" \t")
+
+
+def to_request_view(method: str, target: str, headers: tuple[tuple[str, str], ...], peer: str = "") -> RequestView:
     """The original request: the request line itself, or on ``/forward-auth`` the one the forwarded headers name.
 
-    ``headers`` are (lower-case name, value) in arrival order; they reach the core unchanged either way.
+    ``headers`` are (lower-case name, value) in arrival order; they reach the core unchanged either way. The
+    source (for counting invalid tokens only) is the last X-Forwarded-For entry, the one our proxy wrote, else
+    ``peer``.
     """
     found: dict[str, str] = {}
     for name, value in headers:
@@ -125,7 +132,11 @@ def to_request_view(method: str, target: str, headers: tuple[tuple[str, str], ..
         forwarded_host = found.get("x-forwarded-host")
         if forwarded_host:
             host = _first_item(forwarded_host)
-    return RequestView(method=method, scheme=scheme or "http", host=host, path=target, headers=headers)
+    forwarded_for = found.get("x-forwarded-for")
+    source = _last_item(forwarded_for) if forwarded_for else peer
+    return RequestView(
+        method=method, scheme=scheme or "http", host=host, path=target, headers=headers, source=source[:64]
+    )
 
 
 def forward_auth_allow(allow: Allow, request: RequestView) -> Allow:
@@ -258,11 +269,14 @@ class HttpAuthzProtocol(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._draining = False  # the server is stopping: close after the answer in flight
+        self._peer = ""
 
     # --- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         self._server.opened(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -335,7 +349,7 @@ class HttpAuthzProtocol(asyncio.Protocol):
         parser = self._parser
         method = parser.get_method().decode("latin-1")
         target = self._url.decode("latin-1")
-        view = to_request_view(method, target, tuple(self._headers))
+        view = to_request_view(method, target, tuple(self._headers), self._peer)
         keep_alive, head_only, forward = parser.should_keep_alive(), method == "HEAD", is_forward_auth(target)
         # An Upgrade or CONNECT request completes here and then fails the parser (a 400): never answer it first.
         if self._task is None and not self._queue and not parser.should_upgrade():

@@ -1,8 +1,9 @@
 """The authorization service: the core's decision plus the I/O it needs (key ring, store, touch).
 
-Protocol adapters (gRPC v3 today) translate into ``RequestView`` and out of ``Decision``; nothing here knows
+Protocol adapters (gRPC v3, HTTP) translate into ``RequestView`` and out of ``Decision``; nothing here knows
 about Envoy. ``check`` never raises: any failure of the store, its deadline or this code becomes a Deny (503),
-because an exception would surface as a gRPC error that ``failure_mode_allow`` could turn into an allow.
+because an exception would surface as a gRPC error that ``failure_mode_allow`` could turn into an allow. Every
+decision, from either entry point, is reported once to the observer (metrics and the decision log).
 """
 
 from __future__ import annotations
@@ -10,9 +11,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Protocol
 
-from sidecar.core.decision import Decision, EdgeSettings, Inspection, decide, inspect, tokens_to_try, unavailable
+from sidecar.authz.observer import DecisionObserver, Observation
+from sidecar.core.decision import (
+    Allow,
+    Decision,
+    EdgeSettings,
+    Inspection,
+    decide,
+    inspect,
+    tokens_to_try,
+    unavailable,
+)
 from sidecar.core.request import RequestView
 from sidecar.core.session import SessionRecord, is_live
 from sidecar.core.tokens import session_key
@@ -22,6 +35,22 @@ from sidecar.store.base import SessionStore
 from sidecar.store.cache import SessionCache
 
 log = logging.getLogger("sidecar.authz")
+
+
+class IdentityAssertions(Protocol):
+    """Signs the identity of an allowed session for the upstream (``sidecar.assertions.AssertionIssuer``)."""
+
+    @property
+    def header(self) -> str: ...
+
+    def issue(self, record: SessionRecord, host: str, context: Mapping[str, str], now: float) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    decision: Decision
+    record: SessionRecord | None = None  # the session the decision was about, when one resolved
+    invalid: str | None = None  # "forged" (no cookie verified) or "unknown" (verified, but no live session)
 
 
 class AuthzService:
@@ -34,6 +63,8 @@ class AuthzService:
         deadline: float,
         clock: Callable[[], float] = time.time,
         cache: SessionCache | None = None,
+        observer: DecisionObserver | None = None,
+        assertions: IdentityAssertions | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -41,19 +72,75 @@ class AuthzService:
         self._deadline = deadline
         self._clock = clock
         self._cache = cache
+        self._observer = observer
+        self._assertions = assertions
 
     def check_now(self, request: RequestView) -> Decision | None:
         """The decision when it needs no I/O (no session cookie, or the first verified token is a cache hit), so an
         adapter can answer without scheduling anything; None when only ``check`` can tell."""
+        started = time.perf_counter()
         try:
-            return self._decide_now(request, inspect(self._settings, request))
+            inspection = inspect(self._settings, request)
+            outcome = self._decide_now(request, inspection)
         except Exception:
             return None  # check() takes it from here and logs what goes wrong
+        if outcome is None:
+            return None
+        self._observe(request, inspection, outcome, started)
+        return outcome.decision
 
-    def _decide_now(self, request: RequestView, inspection: Inspection) -> Decision | None:
-        settings = self._settings
+    async def check(self, request: RequestView) -> Decision:
+        started = time.perf_counter()
+        inspection: Inspection | None = None
+        try:
+            inspection = inspect(self._settings, request)  # once, for the fast and the slow path
+            outcome = self._decide_now(request, inspection) or await self._check(request, inspection)
+        except Exception:
+            log.exception("check failed unexpectedly; denying with 503")
+            outcome = _Outcome(unavailable())
+        self._observe(request, inspection, outcome, started)
+        return outcome.decision
+
+    def _observe(self, request: RequestView, inspection: Inspection | None, outcome: _Outcome, started: float) -> None:
+        if self._observer is None:
+            return
+        try:
+            route = inspection.route.prefix if inspection is not None else None
+            seconds = time.perf_counter() - started
+            seen = Observation(outcome.decision, route, outcome.record, outcome.invalid, seconds)
+            self._observer.observe(request, seen)
+        except Exception:  # the answer matters more than its record
+            log.exception("recording a decision failed")
+
+    def _decided(
+        self,
+        request: RequestView,
+        inspection: Inspection,
+        record: SessionRecord | None,
+        *,
+        invalid: str | None = None,
+        store_failed: bool = False,
+    ) -> _Outcome:
+        extra: tuple[tuple[str, str], ...] = ()
+        if record is not None and self._assertions is not None:
+            token = self._assertions.issue(record, request.host, dict(request.context), self._clock())
+            if token is not None:
+                extra = ((self._assertions.header, token),)
+        invalid_reason = "session_invalid" if invalid else "session_required"
+        decision = decide(
+            self._settings,
+            request,
+            inspection,
+            record,
+            store_failed=store_failed,
+            invalid_reason=invalid_reason,
+            extra=extra,
+        )
+        return _Outcome(decision, record, invalid)
+
+    def _decide_now(self, request: RequestView, inspection: Inspection) -> _Outcome | None:
         if not inspection.session_cookies:
-            return decide(settings, request, inspection, None)
+            return self._decided(request, inspection, None)
         ring, cache = self._keys.cached, self._cache
         if ring is None or cache is None:
             return None
@@ -64,18 +151,9 @@ class AuthzService:
         record = cache.get(session_key(tokens[0]), now)  # header order: only the first may answer here
         if record is None or not is_live(record, now):
             return None
-        return decide(settings, request, inspection, record)
+        return self._decided(request, inspection, record)
 
-    async def check(self, request: RequestView) -> Decision:
-        try:
-            inspection = inspect(self._settings, request)  # once, for the fast and the slow path
-            return self._decide_now(request, inspection) or await self._check(request, inspection)
-        except Exception:
-            log.exception("check failed unexpectedly; denying with 503")
-            return unavailable()
-
-    async def _check(self, request: RequestView, inspection: Inspection) -> Decision:
-        settings = self._settings
+    async def _check(self, request: RequestView, inspection: Inspection) -> _Outcome:
         try:
             async with asyncio.timeout(self._deadline):
                 ring = self._keys.cached or await self._keys.ring()
@@ -83,15 +161,18 @@ class AuthzService:
                 if not tokens and (fresh := await self._keys.refresh()) is not None:
                     tokens = tokens_to_try(fresh, inspection)
                 if not tokens:
-                    return decide(settings, request, inspection, None, invalid_reason="session_invalid")
+                    return self._decided(request, inspection, None, invalid="forged")
                 record = await self._resolve(tokens)
         except (StoreError, TimeoutError) as exc:
             log.warning("session store failed: %s", exc or "deadline exceeded")
             stale = self._last_known(inspection)
             if stale is not None:
-                return decide(settings, request, inspection, stale)
-            return decide(settings, request, inspection, None, store_failed=True)
-        return decide(settings, request, inspection, record, invalid_reason="session_invalid")
+                outcome = self._decided(request, inspection, stale)
+                if isinstance(outcome.decision, Allow):
+                    return replace(outcome, decision=replace(outcome.decision, reason="stale"))
+                return outcome
+            return self._decided(request, inspection, None, store_failed=True)
+        return self._decided(request, inspection, record, invalid=None if record is not None else "unknown")
 
     def _last_known(self, inspection: Inspection) -> SessionRecord | None:
         """failure_policy stale: the identity of the first verified token, as last confirmed (never a revoked one)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -37,6 +38,7 @@ class EdgeSettings:
     strip_prefixes: tuple[str, ...]
     login_url: str
     policy: RoutePolicy
+    max_header_bytes: int = 8192  # headers.max_bytes: the most one allow may set upstream
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,11 @@ class Allow:
     headers_to_remove: tuple[str, ...]
     user_id: str | None = None
     session_id: str | None = None
+    reason: str = "session"  # session | public (anonymous, on a public route) | stale (failure_policy: stale)
+
+    @property
+    def status(self) -> int:
+        return 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +115,24 @@ def identity_headers(settings: EdgeSettings, record: SessionRecord) -> list[tupl
     return headers
 
 
-def allow(settings: EdgeSettings, inspection: Inspection, record: SessionRecord | None) -> Allow:
+def header_bytes(headers: Iterable[tuple[str, str]]) -> int:
+    """The size of header lines as they go on the wire (``name: value\r\n``)."""
+    return sum(len(name) + len(value.encode("utf-8", "surrogateescape")) + 4 for name, value in headers)
+
+
+def allow(
+    settings: EdgeSettings,
+    inspection: Inspection,
+    record: SessionRecord | None,
+    extra: tuple[tuple[str, str], ...] = (),
+) -> Decision:
+    """Allow with the identity of ``record`` (and ``extra`` headers, e.g. the assertion), or deny with 403 when
+    those would not fit in ``max_header_bytes``: an upstream answering 431 to every request of a session is worse
+    than a clear denial naming the reason."""
     to_set = identity_headers(settings, record) if record is not None else []
+    to_set.extend(extra)
+    if record is not None and header_bytes(to_set) > settings.max_header_bytes:
+        return identity_too_large()
     to_remove: list[str] = []
     if inspection.cookie_changed:
         if inspection.cookie_header is None:
@@ -123,6 +146,7 @@ def allow(settings: EdgeSettings, inspection: Inspection, record: SessionRecord 
         headers_to_remove=tuple(to_remove),
         user_id=record.user_id if record is not None else None,
         session_id=record.session_id if record is not None else None,
+        reason="session" if record is not None else "public",
     )
 
 
@@ -164,6 +188,10 @@ def forbidden(missing: tuple[str, ...]) -> Deny:
     return _json_deny(403, "forbidden", "missing_roles:" + ",".join(missing))
 
 
+def identity_too_large() -> Deny:
+    return _json_deny(403, "forbidden", "identity_too_large")
+
+
 def unavailable() -> Deny:
     return _json_deny(503, "unavailable", "session_store_unavailable", (("retry-after", "1"),))
 
@@ -176,18 +204,20 @@ def decide(
     *,
     store_failed: bool = False,
     invalid_reason: str = "session_required",
+    extra: tuple[tuple[str, str], ...] = (),
 ) -> Decision:
     """The answer for a request once its session (or the lack of one) is known.
 
     ``record`` is a live session already; ``store_failed`` says the store could not tell, which denies with 503
-    everywhere but on public routes (they stay up, anonymously, when the store is down).
+    everywhere but on public routes (they stay up, anonymously, when the store is down). ``extra``: headers to set
+    with the identity (the signed assertion).
     """
     route = inspection.route
     if record is not None:
         missing = missing_roles(route, record.roles)
         if missing:
             return forbidden(missing)
-        return allow(settings, inspection, record)
+        return allow(settings, inspection, record, extra)
     if route.public:
         return allow(settings, inspection, None)
     if store_failed:

@@ -12,12 +12,20 @@ class RequestView:
     host: str
     path: str  # the request target: path and query, as Envoy's :path
     headers: tuple[tuple[str, str], ...]  # (lower-case name, value), in arrival order, duplicates kept
+    source: str = ""  # the client's address as the proxy saw it (for counting abuse, never for decisions)
+    context: tuple[tuple[str, str], ...] = ()  # Envoy's per-route context_extensions, when it sends them
 
     def values(self, name: str) -> list[str]:
         return [value for key, value in self.headers if key == name]
 
     def first(self, name: str) -> str | None:
         for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def context_value(self, name: str) -> str | None:
+        for key, value in self.context:
             if key == name:
                 return value
         return None

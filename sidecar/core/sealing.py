@@ -4,6 +4,10 @@ A sealed value is ``e1.<kid>.<base64url(nonce ‖ ciphertext ‖ tag)>``; the fi
 opens, so keys rotate without a flag day. The associated data is the store address of the session, so a sealed
 value copied under another session's key does not open. Without keys values are stored as ``p1.<json>`` (plain),
 and a sealed value met without the key to open it is a corrupt record: a denial, never a crash.
+
+With keys, a plain value is refused too (unless ``accept_plain``, for the switch-over from an unsealed store):
+otherwise anyone able to write to Redis could put any identity under the hash of a token they hold, and sealing
+would protect confidentiality but not integrity.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ KEY_BYTES = 32
 
 
 class Sealer:
-    def __init__(self, keys: tuple[tuple[str, bytes], ...] = ()) -> None:
+    def __init__(self, keys: tuple[tuple[str, bytes], ...] = (), *, accept_plain: bool = False) -> None:
         for kid, secret in keys:
             if len(secret) != KEY_BYTES:
                 raise ValueError(f"encryption key {kid!r} must be {KEY_BYTES} bytes (AES-256)")
@@ -32,6 +36,7 @@ class Sealer:
                 raise ValueError(f"encryption key id {kid!r} must be non-empty and without '.'")
         self._ciphers = {kid: AESGCM(secret) for kid, secret in keys}
         self._sealing_kid = keys[0][0] if keys else None
+        self._accept_plain = accept_plain or not keys
 
     @property
     def seals(self) -> bool:
@@ -47,6 +52,11 @@ class Sealer:
 
     def open(self, blob: bytes, aad: bytes) -> bytes:
         if blob.startswith(PLAIN):
+            if not self._accept_plain:
+                raise CorruptRecord(
+                    "stored session value is not sealed, and session.encryption_keys requires sealed values "
+                    "(session.accept_unsealed: true reads values written before the keys were set)"
+                )
             return blob[len(PLAIN) :]
         if not blob.startswith(SEALED):
             raise CorruptRecord("stored session value has an unknown format")

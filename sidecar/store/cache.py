@@ -35,6 +35,7 @@ class CacheStats:
     invalidations: int
     entries: int
     bytes: int
+    flushes: int = 0  # whole-cache drops: the invalidation channel was lost or re-established
 
 
 class SessionCache:
@@ -47,7 +48,7 @@ class SessionCache:
         self._bytes = 0
         self.epoch = 0
         self.live = False  # serving hits only while the invalidation channel is connected
-        self.hits = self.misses = self.invalidations = 0
+        self.hits = self.misses = self.invalidations = self.flushes = 0
 
     def get(self, key: SessionKey, now: float) -> SessionRecord | None:
         if not self.live:
@@ -96,6 +97,7 @@ class SessionCache:
 
     def flush(self) -> None:
         self.epoch += 1
+        self.flushes += 1
         self._entries.clear()
         self._bytes = 0
 
@@ -107,7 +109,7 @@ class SessionCache:
             self.stale.trusted = live
 
     def stats(self) -> CacheStats:
-        return CacheStats(self.hits, self.misses, self.invalidations, len(self._entries), self._bytes)
+        return CacheStats(self.hits, self.misses, self.invalidations, len(self._entries), self._bytes, self.flushes)
 
 
 class CachingStore:

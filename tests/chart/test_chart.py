@@ -1,21 +1,27 @@
 """helm/session-sidecar rendered by the real Helm engine (helm-python-sdk: Helm v4's Go SDK over ctypes).
 
-Every ci/*-values.yaml is linted and rendered; every built-in object validates against the upstream Kubernetes
-schemas (kubernetes-validate, strict); the config the chart renders is loaded by ``python -m sidecar config
-check`` with the SIDECAR_* variables the Deployment would take from the rendered Secret, so the chart's values
-and the sidecar's config cannot drift apart.
+Every ci/*-values.yaml (plus cases built here, e.g. inline assertion keys generated per run) is linted and
+rendered; every built-in object validates against the upstream Kubernetes schemas (kubernetes-validate, strict);
+the config the chart renders is loaded by ``python -m sidecar config check`` with the SIDECAR_* variables the
+Deployment would take from the rendered Secret and the files it would mount from it, so the chart's values and
+the sidecar's config cannot drift apart.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 try:
     import helm_python as helm
@@ -26,7 +32,7 @@ except (ImportError, OSError) as exc:  # not installed, or its native libhelm_c 
     )
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="dev extra kubernetes-validate")
 
-from sidecar.config import Config, load_config  # noqa: E402 - after the skips
+from sidecar.config import AssertionKey, Config, load_config  # noqa: E402 - after the skips
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "session-sidecar"
@@ -36,6 +42,8 @@ KUBERNETES_VERSION = "1.37.0"
 RELEASE, NAMESPACE = "auth", "identity"
 CONFIG_PATH = "/etc/session-sidecar/config.yaml"
 SECRETS_DIR = "/etc/session-sidecar/secrets"
+METRICS_DIR = "/var/lib/session-sidecar/metrics"
+KEY_FILE_MODE = 0o440  # root-owned, group fsGroup: readable by the non-root sidecar only
 NOT_BUILT_IN = {"monitoring.coreos.com/v1"}  # the ServiceMonitor CRD: not in the upstream schemas
 
 Doc = dict[str, Any]
@@ -45,6 +53,41 @@ Rendered = tuple[str, dict[str, Any], dict[str, str], list[Doc]]
 def ci_values(name: str) -> dict[str, Any]:
     data = yaml.safe_load((CHART / "ci" / f"{name}-values.yaml").read_text(encoding="utf-8"))
     return data or {}
+
+
+@functools.cache
+def private_key_pem(kind: str = "ec", label: str = "") -> str:
+    """A fresh unencrypted PKCS#8 PEM private key (EC P-256 or Ed25519), one per (kind, label) per test run: test
+    keys are generated, never committed."""
+    key = ec.generate_private_key(ec.SECP256R1()) if kind == "ec" else ed25519.Ed25519PrivateKey.generate()
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+def assertion_inline_values() -> dict[str, Any]:
+    """The default ci values plus assertions signed with inline keys (into the chart's Secret), two workers."""
+    values = copy.deepcopy(ci_values("default"))
+    values["workers"] = 2
+    values["listen"] = {"httpPort": 9292}
+    values["assertion"] = {
+        "enabled": True,
+        "issuer": "https://auth.example.com",
+        "keys": [
+            {"kid": "ec-1", "private_key": private_key_pem("ec", "ec-1")},
+            {"kid": "ed.2", "private_key": private_key_pem("ed25519", "ed.2")},
+        ],
+    }
+    return values
+
+
+# Cases built here rather than in ci/: their values hold keys generated per run.
+GENERATED: dict[str, Callable[[], dict[str, Any]]] = {"assertion-inline": assertion_inline_values}
+CASES = CI_NAMES + list(GENERATED)
+
+
+def case_values(name: str) -> dict[str, Any]:
+    return GENERATED[name]() if name in GENERATED else ci_values(name)
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +118,9 @@ def kinds(docs: list[Doc]) -> set[str]:
     return {d["kind"] for d in docs}
 
 
-@pytest.fixture(scope="module", params=CI_NAMES)
+@pytest.fixture(scope="module", params=CASES)
 def rendered(request: pytest.FixtureRequest, chart: Any) -> Rendered:
-    values = ci_values(request.param)
+    values = case_values(request.param)
     manifests = render(chart, values)
     return request.param, values, manifests, documents(manifests)
 
@@ -94,9 +137,11 @@ def test_chart_metadata(chart: Any) -> None:
     assert chart.schema is not None
 
 
-@pytest.mark.parametrize("name", CI_NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_lint_is_clean(name: str) -> None:
-    report = helm.lint(CHART, ci_values(name), strict=True, namespace=NAMESPACE, kube_version=f"v{KUBERNETES_VERSION}")
+    report = helm.lint(
+        CHART, case_values(name), strict=True, namespace=NAMESPACE, kube_version=f"v{KUBERNETES_VERSION}"
+    )
     assert report["errors"] == [], report
     problems = [m for m in report["messages"] if m["severity"] >= 2]  # 2 warning, 3 error
     assert problems == [], problems
@@ -190,17 +235,61 @@ def sidecar_container(docs: list[Doc], mode: str) -> tuple[Doc, list[Doc]]:
     return container, pod["volumes"]
 
 
+def stand_in(key: str) -> str:
+    """What an existing Secret (not rendered here) would hold under ``key``."""
+    if key == "api-token":
+        return "an-api-bearer-token-from-the-existing-secret"
+    assert key.startswith("assertion-key-"), key
+    return private_key_pem("ec", key)
+
+
+def mounted_secret_files(docs: list[Doc], container: Doc, volumes: list[Doc], into: Path) -> dict[str, str]:
+    """Write the files the pod would see under SECRETS_DIR (from the rendered Secret, or stand-ins for an existing
+    one) into ``into``; return {path in the pod: path written}."""
+    mounts = [m for m in container.get("volumeMounts") or [] if m["mountPath"] == SECRETS_DIR]
+    if not mounts:
+        return {}
+    (mount,) = mounts
+    assert mount.get("readOnly") is True, "the secrets are mounted read-only"
+    source = next(v for v in volumes if v["name"] == mount["name"])["secret"]
+    secrets = {d["metadata"]["name"]: d.get("stringData") or {} for d in docs if d["kind"] == "Secret"}
+    data = secrets.get(source["secretName"])
+    files: dict[str, str] = {}
+    for item in source["items"]:
+        if data is None:
+            content = stand_in(item["key"])
+        else:
+            assert item["key"] in data, f"key {item['key']!r} missing from Secret {source['secretName']}"
+            content = data[item["key"]]
+        local = into / item["path"]
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text(content, encoding="utf-8")
+        files[f"{SECRETS_DIR}/{item['path']}"] = str(local)
+    return files
+
+
+def with_paths(value: Any, files: dict[str, str]) -> Any:
+    """``value`` with every path under SECRETS_DIR replaced by the file written for it (each must be mounted)."""
+    if isinstance(value, dict):
+        return {key: with_paths(item, files) for key, item in value.items()}
+    if isinstance(value, list):
+        return [with_paths(item, files) for item in value]
+    if isinstance(value, str) and value.startswith(f"{SECRETS_DIR}/"):
+        assert value in files, f"the config names {value}, which the pod does not mount"
+        return files[value]
+    return value
+
+
 def test_the_rendered_config_loads_in_the_sidecar(rendered: Rendered, tmp_path: Path) -> None:
     name, values, _, docs = rendered
     text = one(docs, "ConfigMap", f"{RELEASE}-session-sidecar")["data"]["config.yaml"]
     config = yaml.safe_load(text)
-    container, _ = sidecar_container(docs, values.get("mode", "central"))
+    container, volumes = sidecar_container(docs, values.get("mode", "central"))
     env = secret_env(docs, container)
     if config["api"]["enabled"]:  # the Secret's api-token, mounted at SECRETS_DIR in the pod
         assert config["api"]["token_file"] == f"{SECRETS_DIR}/api-token"
-        token = tmp_path / "api-token"
-        token.write_text(one(docs, "Secret")["stringData"]["api-token"], encoding="utf-8")
-        config["api"]["token_file"] = str(token)
+    # The Secret's files (api-token, assertion keys) as the pod mounts them, and the config pointing at them.
+    config = with_paths(config, mounted_secret_files(docs, container, volumes, tmp_path / "secrets"))
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     result = config_check(path, env)
@@ -215,6 +304,11 @@ def test_the_rendered_config_loads_in_the_sidecar(rendered: Rendered, tmp_path: 
         assert effective["redis"]["password"] == "<redacted>"
     assert len(effective["token"]["keys"]) == len(values.get("token", {}).get("keys", []))
     assert len(effective["session"]["encryption_keys"]) == len(values.get("session", {}).get("encryption_keys", []))
+    assertion = values.get("assertion", {})
+    assert effective["assertion"]["enabled"] is bool(assertion.get("enabled"))
+    expected_kids = [key["kid"] for key in assertion.get("keys", [])] if assertion.get("enabled") else []
+    assert [key["kid"] for key in effective["assertion"]["keys"]] == expected_kids
+    assert "-----BEGIN" not in text, "a private key in the ConfigMap"
 
 
 def config_check(path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -252,8 +346,15 @@ NOT_IN_VALUES = {
 }
 
 
+# An item of assertion.keys: private_key (the PEM) is the chart's; it goes into the Secret, mounted as the
+# config's private_key_file; private_key_pem and algorithm are what the sidecar reads from that file.
+ASSERTION_KEY_CHART_ONLY = {"private_key"}
+ASSERTION_KEY_NOT_IN_VALUES = {"private_key_file", "private_key_pem", "algorithm"}
+
+
 def test_values_map_one_to_one_onto_the_config(chart: Any) -> None:
     defaults = chart.values
+    schema = chart.schema
     for section, field in Config.model_fields.items():
         assert section in defaults, f"values.yaml has no {section} section"
         model = field.annotation
@@ -263,6 +364,14 @@ def test_values_map_one_to_one_onto_the_config(chart: Any) -> None:
         fields = set(model.model_fields)
         assert keys - fields <= CHART_ONLY.get(section, set()), f"{section}: values keys the sidecar lacks"
         assert fields - keys <= NOT_IN_VALUES.get(section, set()), f"{section}: config keys missing from values"
+        # The schema knows exactly the keys values.yaml has (unknown keys are rejected, as in the sidecar).
+        assert set(schema["properties"][section]["properties"]) == keys, f"{section}: schema and values.yaml differ"
+    # The items of assertion.keys (empty by default, so read from the schema).
+    item = schema["properties"]["assertion"]["properties"]["keys"]["items"]
+    assert item["additionalProperties"] is False
+    keys, fields = set(item["properties"]), set(AssertionKey.model_fields)
+    assert keys - fields == ASSERTION_KEY_CHART_ONLY
+    assert fields - keys == ASSERTION_KEY_NOT_IN_VALUES
 
 
 def test_redis_urls(chart: Any) -> None:
@@ -333,7 +442,7 @@ def test_workers(chart: Any) -> None:
     service_ports = {p["name"]: p["port"] for p in one(docs, "Service")["spec"]["ports"]}
     assert service_ports == ports
     env = {e["name"] for e in container["env"]}
-    assert env == {"SIDECAR_REDIS__PASSWORD", "SIDECAR_REDIS__SENTINEL_PASSWORD"}
+    assert env == {"SIDECAR_REDIS__PASSWORD", "SIDECAR_REDIS__SENTINEL_PASSWORD", "PROMETHEUS_MULTIPROC_DIR"}
 
 
 def test_existing_secret(chart: Any) -> None:
@@ -360,6 +469,142 @@ def test_cluster_api_and_service_monitor(chart: Any) -> None:
     assert {"name": "secrets", "mountPath": SECRETS_DIR, "readOnly": True} in pod["containers"][0]["volumeMounts"]
 
 
+def test_no_assertion_no_key_mounts(chart: Any) -> None:
+    docs = documents(render(chart, ci_values("default")))
+    config = yaml.safe_load(one(docs, "ConfigMap")["data"]["config.yaml"])
+    assert config["assertion"] == {
+        "enabled": False,
+        "header": "x-user-assertion",
+        "issuer": "session-sidecar",
+        "ttl": "1m",
+        "claims": ["sub", "email", "roles", "sid"],
+        "audience": "",
+        "keys": [],
+    }
+    assert config["headers"]["max_bytes"] == 8192
+    assert config["log"] == {"level": "info", "format": "json", "sample_allows": 0.01}
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert "secrets" not in {v["name"] for v in pod["volumes"]}
+    assert not any(k.startswith("assertion-key-") for k in one(docs, "Secret")["stringData"])
+    rules = one(docs, "NetworkPolicy")["spec"]["ingress"]
+    assert all(p["port"] != 9090 for rule in rules for p in rule["ports"])  # no adminFrom, no JWKS: admin closed
+
+
+def test_inline_assertion_keys_are_mounted_read_only(chart: Any) -> None:
+    values = assertion_inline_values()
+    docs = documents(render(chart, values))
+    data = one(docs, "Secret")["stringData"]
+    for key in values["assertion"]["keys"]:
+        assert data[f"assertion-key-{key['kid']}"] == key["private_key"]
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert {"name": "secrets", "mountPath": SECRETS_DIR, "readOnly": True} in container["volumeMounts"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "secrets")["secret"]
+    assert volume["secretName"] == f"{RELEASE}-session-sidecar"
+    assert volume["items"] == [
+        {"key": "assertion-key-ec-1", "path": "assertion-key-ec-1.pem", "mode": KEY_FILE_MODE},
+        {"key": "assertion-key-ed.2", "path": "assertion-key-ed.2.pem", "mode": KEY_FILE_MODE},
+    ]
+    # 0440 is readable by the sidecar because the files' group (fsGroup) is the group it runs as.
+    assert pod["securityContext"]["fsGroup"] == container["securityContext"]["runAsGroup"]
+    assert container["securityContext"]["runAsUser"] != 0
+    config = yaml.safe_load(one(docs, "ConfigMap")["data"]["config.yaml"])
+    assert config["assertion"]["keys"] == [
+        {"kid": "ec-1", "private_key_file": f"{SECRETS_DIR}/assertion-key-ec-1.pem"},
+        {"kid": "ed.2", "private_key_file": f"{SECRETS_DIR}/assertion-key-ed.2.pem"},
+    ]
+    assert config["assertion"]["issuer"] == "https://auth.example.com"
+    # Rotating a key rolls the pods.
+    rotated = copy.deepcopy(values)
+    rotated["assertion"]["keys"][0]["private_key"] = private_key_pem("ec", "rotated")
+    before = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/secret"]
+    after = one(documents(render(chart, rotated)), "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert after["checksum/secret"] != before
+
+
+def test_assertion_keys_beside_the_api_token(chart: Any) -> None:
+    values = copy.deepcopy(ci_values("cluster"))
+    values["assertion"] = {"enabled": True, "keys": [{"kid": "k1", "private_key": private_key_pem("ed25519", "k1")}]}
+    docs = documents(render(chart, values))
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "secrets")["secret"]
+    assert volume["items"] == [
+        {"key": "api-token", "path": "api-token"},
+        {"key": "assertion-key-k1", "path": "assertion-key-k1.pem", "mode": KEY_FILE_MODE},
+    ]
+    assert set(one(docs, "Secret")["stringData"]) == {"api-token", "assertion-key-k1"}
+
+
+def test_assertion_keys_from_the_existing_secret(chart: Any) -> None:
+    docs = documents(render(chart, ci_values("existing-secret")))
+    assert "Secret" not in kinds(docs)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "secrets")["secret"]
+    assert volume["secretName"] == "session-sidecar-secrets"
+    assert volume["items"] == [
+        {"key": "assertion-key-ec-2025-06", "path": "assertion-key-ec-2025-06.pem", "mode": KEY_FILE_MODE},
+        {"key": "assertion-key-ed-2025-01", "path": "assertion-key-ed-2025-01.pem", "mode": KEY_FILE_MODE},
+    ]
+    assert "optional" not in volume  # a missing key must stop the pod, not start it without its signing key
+    config = yaml.safe_load(one(docs, "ConfigMap")["data"]["config.yaml"])
+    assert [k["private_key_file"] for k in config["assertion"]["keys"]] == [
+        f"{SECRETS_DIR}/assertion-key-ec-2025-06.pem",
+        f"{SECRETS_DIR}/assertion-key-ed-2025-01.pem",
+    ]
+    assert config["assertion"]["claims"] == ["sub", "roles"]
+    assert config["assertion"]["ttl"] == "30s"
+
+
+def test_jwks_is_reachable_on_the_service_admin_port(chart: Any) -> None:
+    docs = documents(render(chart, assertion_inline_values()))
+    (admin,) = [p for p in one(docs, "Service")["spec"]["ports"] if p["name"] == "admin"]
+    assert admin == {"name": "admin", "port": 9090, "targetPort": "admin", "protocol": "TCP", "appProtocol": "http"}
+    notes = render(chart, assertion_inline_values())["session-sidecar/templates/NOTES.txt"]
+    assert f"http://{RELEASE}-session-sidecar.{NAMESPACE}.svc.cluster.local:9090/.well-known/jwks.json" in notes
+    assert "RequestAuthentication" in notes
+    # The NetworkPolicy admits the JWKS fetchers on the admin port: networkPolicy.from unless jwksFrom is set.
+    peers = ci_values("default")["networkPolicy"]["from"]
+    rules = one(docs, "NetworkPolicy")["spec"]["ingress"]
+    assert {"ports": [{"port": 9090, "protocol": "TCP"}], "from": peers} in rules
+    istiod = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "istio-system"}}}]
+    values = assertion_inline_values()
+    values["networkPolicy"] = {"enabled": True, "jwksFrom": istiod}
+    rules = one(documents(render(chart, values)), "NetworkPolicy")["spec"]["ingress"]
+    assert rules[0].get("from") is None  # from: [] admits every peer to gRPC/HTTP, as before
+    assert {"ports": [{"port": 9090, "protocol": "TCP"}], "from": istiod} in rules
+
+
+def test_service_monitor_scrapes_metrics_on_the_admin_port(chart: Any) -> None:
+    docs = documents(render(chart, ci_values("cluster")))
+    (endpoint,) = one(docs, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["port"] == "admin"
+    assert endpoint["path"] == "/metrics"
+    assert "admin" in {p["name"] for p in one(docs, "Service")["spec"]["ports"]}
+
+
+@pytest.mark.parametrize("name", ["sentinel", "assertion-inline"])
+def test_workers_share_metrics_through_an_empty_dir(chart: Any, name: str) -> None:
+    docs = documents(render(chart, case_values(name)))
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["PROMETHEUS_MULTIPROC_DIR"] == METRICS_DIR
+    mount = next(m for m in container["volumeMounts"] if METRICS_DIR.startswith(m["mountPath"]))
+    assert not mount.get("readOnly")
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["emptyDir"] == {"sizeLimit": "64Mi"}  # node disk, not memory: it does not eat the memory limit
+
+
+def test_one_worker_needs_no_metrics_dir(chart: Any) -> None:
+    """A single process keeps its metrics in memory; PROMETHEUS_MULTIPROC_DIR would switch it to files."""
+    for name in ("default", "sidecar-mode"):
+        docs = documents(render(chart, ci_values(name)))
+        container, volumes = sidecar_container(docs, ci_values(name).get("mode", "central"))
+        assert "PROMETHEUS_MULTIPROC_DIR" not in {e["name"] for e in container.get("env") or []}
+        assert "metrics" not in {v["name"] for v in volumes}
+
+
 def test_sidecar_mode(chart: Any) -> None:
     docs = documents(render(chart, ci_values("sidecar-mode")))
     assert kinds(docs) == {"ConfigMap"}  # no Deployment, Service, HPA, PDB, ServiceAccount (no inline secrets)
@@ -384,6 +629,39 @@ def test_sidecar_mode(chart: Any) -> None:
 # --- bad values fail with the chart's own message -----------------------------------------------------------
 
 
+PEM = private_key_pem("ed25519", "bad-values")
+
+
+def test_sidecar_mode_with_assertions_and_workers(chart: Any) -> None:
+    values = copy.deepcopy(ci_values("sidecar-mode"))
+    values["workers"] = 2
+    values["assertion"] = {"enabled": True, "keys": [{"kid": "k1", "private_key": private_key_pem("ec", "k1")}]}
+    manifests = render(chart, values)
+    docs = documents(manifests)
+    assert kinds(docs) == {"ConfigMap", "Secret"}
+    container, volumes = sidecar_container(docs, "sidecar")
+    assert {e["name"]: e.get("value") for e in container["env"]} == {"PROMETHEUS_MULTIPROC_DIR": METRICS_DIR}
+    assert {v["name"] for v in volumes} == {"config", "secrets", "tmp", "metrics"}
+    secret = next(v for v in volumes if v["name"] == "secrets")["secret"]
+    assert secret["items"] == [{"key": "assertion-key-k1", "path": "assertion-key-k1.pem", "mode": KEY_FILE_MODE}]
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "app", "namespace": NAMESPACE},
+        "spec": {
+            "securityContext": {"fsGroup": 65532},
+            "containers": [{"name": "app", "image": "example/app:1"}, container],
+            "volumes": volumes,
+        },
+    }
+    try:
+        kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        pytest.fail(f"the sidecar snippet: {exc.message} at {list(exc.path)}")
+    # The pasted snippet reads 0440 key files only when the app's pod has the sidecar's group as fsGroup: say so.
+    assert "fsGroup: 65532" in manifests["session-sidecar/templates/NOTES.txt"]
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
@@ -406,6 +684,37 @@ def test_sidecar_mode(chart: Any) -> None:
         ({"workers": 0}, "workers must be between 1 and 64 (got 0)"),
         ({"workers": 2}, "workers 2: listen.grpcPort 9191..9192 and listen.httpPort 9192..9193 collide"),
         ({"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}, "autoscaling.maxReplicas must be"),
+        ({"assertion": {"enabled": True}}, "assertion.enabled needs at least one key in assertion.keys"),
+        (
+            {"assertion": {"enabled": True, "keys": [{"kid": "k1"}]}},
+            'assertion.keys[0] (kid "k1") needs private_key (a PEM EC P-256 or Ed25519 private key), '
+            "or an existingSecret with key assertion-key-k1",
+        ),
+        (
+            {"assertion": {"enabled": True, "keys": [{"kid": "k1", "private_key": PEM}, {"kid": "k1"}]}},
+            'assertion.keys[1]: duplicate kid "k1"',
+        ),
+        (
+            {"assertion": {"enabled": True, "header": "x-assertion", "keys": [{"kid": "k1", "private_key": PEM}]}},
+            'assertion.header "x-assertion" does not start with any of headers.strip_prefixes (x-user-, x-session-), '
+            "so a client-supplied (replayed) assertion would reach the upstream",
+        ),
+        (
+            {
+                "headers": {"strip_prefixes": ["x-user-"]},
+                "assertion": {"enabled": True, "header": "x-session-jwt", "keys": [{"kid": "k", "private_key": PEM}]},
+            },
+            'assertion.header "x-session-jwt" does not start with any of headers.strip_prefixes (x-user-)',
+        ),
+        (
+            {"assertion": {"enabled": True, "header": "x-user-id", "keys": [{"kid": "k1", "private_key": PEM}]}},
+            'assertion.header: same header as headers.user_id ("x-user-id")',
+        ),
+        (
+            {"existingSecret": "mine", "assertion": {"enabled": True, "keys": [{"kid": "k1", "private_key": PEM}]}},
+            "existingSecret is set: leave token.keys, session.encryption_keys, redis.password, "
+            "redis.sentinel_password, api.token and assertion.keys[].private_key empty",
+        ),
     ],
 )
 def test_bad_values_fail_with_the_charts_message(chart: Any, values: dict[str, Any], message: str) -> None:
@@ -422,6 +731,21 @@ def test_bad_values_fail_with_the_charts_message(chart: Any, values: dict[str, A
         ({"log": {"level": "verbose"}}, "/log/level"),
         ({"routes": [{"prefix": "public"}]}, "/routes/0/prefix"),
         ({"cache": {"enabled": "yes"}}, "/cache/enabled"),
+        ({"headers": {"maxBytes": 4096}}, "/headers"),
+        ({"headers": {"max_bytes": 100}}, "/headers/max_bytes"),
+        ({"log": {"format": "logfmt"}}, "/log/format"),
+        ({"log": {"sample_allows": 2}}, "/log/sample_allows"),
+        ({"assertion": {"enable": True}}, "/assertion"),
+        ({"assertion": {"enabled": "true"}}, "/assertion/enabled"),
+        ({"assertion": {"ttl": True}}, "/assertion/ttl"),
+        ({"assertion": {"claims": ["sub", "name"]}}, "/assertion/claims/1"),
+        ({"assertion": {"claims": ["email"]}}, "/assertion/claims"),
+        ({"assertion": {"issuer": ""}}, "/assertion/issuer"),
+        ({"assertion": {"keys": [{"kid": "k 1", "private_key": "x"}]}}, "/assertion/keys/0/kid"),
+        ({"assertion": {"keys": [{"kid": "k1", "private_key_file": "/k.pem"}]}}, "/assertion/keys/0"),
+        ({"assertion": {"keys": [{"kid": "k1", "private_key": "not a PEM"}]}}, "/assertion/keys/0/private_key"),
+        ({"assertion": {"keys": [{"private_key": "x"}]}}, "/assertion/keys/0"),
+        ({"networkPolicy": {"jwksFrom": {}}}, "/networkPolicy/jwksFrom"),
     ],
 )
 def test_the_schema_rejects(chart: Any, values: dict[str, Any], where: str) -> None:

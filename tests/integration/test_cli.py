@@ -149,3 +149,85 @@ def test_serve_on_a_busy_port_exits_1_naming_the_listener(tmp_path: Path, valkey
         env = {"SIDECAR_REDIS__URL": valkey_url, "SIDECAR_LISTEN__GRPC": f"127.0.0.1:{port}"}
         result = run("serve", env=env)
     assert_clean_error(result, 1, "listen.grpc")
+
+
+# --------------------------------------------------------------------------------------------------- assertion keygen
+
+
+@pytest.mark.parametrize("algorithm", ["ES256", "EdDSA"])
+def test_keygen_writes_a_0600_key_that_config_check_accepts(tmp_path: Path, algorithm: str) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519  # noqa: PLC0415
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key  # noqa: PLC0415
+
+    key = tmp_path / "assertion.pem"
+    result = run("assertion", "keygen", "--algorithm", algorithm, "--out", str(key))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"algorithm": algorithm, "private_key_file": str(key)}
+    assert key.stat().st_mode & 0o777 == 0o600
+    pem = key.read_bytes()
+    assert pem.startswith(b"-----BEGIN PRIVATE KEY-----\n")  # PKCS#8, unencrypted
+    loaded = load_pem_private_key(pem, password=None)
+    if algorithm == "ES256":
+        assert isinstance(loaded, ec.EllipticCurvePrivateKey) and isinstance(loaded.curve, ec.SECP256R1)
+    else:
+        assert isinstance(loaded, ed25519.Ed25519PrivateKey)
+
+    config = tmp_path / "sidecar.yaml"
+    config.write_text(f"assertion:\n  enabled: true\n  keys:\n    - kid: k1\n      private_key_file: {key}\n")
+    checked = run("config", "check", config=config)
+    assert checked.returncode == 0, checked.stderr
+    assert "kid: k1" in checked.stdout
+    assert "PRIVATE KEY" not in checked.stdout and pem.decode().splitlines()[1] not in checked.stdout
+
+
+def test_keygen_key_works_through_the_environment_short_form(tmp_path: Path) -> None:
+    key = tmp_path / "k.pem"
+    assert run("assertion", "keygen", "--algorithm", "EdDSA", "--out", str(key)).returncode == 0
+    env = {"SIDECAR_ASSERTION__ENABLED": "true", "SIDECAR_ASSERTION__KEYS": f"k2:{key}"}
+    result = run("config", "check", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "kid: k2" in result.stdout
+
+
+def test_keygen_refuses_to_overwrite_an_existing_file(tmp_path: Path) -> None:
+    key = tmp_path / "assertion.pem"
+    key.write_text("the key in production\n")
+    result = run("assertion", "keygen", "--algorithm", "ES256", "--out", str(key))
+    assert_clean_error(result, 2, "--out", "already exists")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert key.read_text() == "the key in production\n"
+
+
+def test_keygen_does_not_follow_a_dangling_symlink(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere.pem"
+    link = tmp_path / "assertion.pem"
+    link.symlink_to(target)
+    assert_clean_error(run("assertion", "keygen", "--algorithm", "ES256", "--out", str(link)), 2, "--out")
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "es256", "HS256", ""])
+def test_keygen_with_an_unknown_algorithm_exits_2(tmp_path: Path, algorithm: str) -> None:
+    key = tmp_path / "k.pem"
+    assert_clean_error(run("assertion", "keygen", "--algorithm", algorithm, "--out", str(key)), 2, "--algorithm")
+    assert not key.exists()
+
+
+def test_keygen_without_out_exits_2(tmp_path: Path) -> None:
+    assert_clean_error(run("assertion", "keygen", "--algorithm", "ES256"), 2, "--out")
+
+
+def test_keygen_into_a_missing_directory_exits_2_naming_out(tmp_path: Path) -> None:
+    result = run("assertion", "keygen", "--algorithm", "EdDSA", "--out", str(tmp_path / "no" / "k.pem"))
+    assert_clean_error(result, 2, "--out", "No such file or directory")
+
+
+def test_keygen_to_stdout_prints_only_the_pem() -> None:
+    from cryptography.hazmat.primitives.asymmetric import ed25519  # noqa: PLC0415
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key  # noqa: PLC0415
+
+    result = run("assertion", "keygen", "--algorithm", "EdDSA", "--out", "-")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("-----BEGIN PRIVATE KEY-----\n")
+    assert result.stdout.endswith("-----END PRIVATE KEY-----\n")
+    assert isinstance(load_pem_private_key(result.stdout.encode(), password=None), ed25519.Ed25519PrivateKey)

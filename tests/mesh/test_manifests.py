@@ -117,6 +117,7 @@ def test_there_are_manifests() -> None:
         "istio/authorizationpolicy.yaml",
         "istio/serviceentry.yaml",
         "istio/strip-identity-headers.yaml",
+        "istio/request-authentication.yaml",
         "linkerd/envoy-sidecar.yaml",
         "linkerd/server.yaml",
         "linkerd/authorizationpolicy.yaml",
@@ -342,8 +343,17 @@ def test_istio_local_provider_is_backed_by_a_loopback_service_entry() -> None:
     assert {(p["number"], p["protocol"]) for p in entry["spec"]["ports"]} == {(9191, "GRPC")}
 
 
+def _istio_policies(action: str) -> list[dict[str, Any]]:
+    return [doc for doc in _by_kind("AuthorizationPolicy", "security.istio.io") if doc["spec"].get("action") == action]
+
+
+def _custom_policy() -> dict[str, Any]:
+    (policy,) = _istio_policies("CUSTOM")
+    return policy
+
+
 def test_istio_authorization_policy_is_custom_with_a_defined_provider() -> None:
-    policy = _one("AuthorizationPolicy", "security.istio.io")
+    policy = _custom_policy()
     assert policy["spec"]["action"] == "CUSTOM"
     assert policy["spec"]["provider"]["name"] in _providers()
     assert policy["spec"]["selector"]["matchLabels"], "a mesh-wide CUSTOM policy is not intended here"
@@ -363,7 +373,7 @@ def _strip_filter() -> tuple[dict[str, Any], str]:
     assert patch["patch"]["operation"] == "INSERT_FIRST"
     value = patch["patch"]["value"]
     code: str = value["typed_config"]["default_source_code"]["inline_string"]
-    policy = _one("AuthorizationPolicy", "security.istio.io")
+    policy = _custom_policy()
     assert envoy_filter["spec"]["workloadSelector"]["labels"] == policy["spec"]["selector"]["matchLabels"]
     return value, code
 
@@ -499,3 +509,48 @@ def test_istio_strip_filter_prefixes_match_the_sidecar_defaults() -> None:
     shipped = set(re.findall(r'"([^"]+)"', prefixes.group(1)))
     defaults = HeadersConfig().strip_prefixes
     assert shipped == set(defaults)
+
+
+def test_istio_request_authentication_verifies_the_sidecar_assertion_from_its_jwks() -> None:
+    from sidecar.admin import JWKS_PATH  # noqa: PLC0415
+    from sidecar.config import AssertionConfig, ListenConfig  # noqa: PLC0415
+
+    request_authentication = _one("RequestAuthentication", "security.istio.io")
+    spec = request_authentication["spec"]
+    assert spec["selector"] == _custom_policy()["spec"]["selector"], "verify where the CUSTOM policy adds it"
+    (rule,) = spec["jwtRules"]
+    defaults = AssertionConfig()
+    assert rule["issuer"] == defaults.issuer
+    assert rule["fromHeaders"] == [{"name": defaults.header}], "the sidecar's header, no Bearer prefix"
+    assert rule["forwardOriginalToken"] is True
+    # An empty list makes Envoy skip the audience check: a token minted for another service would pass.
+    assert rule["audiences"] and all(rule["audiences"])
+    admin_port = ListenConfig().admin.rpartition(":")[2]
+    # The CRD's CEL rule (http/https only) is not evaluated by jsonschema: pin the whole URI instead.
+    assert rule["jwksUri"] == f"http://session-sidecar.session-sidecar.svc.cluster.local:{admin_port}{JWKS_PATH}"
+    assert "jwks" not in rule, "jwks and jwksUri are exclusive"
+
+
+def test_istio_allow_policy_requires_an_assertion_principal_except_on_health_paths() -> None:
+    from sidecar.config import AssertionConfig  # noqa: PLC0415
+
+    (policy,) = _istio_policies("ALLOW")
+    assert policy["spec"]["selector"] == _custom_policy()["spec"]["selector"]
+    principal = f"{AssertionConfig().issuer}/*"
+    rules = policy["spec"]["rules"]
+    assert {"from": [{"source": {"requestPrincipals": [principal]}}]} in rules
+    for rule in rules:
+        if "from" in rule:
+            assert rule == {"from": [{"source": {"requestPrincipals": [principal]}}]}, rule
+        else:
+            # Any other rule may only open the health endpoints, which never carry an assertion.
+            assert rule == {"to": [{"operation": {"paths": sorted(HEALTH_PATHS)}}]}, rule
+
+
+def test_istio_strip_filter_also_removes_a_client_sent_assertion() -> None:
+    from sidecar.config import AssertionConfig  # noqa: PLC0415
+
+    _, code = _strip_filter()
+    prefixes = re.search(r"local prefixes = \{(.*?)\}", code)
+    assert prefixes
+    assert AssertionConfig().header.startswith(tuple(re.findall(r'"([^"]+)"', prefixes.group(1))))

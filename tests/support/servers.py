@@ -14,7 +14,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -301,12 +301,14 @@ def start_stack(
     direct_port: int | None = None,
     api_token: str = "",
     mode: str | None = None,
+    envoy_patch: Callable[[dict[str, Any]], None] | None = None,
 ) -> Stack:
     """Start a full stack (or a second sidecar + Envoy on ``share``'s Valkey and echo). Stops it on failure.
 
     ``api_token`` enables the SessionService API on the sidecar's gRPC port with that bearer token. ``mode``
     is how Envoy asks the sidecar: ``"grpc"`` (the default) or ``"http"`` (``listen.http`` and envoy-http.yaml);
-    a stack made with ``share`` takes the shared stack's mode unless told otherwise.
+    a stack made with ``share`` takes the shared stack's mode unless told otherwise. ``envoy_patch`` edits the
+    Envoy bootstrap (a dict, ports already set) before it is written, e.g. to add routes.
     """
     mode = mode or (share.mode if share is not None else "grpc")
     template, sidecar_cluster = processes.ENVOY_MODES[mode]
@@ -355,16 +357,19 @@ def start_stack(
         if http_port:
             sidecar.wait_listening(http_port)
 
-        envoy_config = processes.render_envoy_config(
+        bootstrap = processes.build_envoy_config(
             template,
             listen_port=stack.envoy_port,
             admin_port=processes.free_port(),
             sidecar_port=http_port or grpc_port,
             upstream_port=stack.echo_port,
             direct_port=direct_port,
-            out=workdir / f"{name}-envoy.yaml",
             sidecar_cluster=sidecar_cluster,
         )
+        if envoy_patch is not None:
+            envoy_patch(bootstrap)
+        envoy_config = workdir / f"{name}-envoy.yaml"
+        envoy_config.write_text(yaml.safe_dump(bootstrap, sort_keys=False))
         envoy = Server("envoy", workdir / f"{name}-envoy.log")
         stack.servers.append(envoy)
         envoy.attach(processes.start_envoy(envoy_config, envoy.log))

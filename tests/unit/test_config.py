@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from sidecar.config import Config, RouteConfig, SigningKey, load_config, redacted
 from sidecar.errors import BadInput, ConfigError
@@ -456,20 +458,36 @@ def test_redacted_defaults_render_as_contract_yaml() -> None:
             **REDIS_CONNECTION_DEFAULTS,
         },
         "cookie": {"name": "SESSION", "strip_upstream": True},
-        "session": {"idle_timeout": "30m", "absolute_timeout": "12h", "max_per_user": 0, "encryption_keys": []},
+        "session": {
+            "idle_timeout": "30m",
+            "absolute_timeout": "12h",
+            "max_per_user": 0,
+            "encryption_keys": [],
+            "accept_unsealed": False,
+        },
         "headers": {
             "user_id": "x-user-id",
             "email": "x-user-email",
             "roles": "x-user-roles",
             "session": "x-session-id",
             "strip_prefixes": ["x-user-", "x-session-"],
+            "max_bytes": 8192,
         },
         "deny": {"login_url": ""},
         "routes": [],
         "token": {"keys": []},
         "api": {"enabled": False, "token_file": ""},
         "cache": {"enabled": True, "ttl": "10s", "max_entries": 100000, "max_bytes": 67108864},
-        "log": {"level": "info"},
+        "log": {"level": "info", "format": "json", "sample_allows": 0.01},
+        "assertion": {
+            "enabled": False,
+            "header": "x-user-assertion",
+            "keys": [],
+            "issuer": "session-sidecar",
+            "ttl": "1m",
+            "claims": ["sub", "email", "roles", "sid"],
+            "audience": "",
+        },
     }
 
 
@@ -502,6 +520,7 @@ def test_redacted_hides_redis_password_and_token_secrets_but_shows_everything_el
         "absolute_timeout": "12h",
         "max_per_user": 0,
         "encryption_keys": [],
+        "accept_unsealed": False,
     }
     assert data["cookie"] == {"name": "SESSION", "strip_upstream": True}
 
@@ -613,3 +632,113 @@ def test_stale_failure_policy_needs_the_cache_and_a_short_window() -> None:
     assert only_problem(environ=no_cache).startswith("redis.failure_policy")
     assert only_problem(environ={"SIDECAR_REDIS__STALE_FOR": "1h"}).startswith("redis.stale_for")
     assert "deny or stale" in only_problem(environ={"SIDECAR_REDIS__FAILURE_POLICY": "allow"})
+
+
+# --- assertion, log, headers budget -------------------------------------------------------------------------
+
+
+def _pem(key: object) -> bytes:
+    return key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def key_files(tmp_path: Path) -> dict[str, Path]:
+    files = {
+        "es256": ec.generate_private_key(ec.SECP256R1()),
+        "eddsa": ed25519.Ed25519PrivateKey.generate(),
+        "p384": ec.generate_private_key(ec.SECP384R1()),
+        "rsa": rsa.generate_private_key(public_exponent=65537, key_size=2048),
+    }
+    paths = {}
+    for name, key in files.items():
+        paths[name] = tmp_path / f"{name}.pem"
+        paths[name].write_bytes(_pem(key))
+    paths["garbage"] = tmp_path / "garbage.pem"
+    paths["garbage"].write_text("not a key")
+    return paths
+
+
+def test_assertion_keys_load_with_their_algorithm_from_the_key_type(tmp_path: Path, key_files: dict[str, Path]) -> None:
+    text = (
+        "assertion:\n  enabled: true\n  keys:\n"
+        f"  - {{kid: new, private_key_file: {key_files['eddsa']}}}\n"
+        f"  - {{kid: old, private_key_file: {key_files['es256']}}}\n"
+    )
+    config = load_config(write(tmp_path, text), environ={})
+    assert [(k.kid, k.algorithm) for k in config.assertion.keys] == [("new", "EdDSA"), ("old", "ES256")]
+    assert config.assertion.keys[0].private_key_pem.startswith(b"-----BEGIN PRIVATE KEY-----")
+    shown = yaml.safe_dump(redacted(config))
+    assert "BEGIN PRIVATE KEY" not in shown and str(key_files["eddsa"]) in shown
+
+
+def test_assertion_keys_can_come_from_the_environment_as_kid_colon_path(key_files: dict[str, Path]) -> None:
+    config = load_config(
+        environ={"SIDECAR_ASSERTION__ENABLED": "true", "SIDECAR_ASSERTION__KEYS": f"k1:{key_files['es256']}"}
+    )
+    assert [k.kid for k in config.assertion.keys] == ["k1"]
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("p384", "must hold an EC P-256 (ES256) or Ed25519 (EdDSA) private key"),
+        ("rsa", "must hold an EC P-256 (ES256) or Ed25519 (EdDSA) private key"),
+        ("garbage", "is not a usable private key: not a PEM key"),
+    ],
+)
+def test_unusable_assertion_keys_are_named(tmp_path: Path, key_files: dict[str, Path], name: str, message: str) -> None:
+    text = f"assertion:\n  enabled: true\n  keys: [{{kid: k1, private_key_file: {key_files[name]}}}]\n"
+    problem = only_problem(write(tmp_path, text))
+    assert problem.startswith("assertion.keys[0].private_key_file:") and message in problem
+
+
+def test_a_missing_assertion_key_file_is_named(tmp_path: Path) -> None:
+    text = f"assertion:\n  keys: [{{kid: k1, private_key_file: {tmp_path / 'nope.pem'}}}]\n"
+    assert "cannot read" in only_problem(write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ("enabled: true", "assertion.keys: at least one key is required"),
+        ("ttl: 10m", "assertion.ttl: must be between 1s and 5m"),
+        ("claims: [sub, phone]", "assertion.claims[1]: unknown claim 'phone'"),
+        ("claims: [email]", "assertion.claims: must include sub"),
+        ("issuer: ''", "assertion.issuer: must not be empty"),
+        ("header: X-Upper", "assertion.header: invalid header name"),
+    ],
+)
+def test_bad_assertion_settings_are_named(tmp_path: Path, section: str, expected: str) -> None:
+    problem = only_problem(write(tmp_path, f"assertion:\n  {section}\n"))
+    assert problem.startswith(expected), problem
+
+
+def test_an_enabled_assertion_header_must_be_stripped_from_client_requests(
+    tmp_path: Path, key_files: dict[str, Path]
+) -> None:
+    keys = f"[{{kid: k1, private_key_file: {key_files['es256']}}}]"
+    outside = f"assertion: {{enabled: true, header: x-identity, keys: {keys}}}\n"
+    assert "so a client-supplied (replayed) assertion would reach the upstream" in only_problem(
+        write(tmp_path, outside)
+    )
+    clash = f"assertion: {{enabled: true, header: x-user-id, keys: {keys}}}\n"
+    assert "same header as headers.user_id" in only_problem(write(tmp_path, clash))
+
+
+def test_derived_assertion_key_fields_cannot_be_set(tmp_path: Path, key_files: dict[str, Path]) -> None:
+    text = f"assertion:\n  keys: [{{kid: k1, private_key_file: {key_files['es256']}, algorithm: none}}]\n"
+    assert (
+        only_problem(write(tmp_path, text)) == "assertion.keys[0].algorithm: unknown key (read from private_key_file)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("log: {format: xml}", "log.format: must be one of json, text"),
+        ("log: {sample_allows: 2}", "log.sample_allows:"),
+        ("headers: {max_bytes: 100}", "headers.max_bytes:"),
+    ],
+)
+def test_bad_log_and_budget_settings_are_named(tmp_path: Path, text: str, expected: str) -> None:
+    assert only_problem(write(tmp_path, text + "\n")).startswith(expected)

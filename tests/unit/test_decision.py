@@ -19,6 +19,7 @@ from sidecar.core.decision import (
     Inspection,
     allow,
     decide,
+    header_bytes,
     inspect,
     tokens_to_try,
 )
@@ -349,6 +350,40 @@ def test_anonymous_allow_on_public_route_still_strips_an_unresolved_session_cook
     result = _assert_disjoint(decide(SETTINGS, request, inspect(SETTINGS, request), None))
     assert result.headers_to_set == (("cookie", "theme=dark"),)
     assert result.headers_to_remove == ("x-user-id",)
+
+
+def test_allow_reason_says_whether_a_session_or_a_public_route_let_it_through() -> None:
+    request = _request("/public/x")
+    inspection = inspect(SETTINGS, request)
+    assert _assert_disjoint(decide(SETTINGS, request, inspection, FULL)).reason == "session"
+    assert _assert_disjoint(decide(SETTINGS, request, inspection, None)).reason == "public"
+    assert _assert_disjoint(decide(SETTINGS, request, inspection, None)).status == 200
+
+
+def test_header_bytes_counts_wire_lines_including_non_utf8_bytes() -> None:
+    assert header_bytes([("x-user-id", "abc")]) == len("x-user-id: abc\r\n")
+    assert header_bytes([("a", b"\xff".decode("utf-8", "surrogateescape"))]) == 1 + 1 + 4
+
+
+def test_extra_headers_are_set_with_the_identity_and_never_removed() -> None:
+    request = _request("/app", ("x-user-assertion", "replayed"))
+    extra = (("x-user-assertion", "jwt"),)
+    result = _assert_disjoint(decide(SETTINGS, request, inspect(SETTINGS, request), FULL, extra=extra))
+    assert ("x-user-assertion", "jwt") in result.headers_to_set
+    assert "x-user-assertion" not in result.headers_to_remove
+
+
+def test_identity_headers_over_the_budget_are_a_403_naming_the_reason() -> None:
+    request = _request("/app")
+    inspection = inspect(SETTINGS, request)
+    exact = header_bytes(_assert_disjoint(decide(SETTINGS, request, inspection, FULL)).headers_to_set)
+    fits = replace(SETTINGS, max_header_bytes=exact)
+    assert isinstance(decide(fits, request, inspection, FULL), Allow)
+    over = decide(replace(SETTINGS, max_header_bytes=exact - 1), request, inspection, FULL)
+    assert isinstance(over, Deny) and (over.status, over.reason) == (403, "identity_too_large")
+    assert _json_body(over) == {"error": "forbidden", "reason": "identity_too_large"}
+    with_extra = decide(fits, request, inspection, FULL, extra=(("x-user-assertion", "j"),))
+    assert isinstance(with_extra, Deny)
 
 
 def test_public_route_with_a_session_injects_its_identity() -> None:

@@ -72,3 +72,15 @@ def test_without_keys_values_are_stored_plain_and_sealed_ones_refused() -> None:
 def test_bad_keys_are_refused(key: tuple[str, bytes]) -> None:
     with pytest.raises(ValueError):
         Sealer((key,))
+
+
+def test_with_keys_a_plain_value_is_refused_so_a_store_writer_cannot_forge_an_identity() -> None:
+    sealed = Sealer((A,))
+    with pytest.raises(CorruptRecord, match="not sealed"):
+        sealed.open(b"p1.{}", AAD)
+
+
+def test_accept_plain_reads_values_written_before_the_keys_were_set_and_still_seals_new_ones() -> None:
+    migrating = Sealer((A,), accept_plain=True)
+    assert migrating.open(b"p1.v", AAD) == b"v"
+    assert migrating.seal(b"v", AAD).startswith(b"e1.")

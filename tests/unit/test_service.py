@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
 
 import pytest
 
+from sidecar.authz.observer import Observation
 from sidecar.authz.service import AuthzService
 from sidecar.core.decision import Allow, Deny
 from sidecar.core.request import RequestView
@@ -283,8 +287,123 @@ async def test_stale_policy_answers_a_confirmed_session_through_an_outage_but_ne
     clock.now += 20
     during = await service.check(request("/app", f"SESSION={alice.token}", ("x-user-id", "evil")))
     assert isinstance(during, Allow) and header(during, "x-user-id") == "alice"
+    assert during.reason == "stale"  # visible in metrics, the decision log and Envoy's access log
     revoked = await service.check(request(cookie=f"SESSION={bob.token}"))
     assert isinstance(revoked, Deny) and revoked.status == 503
     clock.now += 11  # 31 s after the last confirmation: too old
     late = await service.check(request(cookie=f"SESSION={alice.token}"))
     assert isinstance(late, Deny) and late.status == 503
+
+
+# --- what the service reports, and what it adds to an allow -------------------------------------------------
+
+
+class Recorder:
+    """A DecisionObserver stand-in that keeps every observation."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[RequestView, Observation]] = []
+
+    def observe(self, request: RequestView, seen: Observation) -> None:
+        self.seen.append((request, seen))
+
+
+class FixedAssertions:
+    header = "x-user-assertion"
+
+    def __init__(self, token: str | None = "signed.jwt.value") -> None:
+        self.token = token
+        self.calls: list[tuple[str, str, dict[str, str]]] = []
+
+    def issue(self, record: SessionRecord, host: str, context: Mapping[str, str], now: float) -> str | None:
+        self.calls.append((record.user_id, host, dict(context)))
+        return self.token
+
+
+def observed_service(store: CountingStore, clock: Clock, **kwargs: Any) -> tuple[AuthzService, Recorder]:
+    recorder = Recorder()
+    service = AuthzService(
+        SETTINGS, store, KeyRingSource(store, RING), deadline=0.15, clock=clock, observer=recorder, **kwargs
+    )
+    return service, recorder
+
+
+async def test_each_check_is_observed_once_with_what_made_the_token_invalid(
+    store: CountingStore, clock: Clock, manager: SessionManager
+) -> None:
+    service, recorder = observed_service(store, clock)
+    alice = await manager.create("alice")
+    forged = mint_token(KeyRing.of([("k1", b"x" * 32)]), secrets.token_bytes(32), "abc123")
+    unknown = mint_token(RING, secrets.token_bytes(32), "abc123")
+    for cookie in (f"SESSION={alice.token}", f"SESSION={forged}", f"SESSION={unknown}", None):
+        await service.check(request(cookie=cookie))
+    kinds = [(seen.decision.status, seen.invalid) for _, seen in recorder.seen]
+    assert kinds == [(200, None), (401, "forged"), (401, "unknown"), (401, None)]
+    assert recorder.seen[0][1].record is not None and recorder.seen[0][1].record.user_id == "alice"
+    assert all(seen.seconds >= 0 and seen.route == "/" for _, seen in recorder.seen)
+
+
+async def test_the_no_io_fast_path_is_observed_too(store: CountingStore, clock: Clock) -> None:
+    service, recorder = observed_service(store, clock)
+    decision = service.check_now(request())  # no cookie: decided without I/O
+    assert isinstance(decision, Deny) and len(recorder.seen) == 1
+
+
+async def test_a_failing_observer_never_changes_the_answer(
+    store: CountingStore, clock: Clock, manager: SessionManager
+) -> None:
+    class Broken(Recorder):
+        def observe(self, request: RequestView, seen: Observation) -> None:
+            raise RuntimeError("metrics backend exploded")
+
+    service = AuthzService(SETTINGS, store, KeyRingSource(store, RING), deadline=0.15, clock=clock, observer=Broken())
+    alice = await manager.create("alice")
+    assert isinstance(await service.check(request(cookie=f"SESSION={alice.token}")), Allow)
+
+
+async def test_an_allowed_session_carries_the_signed_assertion_with_the_route_context(
+    store: CountingStore, clock: Clock, manager: SessionManager
+) -> None:
+    assertions = FixedAssertions()
+    service, _ = observed_service(store, clock, assertions=assertions)
+    alice = await manager.create("alice")
+    view = replace(request(cookie=f"SESSION={alice.token}"), context=(("assertion_audience", "orders"),))
+    decision = await service.check(view)
+    assert isinstance(decision, Allow) and header(decision, "x-user-assertion") == "signed.jwt.value"
+    assert assertions.calls == [("alice", "example.com", {"assertion_audience": "orders"})]
+
+
+async def test_anonymous_allows_and_opted_out_routes_carry_no_assertion(
+    store: CountingStore, clock: Clock, manager: SessionManager
+) -> None:
+    service, _ = observed_service(store, clock, assertions=FixedAssertions())
+    public = await service.check(request("/public/x"))
+    assert isinstance(public, Allow) and header(public, "x-user-assertion") is None
+    opted_out, _ = observed_service(store, clock, assertions=FixedAssertions(token=None))
+    alice = await manager.create("alice")
+    decision = await opted_out.check(request(cookie=f"SESSION={alice.token}"))
+    assert isinstance(decision, Allow) and header(decision, "x-user-assertion") is None
+
+
+async def test_a_client_sent_assertion_header_is_removed_and_replaced(
+    store: CountingStore, clock: Clock, manager: SessionManager
+) -> None:
+    service, _ = observed_service(store, clock, assertions=FixedAssertions())
+    alice = await manager.create("alice")
+    decision = await service.check(request("/app", f"SESSION={alice.token}", ("x-user-assertion", "replayed")))
+    assert isinstance(decision, Allow) and header(decision, "x-user-assertion") == "signed.jwt.value"
+    assert "x-user-assertion" not in decision.headers_to_remove  # Envoy removes last: it would drop ours
+    anonymous = await service.check(request("/public/x", None, ("x-user-assertion", "replayed")))
+    assert isinstance(anonymous, Allow) and "x-user-assertion" in anonymous.headers_to_remove
+
+
+async def test_an_identity_over_the_header_budget_is_denied_not_sent_upstream(
+    store: CountingStore, clock: Clock, manager: SessionManager
+) -> None:
+    tight = replace(SETTINGS, max_header_bytes=600)
+    service = AuthzService(tight, store, KeyRingSource(store, RING), deadline=0.15, clock=clock)
+    small = await manager.create("alice", roles=("dev",))
+    assert isinstance(await service.check(request(cookie=f"SESSION={small.token}")), Allow)
+    big = await manager.create("bob", roles=tuple(f"role-{i:03d}-" + "x" * 40 for i in range(20)))
+    decision = await service.check(request(cookie=f"SESSION={big.token}"))
+    assert isinstance(decision, Deny) and decision.status == 403 and decision.reason == "identity_too_large"

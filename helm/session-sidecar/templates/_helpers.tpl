@@ -98,7 +98,33 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- $inline := include "session-sidecar.hasInlineSecrets" . }}
 {{- if and $v.existingSecret $inline }}
-{{- fail "existingSecret is set: leave token.keys, session.encryption_keys, redis.password, redis.sentinel_password and api.token empty (put them in the existing Secret)" }}
+{{- fail "existingSecret is set: leave token.keys, session.encryption_keys, redis.password, redis.sentinel_password, api.token and assertion.keys[].private_key empty (put them in the existing Secret)" }}
+{{- end }}
+{{- if $v.assertion.enabled }}
+{{- if empty $v.assertion.keys }}
+{{- fail "assertion.enabled needs at least one key in assertion.keys: {kid, private_key} (a PEM EC P-256 or Ed25519 private key, e.g. openssl genpkey -algorithm ed25519), or {kid} with an existingSecret holding assertion-key-<kid>" }}
+{{- end }}
+{{- $kids := list }}
+{{- range $i, $key := $v.assertion.keys }}
+{{- if has $key.kid $kids }}
+{{- fail (printf "assertion.keys[%d]: duplicate kid %q" $i $key.kid) }}
+{{- end }}
+{{- $kids = append $kids $key.kid }}
+{{- if and (not $v.existingSecret) (not $key.private_key) }}
+{{- fail (printf "assertion.keys[%d] (kid %q) needs private_key (a PEM EC P-256 or Ed25519 private key), or an existingSecret with key assertion-key-%s" $i $key.kid $key.kid) }}
+{{- end }}
+{{- end }}
+{{- $header := $v.assertion.header }}
+{{- $stripped := false }}
+{{- range $v.headers.strip_prefixes }}{{ if hasPrefix . $header }}{{ $stripped = true }}{{ end }}{{ end }}
+{{- if not $stripped }}
+{{- fail (printf "assertion.header %q does not start with any of headers.strip_prefixes (%s), so a client-supplied (replayed) assertion would reach the upstream" $header (join ", " $v.headers.strip_prefixes)) }}
+{{- end }}
+{{- range $key := list "user_id" "email" "roles" "session" }}
+{{- if eq (index $v.headers $key) $header }}
+{{- fail (printf "assertion.header: same header as headers.%s (%q)" $key $header) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- if and $v.api.enabled (not $v.existingSecret) (not $v.api.token) }}
 {{- fail "api.enabled needs api.token (at least 24 printable characters) or an existingSecret with key api-token" }}
@@ -132,11 +158,52 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $_ := set $cfg "deny" $v.deny }}
 {{- $_ := set $cfg "routes" $v.routes }}
 {{- $api := dict "enabled" $v.api.enabled }}
-{{- if $v.api.enabled }}{{ $_ := set $api "token_file" "/etc/session-sidecar/secrets/api-token" }}{{ end }}
+{{- if $v.api.enabled }}{{ $_ := set $api "token_file" (printf "%s/api-token" (include "session-sidecar.secretsDir" .)) }}{{ end }}
 {{- $_ := set $cfg "api" $api }}
 {{- $_ := set $cfg "cache" $v.cache }}
 {{- $_ := set $cfg "log" $v.log }}
+{{- $assertion := pick $v.assertion "enabled" "header" "issuer" "ttl" "claims" "audience" }}
+{{- $keys := list }}
+{{- if $v.assertion.enabled }}
+{{- range $v.assertion.keys }}
+{{- $keys = append $keys (dict "kid" .kid "private_key_file" (printf "%s/%s" (include "session-sidecar.secretsDir" $) (include "session-sidecar.assertionKeyPath" .))) }}
+{{- end }}
+{{- end }}
+{{- $_ := set $assertion "keys" $keys }}
+{{- $_ := set $cfg "assertion" $assertion }}
 {{- toYaml $cfg }}
+{{- end }}
+
+{{/* Where the Secret's files (api-token, assertion keys) are mounted read-only. */}}
+{{- define "session-sidecar.secretsDir" -}}
+/etc/session-sidecar/secrets
+{{- end }}
+
+{{/* The file name of one assertion key (an item of assertion.keys) in the secrets dir; its Secret key is
+assertion-key-<kid>. */}}
+{{- define "session-sidecar.assertionKeyPath" -}}
+{{- printf "assertion-key-%s.pem" .kid }}
+{{- end }}
+
+{{/* The shared Prometheus multiprocess directory of `serve --workers N` (N > 1): an emptyDir. */}}
+{{- define "session-sidecar.metricsDir" -}}
+/var/lib/session-sidecar/metrics
+{{- end }}
+
+{{/* The items of the Secret mounted at secretsDir: api-token (api.enabled) and the assertion keys. Empty when
+nothing is mounted. */}}
+{{- define "session-sidecar.secretFiles" -}}
+{{- if .Values.api.enabled }}
+- key: api-token
+  path: api-token
+{{- end }}
+{{- if .Values.assertion.enabled }}
+{{- range .Values.assertion.keys }}
+- key: assertion-key-{{ .kid }}
+  path: {{ include "session-sidecar.assertionKeyPath" . }}
+  mode: 288
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* Secret env vars (token keys, encryption keys, Redis passwords). */}}
@@ -181,10 +248,15 @@ ports:
     containerPort: {{ $v.listen.adminPort }}
     protocol: TCP
 {{- $env := include "session-sidecar.secretEnv" . | trim }}
-{{- if or $env $v.extraEnv }}
+{{- $multiprocess := gt (int $v.workers) 1 }}
+{{- if or $env $multiprocess $v.extraEnv }}
 env:
   {{- with $env }}
   {{- . | nindent 2 }}
+  {{- end }}
+  {{- if $multiprocess }}
+  - name: PROMETHEUS_MULTIPROC_DIR
+    value: {{ include "session-sidecar.metricsDir" . }}
   {{- end }}
   {{- with $v.extraEnv }}
   {{- toYaml . | nindent 2 }}
@@ -207,13 +279,17 @@ volumeMounts:
     mountPath: /etc/session-sidecar/config.yaml
     subPath: config.yaml
     readOnly: true
-  {{- if $v.api.enabled }}
+  {{- if include "session-sidecar.secretFiles" . }}
   - name: secrets
-    mountPath: /etc/session-sidecar/secrets
+    mountPath: {{ include "session-sidecar.secretsDir" . }}
     readOnly: true
   {{- end }}
   - name: tmp
     mountPath: /tmp
+  {{- if gt (int $v.workers) 1 }}
+  - name: metrics
+    mountPath: {{ include "session-sidecar.metricsDir" . }}
+  {{- end }}
   {{- with $v.extraVolumeMounts }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
@@ -223,18 +299,24 @@ volumeMounts:
 - name: config
   configMap:
     name: {{ include "session-sidecar.fullname" . }}
-{{- if .Values.api.enabled }}
+{{- with include "session-sidecar.secretFiles" . | trim }}
 - name: secrets
   secret:
-    secretName: {{ include "session-sidecar.secretName" . }}
+    secretName: {{ include "session-sidecar.secretName" $ }}
+    {{- /* 0440 for the assertion keys: root-owned, group fsGroup (podSecurityContext), readable by the
+    non-root sidecar and nobody else. */}}
     items:
-      - key: api-token
-        path: api-token
+      {{- . | nindent 6 }}
 {{- end }}
 - name: tmp
   emptyDir:
     medium: Memory
     sizeLimit: 16Mi
+{{- if gt (int .Values.workers) 1 }}
+- name: metrics
+  emptyDir:
+    sizeLimit: 64Mi
+{{- end }}
 {{- with .Values.extraVolumes }}
 {{ toYaml . }}
 {{- end }}
@@ -243,5 +325,7 @@ volumeMounts:
 {{/* "true" when any secret is given inline in values. */}}
 {{- define "session-sidecar.hasInlineSecrets" -}}
 {{- $v := .Values }}
-{{- if or $v.token.keys $v.session.encryption_keys $v.redis.password $v.redis.sentinel_password $v.api.token }}true{{ end }}
+{{- $assertionKeys := false }}
+{{- if $v.assertion.enabled }}{{ range $v.assertion.keys }}{{ if .private_key }}{{ $assertionKeys = true }}{{ end }}{{ end }}{{ end }}
+{{- if or $v.token.keys $v.session.encryption_keys $v.redis.password $v.redis.sentinel_password $v.api.token $assertionKeys }}true{{ end }}
 {{- end }}

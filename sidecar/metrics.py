@@ -1,0 +1,203 @@
+"""Prometheus metrics of one sidecar process, and their exposition for ``/metrics`` on ``listen.admin``.
+
+Everything the request path counts goes through :class:`Metrics`, whose children are bound once, so a Check
+pays a few locked increments and no label lookups. The cache keeps plain integer counters (it must not know about
+Prometheus); :meth:`Metrics.sync_cache` turns their growth into counter increments once a second.
+
+Under ``serve --workers N`` the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers start: each one
+writes its values to files there (prometheus_client's multiprocess mode) and worker 0's ``/metrics`` adds them up,
+so one scrape sees the whole pod. ``sidecar_workers_active`` is a live sum of the workers that are up.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prometheus_multiprocess
+
+from sidecar.store.cache import CacheStats
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# From the in-process fast path (tens of µs) to the store deadline and Envoy's timeout (150 / 250 ms).
+CHECK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0)
+STORE_BUCKETS = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
+
+# Decision reasons are a closed set; anything else (e.g. "missing_roles:admin,ops") is folded to its family so a
+# label can never grow with user or configuration data.
+_REASON_FAMILIES = ("missing_roles",)
+
+
+def reason_label(reason: str) -> str:
+    family = reason.split(":", 1)[0]
+    return family if family in _REASON_FAMILIES or family == reason else "other"
+
+
+@dataclass
+class _CacheSeen:
+    hits: int = 0
+    misses: int = 0
+    invalidations: int = 0
+    flushes: int = 0
+
+
+@dataclass
+class Metrics:
+    """The metrics of this process, registered in ``registry`` (see ``process_registry``)."""
+
+    registry: CollectorRegistry
+    _seen: _CacheSeen = field(default_factory=_CacheSeen)
+
+    def __post_init__(self) -> None:
+        registry = self.registry
+        self.decisions = Counter(
+            "sidecar_decisions",
+            "Check decisions by outcome (allow/deny), HTTP status and reason.",
+            ("outcome", "status", "reason"),
+            registry=registry,
+        )
+        self.check_seconds = Histogram(
+            "sidecar_check_duration_seconds",
+            "Time from a Check's arrival in the service to its decision (store round trip included).",
+            buckets=CHECK_BUCKETS,
+            registry=registry,
+        )
+        self.store_seconds = Histogram(
+            "sidecar_store_duration_seconds",
+            "Round trip of a session store operation, successful or not.",
+            ("operation",),
+            buckets=STORE_BUCKETS,
+            registry=registry,
+        )
+        self.store_errors = Counter(
+            "sidecar_store_errors",
+            "Session store operations that failed, by operation and error (timeout, unavailable, corrupt).",
+            ("operation", "error"),
+            registry=registry,
+        )
+        self.cache_lookups = Counter(
+            "sidecar_cache_lookups", "Session cache lookups by result (hit/miss).", ("result",), registry=registry
+        )
+        self.cache_invalidations = Counter(
+            "sidecar_cache_invalidations",
+            "Cache invalidations: one session evicted by a published revocation (message) or everything dropped "
+            "because the invalidation channel was lost or re-established (flush).",
+            ("kind",),
+            registry=registry,
+        )
+        self.cache_entries = Gauge(
+            "sidecar_cache_entries", "Sessions held in the cache.", registry=registry, multiprocess_mode="livesum"
+        )
+        self.invalid_tokens = Counter(
+            "sidecar_invalid_tokens",
+            "Requests whose session cookies were all invalid: forged or malformed (never sent to the store) or "
+            "unknown (well-formed, but no live session).",
+            ("kind",),
+            registry=registry,
+        )
+        self.repeat_offenders = Counter(
+            "sidecar_invalid_token_sources_flagged",
+            "Times a source crossed the repeated-invalid-token threshold within its window.",
+            registry=registry,
+        )
+        self.offending_sources = Gauge(
+            "sidecar_invalid_token_sources",
+            "Sources currently over the repeated-invalid-token threshold.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.store_ready = Gauge(
+            "sidecar_store_ready",
+            "1 while the session store answers its health probe, else 0.",
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        self.workers = Gauge(
+            "sidecar_workers_active",
+            "Sidecar processes serving Checks (1, or the live workers of serve --workers N).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self._hit = self.cache_lookups.labels("hit")
+        self._miss = self.cache_lookups.labels("miss")
+        self._evicted = self.cache_invalidations.labels("message")
+        self._flushed = self.cache_invalidations.labels("flush")
+        for kind in ("forged", "unknown"):
+            self.invalid_tokens.labels(kind)
+        self._children: dict[tuple[str, int, str], Counter] = {}
+
+    def decided(self, outcome: str, status: int, reason: str, seconds: float) -> None:
+        key = (outcome, status, reason)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.decisions.labels(outcome, str(status), reason_label(reason))
+        child.inc()
+        self.check_seconds.observe(seconds)
+
+    def sync_cache(self, stats: CacheStats) -> None:
+        """Add the cache's counter growth since the last call (its counters only grow)."""
+        seen = self._seen
+        for counter, now, before in (
+            (self._hit, stats.hits, seen.hits),
+            (self._miss, stats.misses, seen.misses),
+            (self._evicted, stats.invalidations, seen.invalidations),
+            (self._flushed, stats.flushes, seen.flushes),
+        ):
+            if now > before:
+                counter.inc(now - before)
+        self._seen = _CacheSeen(stats.hits, stats.misses, stats.invalidations, stats.flushes)
+        self.cache_entries.set(stats.entries)
+
+
+def process_registry() -> CollectorRegistry:
+    """A registry of its own for a serving process, with the standard process, platform and GC collectors (a fresh
+    one per ``serve``, so starting twice in one interpreter, as tests do, never registers a name twice)."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The text exposition of ``registry``, or of every worker's files in multiprocess mode."""
+    directory = multiprocess_dir()
+    if directory is not None:
+        merged = CollectorRegistry()
+        prometheus_multiprocess.MultiProcessCollector(merged, path=directory)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
+    return generate_latest(registry)
+
+
+def prepare_multiprocess_dir() -> tuple[str, bool]:
+    """The directory the workers share their metrics through, emptied, and whether we created it (and so remove
+    it at the end). An operator's ``PROMETHEUS_MULTIPROC_DIR`` is used when set (e.g. an emptyDir volume)."""
+    given = multiprocess_dir()
+    if given is None:
+        return tempfile.mkdtemp(prefix="session-sidecar-metrics-"), True
+    Path(given).mkdir(parents=True, exist_ok=True)
+    for stale in Path(given).glob("*.db"):  # a previous run's values would be added to this one's
+        stale.unlink()
+    return given, False
+
+
+def worker_exited(pid: int, directory: str) -> None:
+    """Drop the live gauges of a worker that is gone (its counters keep counting in the totals)."""
+    prometheus_multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
