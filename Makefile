@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps run test test-fast lint bench clean
+.PHONY: install system-deps run test test-fast lint bench fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +45,13 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null 2>&1 || if [ "$$(id -u)" = 0 ]; then echo "installing Debian wrk (the load generator of bench/throughput.py)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; else echo "wrk is missing: run 'sudo apt-get install wrk' (bench/throughput.py needs it)"; exit 1; fi
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/redis_commands.py
+	$(BIN)/python bench/check_cost.py
+	$(BIN)/python bench/assertion.py
 	$(BIN)/python bench/throughput.py
+
+# The decision-path fuzz of tests/fuzz run long (FUZZ_ARGS, e.g. "--seconds 60"), written to bench/results/fuzz.md.
+fuzz: $(STAMP)
+	$(BIN)/python bench/fuzz.py $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

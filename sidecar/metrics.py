@@ -24,6 +24,7 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client import multiprocess as prometheus_multiprocess
@@ -165,6 +166,7 @@ class Metrics:
 def process_registry() -> CollectorRegistry:
     """A registry of its own for a serving process, with the standard process, platform and GC collectors (a fresh
     one per ``serve``, so starting twice in one interpreter, as tests do, never registers a name twice)."""
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # the *_created series double the exposition and no dashboard reads them
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)

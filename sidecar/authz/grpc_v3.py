@@ -17,7 +17,7 @@ from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from sidecar.authz.service import AuthzService
-from sidecar.core.decision import Allow, Decision, Deny, unavailable
+from sidecar.core.decision import COOKIE_HEADER, Allow, Decision, Deny, unavailable
 from sidecar.core.request import RequestView
 
 log = logging.getLogger("sidecar.authz")
@@ -78,17 +78,42 @@ def allow_metadata(allow: Allow) -> Any:
     return metadata
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def utf8_cookie_pieces(value: str) -> str:
+    """The pieces of a Cookie value that are valid UTF-8, in order. Envoy (1.40) ignores ``raw_value`` in an
+    OkHttpResponse header, so a rewritten Cookie holding other bytes would reach the upstream empty, losing every
+    cookie; RFC 6265 cookie-octets are ASCII anyway, so only the non-conforming pieces are dropped."""
+    return "; ".join(piece.strip(" \t") for piece in value.split(";") if _encodable(piece) and piece.strip(" \t"))
+
+
+def _ok_headers(allow: Allow) -> tuple[list[Any], Any]:
+    to_set, to_remove = list(allow.headers_to_set), list(allow.headers_to_remove)
+    for i, (name, value) in enumerate(to_set):
+        if name == COOKIE_HEADER and not _encodable(value):
+            kept = utf8_cookie_pieces(value)
+            if kept:
+                to_set[i] = (name, kept)
+            else:
+                del to_set[i]
+                to_remove.append(COOKIE_HEADER)
+            break
+    headers = [base_pb2.HeaderValueOption(header=_header(k, v), append_action=_OVERWRITE) for k, v in to_set]
+    return headers, to_remove
+
+
 def to_check_response(decision: Decision) -> Any:
     if isinstance(decision, Allow):
+        headers, to_remove = _ok_headers(decision)
         return external_auth_pb2.CheckResponse(
             status=_OK_STATUS,
-            ok_response=external_auth_pb2.OkHttpResponse(
-                headers=[
-                    base_pb2.HeaderValueOption(header=_header(k, v), append_action=_OVERWRITE)
-                    for k, v in decision.headers_to_set
-                ],
-                headers_to_remove=decision.headers_to_remove,
-            ),
+            ok_response=external_auth_pb2.OkHttpResponse(headers=headers, headers_to_remove=to_remove),
             dynamic_metadata=allow_metadata(decision),
         )
     return _denied(decision)

@@ -129,16 +129,20 @@ def allow(
     """Allow with the identity of ``record`` (and ``extra`` headers, e.g. the assertion), or deny with 403 when
     those would not fit in ``max_header_bytes``: an upstream answering 431 to every request of a session is worse
     than a clear denial naming the reason."""
-    to_set = identity_headers(settings, record) if record is not None else []
-    to_set.extend(extra)
-    if record is not None and header_bytes(to_set) > settings.max_header_bytes:
+    added = identity_headers(settings, record) if record is not None else []
+    added.extend(extra)
+    if record is not None and header_bytes(added) > settings.max_header_bytes:
         return identity_too_large()
+    to_set: list[tuple[str, str]] = []
     to_remove: list[str] = []
     if inspection.cookie_changed:
         if inspection.cookie_header is None:
             to_remove.append(COOKIE_HEADER)
         else:
+            # First: Envoy applies the set in order and checks its header-count limit as it goes; overwriting
+            # many Cookie lines with one before adding the identity keeps a request near the limit under it.
             to_set.append((COOKIE_HEADER, inspection.cookie_header))
+    to_set.extend(added)
     set_names = {name for name, _ in to_set}
     to_remove.extend(name for name in inspection.spoofable_headers if name not in set_names)
     return Allow(

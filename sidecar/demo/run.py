@@ -25,6 +25,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
 from sidecar.demo import processes
 
 LOOPBACK = processes.LOOPBACK
@@ -150,6 +153,8 @@ def launch(stack: Stack, environ: dict[str, str]) -> None:
         env["SIDECAR_REDIS__URL"] = f"redis://{LOOPBACK}:{valkey_port}/0"
         _say(f"valkey     redis://{LOOPBACK}:{valkey_port}/0 (embedded, in-memory)")
 
+    if addresses["admin"] is not None and "SIDECAR_ASSERTION__ENABLED" not in environ:
+        env.update(demo_assertion_env(stack.workdir))
     log = stack.workdir / "sidecar.log"
     child = stack.start("sidecar", processes.start_sidecar(env=env, log_path=log), log)
     processes.wait_for_port(grpc[0], grpc[1], START_TIMEOUT, proc=child.proc, name="sidecar")
@@ -173,10 +178,19 @@ def launch(stack: Stack, environ: dict[str, str]) -> None:
     processes.wait_for_port(LOOPBACK, ENVOY_PORT, START_TIMEOUT, proc=child.proc, name="envoy")
     _say(f"envoy      http://{LOOPBACK}:{ENVOY_PORT} (admin http://{LOOPBACK}:{ENVOY_ADMIN_PORT})")
 
-    _print_usage(stack, _create_demo_session(env), env["SIDECAR_REDIS__URL"])
+    _print_usage(stack, _create_demo_session(env), env["SIDECAR_REDIS__URL"], addresses["admin"])
 
 
-def _print_usage(stack: Stack, session: dict[str, Any], redis_url: str) -> None:
+def demo_assertion_env(workdir: Path) -> dict[str, str]:
+    """Turn the signed identity assertion on with a throwaway ES256 key in the demo's work directory."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    path = workdir / "assertion-demo.pem"
+    path.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    path.chmod(0o600)
+    return {"SIDECAR_ASSERTION__ENABLED": "true", "SIDECAR_ASSERTION__KEYS": f"demo:{path}"}
+
+
+def _print_usage(stack: Stack, session: dict[str, Any], redis_url: str, admin: tuple[str, int] | None = None) -> None:
     token = str(session["token"])
     base = f"http://{LOOPBACK}:{ENVOY_PORT}"
     cookie = shlex.quote(f"Cookie: SESSION={token}")
@@ -200,10 +214,16 @@ def _print_usage(stack: Stack, session: dict[str, Any], redis_url: str) -> None:
     _say("  # public route: allowed anonymously, the spoofed header is removed before the upstream")
     _say(f"  curl -s -H 'x-user-id: admin' {base}/public/page")
     _say("  # browser navigation with deny.login_url set would get a 302; try it with SIDECAR_DENY__LOGIN_URL=...")
+    if admin is not None:
+        admin_url = f"http://{admin[0]}:{admin[1]}"
+        _say("  # the allowed request also carried x-user-assertion (a signed JWT); its public keys, and the metrics:")
+        _say(f"  curl -s {admin_url}/.well-known/jwks.json")
+        _say(f"  curl -s {admin_url}/metrics | grep ^sidecar_decisions")
     _say("  # revoke, then the first curl line answers 401:")
     _say(f"  {cli} session revoke {token}")
     _say()
-    _say(f"Logs: {stack.workdir}   Ctrl-C stops everything.")
+    _say(f"Logs: {stack.workdir}   (sidecar.log: JSON decision lines; envoy.log: access log with user_id)")
+    _say("Ctrl-C stops everything.")
 
 
 def main() -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -12,10 +13,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+import redis
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from sidecar.core.tokens import session_key
 from sidecar.demo.processes import free_port, wait_for_port
 from tests.support import servers
 
@@ -123,6 +126,54 @@ def test_starts_without_a_store_and_answers_503_for_sessions(valkey_url: str) ->
         proc.wait(timeout=15)
 
 
+def create_session(redis_url: str, user: str) -> str:
+    env = {"PATH": "/usr/bin:/bin", "SIDECAR_REDIS__URL": redis_url}
+    created = subprocess.run(
+        [sys.executable, "-m", "sidecar", "session", "create", "--user", user, "--roles", "dev"],
+        env=env, capture_output=True, text=True, check=True, timeout=30,
+    )  # fmt: skip
+    token: str = json.loads(created.stdout)["token"]
+    return token
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("uid", "mallory\r\nx-user-roles: admin"),
+        ("uid", "mallory\x00"),
+        ("email", "m@example.com\nx-user-id: root"),
+        ("roles", ["dev\r"]),
+        ("uid", "m" * 5000),
+    ],
+    ids=["crlf-in-user-id", "nul-in-user-id", "lf-in-email", "cr-in-role", "oversized-user-id"],
+)
+def test_served_sidecar_denies_a_stored_session_whose_identity_is_not_header_safe(
+    valkey_url: str, field: str, value: object
+) -> None:
+    tampered, untouched = create_session(valkey_url, "mallory"), create_session(valkey_url, "mallory")
+    key = session_key(tampered)
+    name = f"sidecar:{{{key.tag}}}:s:{key.digest}"
+    client = redis.Redis.from_url(valkey_url)
+    try:
+        stored = client.hget(name, "d")
+        assert isinstance(stored, bytes) and stored.startswith(b"p1.")  # the default config stores plain JSON
+        data = json.loads(stored[3:])
+        data[field] = value
+        client.hset(name, "d", b"p1." + json.dumps(data).encode())
+    finally:
+        client.close()
+    proc, port = serve(valkey_url)
+    try:
+        denied = check(port, f"SESSION={tampered}")
+        assert denied.denied_response.status.code == 401  # type: ignore[attr-defined]
+        assert not denied.HasField("ok_response")  # type: ignore[attr-defined]
+        assert check(port, f"SESSION={untouched}").HasField("ok_response")  # type: ignore[attr-defined]
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+
+
 def test_workers_each_answer_on_their_own_port_and_a_dead_worker_is_restarted(valkey_url: str) -> None:
     base = free_port()
     while True:  # two consecutive free ports
@@ -155,6 +206,74 @@ def test_workers_each_answer_on_their_own_port_and_a_dead_worker_is_restarted(va
             assert check(port, "SESSION=none").denied_response.status.code == 401  # type: ignore[attr-defined]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def metrics_text(admin_port: int) -> str:
+    with socket.create_connection(("127.0.0.1", admin_port), timeout=5) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return body.decode()
+
+
+def metric(text: str, line_start: str) -> float:
+    found = [line for line in text.splitlines() if line.startswith(line_start + " ")]
+    return float(found[0].rsplit(" ", 1)[1]) if found else 0.0
+
+
+def test_workers_metrics_add_up_on_worker_zeros_admin_port(valkey_url: str, tmp_path: Path) -> None:
+    base = free_port()
+    while True:  # two consecutive free ports
+        try:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", base + 1))
+            break
+        except OSError:
+            base = free_port()
+    admin_port = free_port()
+    metrics_dir = tmp_path / "metrics"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SIDECAR_REDIS__URL": valkey_url,
+        "SIDECAR_LISTEN__GRPC": f"127.0.0.1:{base}",
+        "SIDECAR_LISTEN__HTTP": "",
+        "SIDECAR_LISTEN__ADMIN": f"127.0.0.1:{admin_port}",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "serve", "--workers", "2"], env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    denials = 'sidecar_decisions_total{outcome="deny",reason="session_required",status="401"}'
+    try:
+        for port in (base, base + 1):
+            wait_for_port("127.0.0.1", port, 15.0)
+        wait_for_port("127.0.0.1", admin_port, 15.0)
+        for port, count in ((base, 3), (base + 1, 4)):
+            for _ in range(count):
+                assert check(port, "theme=dark").denied_response.status.code == 401  # type: ignore[attr-defined]
+        text = metrics_text(admin_port)
+        assert metric(text, denials) == 7  # both workers' decisions, from worker 0's listener
+        assert metric(text, "sidecar_workers_active") == 2
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True, check=False)
+        os.kill(int(children.stdout.split()[-1]), signal.SIGKILL)  # worker 1 dies and is restarted
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            text = metrics_text(admin_port)
+            if metric(text, "sidecar_workers_active") == 2 and len(list(metrics_dir.glob("gauge_livesum_*"))) == 2:
+                break
+            time.sleep(0.2)
+        assert metric(text, "sidecar_workers_active") == 2  # the dead one's live gauge is gone, not counted
+        assert metric(text, denials) == 7  # its counters still count
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert metrics_dir.is_dir()  # an operator's directory is kept (a temporary one would be removed)
     finally:
         proc.kill()
         proc.wait()

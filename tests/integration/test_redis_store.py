@@ -4,6 +4,7 @@ replica acknowledgement, and an unreachable server."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import signal
@@ -15,13 +16,18 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from sidecar.authz.service import AuthzService
+from sidecar.core.decision import Allow, Deny
 from sidecar.core.redact import redact_url
+from sidecar.core.request import RequestView
 from sidecar.core.sealing import Sealer
-from sidecar.core.session import SessionRecord, new_session
-from sidecar.core.tokens import SessionKey, token_key, user_tag
+from sidecar.core.session import MAX_VALUE_LENGTH, SessionRecord, new_session
+from sidecar.core.tokens import ENTROPY_BYTES, SessionKey, mint_token, session_key, token_key, user_tag
 from sidecar.errors import BadInput, CorruptRecord, StoreUnavailable
+from sidecar.sessions import KeyRingSource
 from sidecar.store.redis import RedisStore, user_index_id
 from tests.support import servers
+from tests.support.edge import RING, SETTINGS
 
 pytestmark = pytest.mark.integration
 
@@ -152,6 +158,87 @@ async def test_unusable_stored_value_raises_corrupt_record(
     await raw.expire(f"{prefix}{{{key.tag}}}:s:{key.digest}", 60)
     with pytest.raises(CorruptRecord):
         await store.get(key)
+
+
+# --- identity values that must never reach a header ------------------------------------------------------
+
+UNSAFE_IDENTITIES: dict[str, dict[str, object]] = {
+    "cr_in_user_id": {"uid": "alice\r"},
+    "lf_in_user_id": {"uid": "alice\nx-user-roles: admin"},
+    "nul_in_user_id": {"uid": "al\x00ice"},
+    "oversized_user_id": {"uid": "a" * (MAX_VALUE_LENGTH + 1)},
+    "cr_in_email": {"email": "alice@example.com\r"},
+    "lf_in_email": {"email": "alice@example.com\r\nx-user-id: root"},
+    "nul_in_email": {"email": "alice\x00@example.com"},
+    "oversized_email": {"email": "a" * MAX_VALUE_LENGTH + "@example.com"},
+    "cr_in_role": {"roles": ["dev", "admin\r"]},
+    "lf_in_role": {"roles": ["dev\nx-user-id: root"]},
+    "nul_in_role": {"roles": ["\x00"]},
+    "oversized_role": {"roles": ["r" * (MAX_VALUE_LENGTH + 1)]},
+    "lf_in_session_id": {"sid": "sid\nx-user-id: root"},
+}
+
+
+async def plant(
+    store: RedisStore, raw: aioredis.Redis, prefix: str, key: SessionKey, changes: dict[str, object]
+) -> None:
+    """A well-formed session whose stored JSON then gets ``changes``: what a buggy writer or anyone with write access
+    to Redis could leave there. Sealed with the store's own key (when it has one), so only the content is wrong."""
+    await store.create(key, plain_session("alice"))
+    name = f"{prefix}{{{key.tag}}}:s:{key.digest}"
+    sealed = await raw.hget(name, "d")
+    keys = (NEW_KEY,) if sealed.startswith(b"e1.") else ()
+    data = json.loads(Sealer(keys).open(sealed, name.encode()))
+    data.update(changes)
+    tampered = json.dumps(data, ensure_ascii=False).encode()
+    await raw.hset(name, "d", Sealer(keys).seal(tampered, name.encode()))
+
+
+@pytest.mark.parametrize("sealed", [True, False], ids=["sealed", "plain"])
+@pytest.mark.parametrize("changes", list(UNSAFE_IDENTITIES.values()), ids=list(UNSAFE_IDENTITIES))
+async def test_stored_identity_with_cr_lf_nul_or_over_size_is_a_corrupt_record(
+    valkey_url: str, prefix: str, raw: aioredis.Redis, changes: dict[str, object], sealed: bool
+) -> None:
+    store = store_with(valkey_url, prefix, *((NEW_KEY,) if sealed else ()))
+    try:
+        key = key_for("alice")
+        await plant(store, raw, prefix, key, changes)
+        with pytest.raises(CorruptRecord, match="invalid"):
+            await store.get(key)
+        with pytest.raises(CorruptRecord, match="invalid"):
+            await store.resolve(key, time.time())
+    finally:
+        await store.close()
+
+
+def request(path: str, cookie: str) -> RequestView:
+    headers = (("host", "app.example.com"), ("cookie", cookie), ("x-user-id", "root"))
+    return RequestView(method="GET", scheme="https", host="app.example.com", path=path, headers=headers)
+
+
+@pytest.mark.parametrize("changes", list(UNSAFE_IDENTITIES.values()), ids=list(UNSAFE_IDENTITIES))
+async def test_check_denies_a_session_whose_stored_identity_is_unsafe_and_never_raises(
+    valkey_url: str, prefix: str, raw: aioredis.Redis, changes: dict[str, object]
+) -> None:
+    store = store_with(valkey_url, prefix, NEW_KEY)
+    try:
+        service = AuthzService(SETTINGS, store, KeyRingSource(store, RING), deadline=2.0)
+        token = mint_token(RING, secrets.token_bytes(ENTROPY_BYTES), user_tag("alice"))
+        good = mint_token(RING, secrets.token_bytes(ENTROPY_BYTES), user_tag("bob"))
+        await store.create(session_key(good), plain_session("bob"))
+        assert isinstance(await service.check(request("/app", f"SESSION={token}")), Deny)  # not there yet
+        await plant(store, raw, prefix, session_key(token), changes)
+
+        denied = await service.check(request("/app", f"SESSION={token}"))
+        assert isinstance(denied, Deny) and denied.status == 401, denied
+        public = await service.check(request("/public/page", f"SESSION={token}"))
+        assert isinstance(public, Allow) and public.user_id is None
+        assert not [name for name, _ in public.headers_to_set if name.startswith(("x-user-", "x-session-"))]
+        # An unusable record is skipped, not fatal: the next session cookie in header order still counts.
+        after = await service.check(request("/app", f"SESSION={token}; SESSION={good}"))
+        assert isinstance(after, Allow) and after.user_id == "bob"
+    finally:
+        await store.close()
 
 
 async def test_index_holds_no_expired_entries_once_listed_or_written(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -9,6 +10,7 @@ import grpc
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 
+from sidecar.api import auth as auth_module
 from sidecar.api import servicer as session_api
 from sidecar.api.auth import BearerTokenInterceptor
 from sidecar.core.tokens import KeyRing
@@ -121,3 +123,56 @@ async def test_error_mapping(error: Exception, code: grpc.StatusCode, details: s
     assert "secret internals" not in message
     if isinstance(error, RuntimeError):
         assert "secret internals" in caplog.text  # logged for the operator, not sent to the caller
+
+
+# --- the bearer token is compared in constant time ---------------------------------------------------------
+
+_REAL_COMPARE = hmac.compare_digest
+
+
+class RecordingCompare:
+    """Stands in for hmac.compare_digest: records its arguments and answers as told, or as the real one does."""
+
+    def __init__(self, answer: bool | None) -> None:
+        self.answer = answer
+        self.calls: list[tuple[object, object]] = []
+
+    def __call__(self, a: bytes, b: bytes) -> bool:
+        self.calls.append((a, b))
+        return _REAL_COMPARE(a, b) if self.answer is None else self.answer
+
+
+def spy_compare(monkeypatch: pytest.MonkeyPatch, answer: bool | None = None) -> RecordingCompare:
+    compare = RecordingCompare(answer)
+    if hasattr(auth_module, "compare_digest"):  # `from hmac import compare_digest`
+        monkeypatch.setattr(auth_module, "compare_digest", compare)
+    else:
+        monkeypatch.setattr(auth_module.hmac, "compare_digest", compare)
+    return compare
+
+
+def test_bearer_token_is_compared_with_hmac_compare_digest_even_when_none_is_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `==` stops at the first differing byte: its timing would let a caller guess the API token byte by byte. And a
+    # request without a token must cost the same compare, or timing tells apart "no token" from "wrong token".
+    compare = spy_compare(monkeypatch)
+    guard = BearerTokenInterceptor(TOKEN)
+    wrong = "x" * len(TOKEN)
+    assert guard.allows(AUTH)
+    assert not guard.allows((("authorization", f"Bearer {wrong}"),))
+    assert not guard.allows(None)
+    expected = TOKEN.encode()
+    assert [set(call) for call in compare.calls] == [{expected}, {wrong.encode(), expected}, {b"", expected}]
+
+
+@pytest.mark.parametrize("answer", [True, False])
+def test_bearer_guard_answers_what_the_constant_time_compare_says(
+    monkeypatch: pytest.MonkeyPatch, answer: bool
+) -> None:
+    # A compare_digest call whose answer is then overruled by an `==` elsewhere would pass the test above.
+    spy_compare(monkeypatch, answer)
+    guard = BearerTokenInterceptor(TOKEN)
+    presented = "y" * len(TOKEN) if answer else TOKEN
+    assert guard.allows((("authorization", f"Bearer {presented}"),)) is answer
+    assert not guard.allows(None)  # no credential is never enough, whatever the compare says

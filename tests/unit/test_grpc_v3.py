@@ -48,12 +48,43 @@ def test_headers_map_is_used_when_envoy_sends_no_header_map() -> None:
     assert ("x-user-id", "a,b") in view.headers
 
 
-def test_non_utf8_cookie_bytes_survive_the_round_trip() -> None:
-    view = grpc_v3.to_request_view(check_request(raw=[("cookie", b"a=\xff\xfe")]))
+def test_a_rewritten_cookie_keeps_only_its_utf8_pieces_because_envoy_ignores_raw_value() -> None:
+    view = grpc_v3.to_request_view(check_request(raw=[("cookie", b"a=\xff\xfe; c=ok; d=\xc3\xa9")]))
+    assert view.first("cookie") == b"a=\xff\xfe; c=ok; d=\xc3\xa9".decode("utf-8", "surrogateescape")
     response = grpc_v3.to_check_response(
-        Allow(headers_to_set=(("cookie", view.first("cookie") or ""),), headers_to_remove=())
+        Allow(headers_to_set=(("cookie", view.first("cookie") or ""), ("x-user-id", "u")), headers_to_remove=())
     )
-    assert response.ok_response.headers[0].header.raw_value == b"a=\xff\xfe"
+    headers = [(h.header.key, h.header.value) for h in response.ok_response.headers]
+    assert headers == [("cookie", "c=ok; d=\u00e9"), ("x-user-id", "u")]
+
+
+def test_a_rewritten_cookie_with_no_utf8_piece_left_is_removed() -> None:
+    bad = b"a=\xff".decode("utf-8", "surrogateescape")
+    response = grpc_v3.to_check_response(Allow(headers_to_set=(("cookie", bad),), headers_to_remove=("x-user-id",)))
+    assert list(response.ok_response.headers) == []
+    assert list(response.ok_response.headers_to_remove) == ["x-user-id", "cookie"]
+
+
+def test_source_and_context_extensions_reach_the_request_view() -> None:
+    req = check_request()
+    req.attributes.source.address.socket_address.address = "10.1.2.3"
+    req.attributes.context_extensions["assertion_audience"] = "orders"
+    view = grpc_v3.to_request_view(req)
+    assert view.source == "10.1.2.3" and view.context_value("assertion_audience") == "orders"
+
+
+def test_an_allow_carries_dynamic_metadata_for_the_access_log() -> None:
+    allow = Allow(headers_to_set=(), headers_to_remove=(), user_id="alice", session_id="sid-1", reason="stale")
+    metadata = grpc_v3.to_check_response(allow).dynamic_metadata
+    assert dict(metadata) == {"decision": "allow", "reason": "stale", "user_id": "alice", "session_id": "sid-1"}
+    anonymous = grpc_v3.to_check_response(Allow(headers_to_set=(), headers_to_remove=(), reason="public"))
+    assert dict(anonymous.dynamic_metadata) == {"decision": "allow", "reason": "public"}
+
+
+def test_a_denial_carries_its_reason_and_status_as_dynamic_metadata() -> None:
+    deny = Deny(status=401, reason="session_invalid", body=b"{}", headers=())
+    metadata = dict(grpc_v3.to_check_response(deny).dynamic_metadata)
+    assert metadata == {"decision": "deny", "reason": "session_invalid", "status": 401.0}
 
 
 def test_allow_becomes_ok_response_with_overwrite_and_removals() -> None:

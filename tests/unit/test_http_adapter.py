@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from sidecar.authz import http
 from sidecar.authz.service import AuthzService
 from sidecar.core.decision import Allow, Deny, EdgeSettings, unavailable
 from sidecar.core.request import RequestView
+from sidecar.core.tokens import ENTROPY_BYTES, mint_token
 from sidecar.errors import RuntimeFailure
 from sidecar.sessions import KeyRingSource, SessionManager
 from sidecar.store.memory import MemoryStore
@@ -566,6 +568,99 @@ async def test_client_disconnecting_mid_check_is_quiet(served: Served) -> None:
     writer.close()
     await asyncio.sleep(0.2)
     assert (await served.ask("/public/x")).status == 200
+
+
+# --------------------------------------------------------------------------------------------------- hardening
+
+# Non-UTF-8 bytes reach us as obs-text from Envoy (and any client); these tests write them as surrogate escapes,
+# which request() sends as the original bytes.
+NON_UTF8 = b"\xff\xfe\x80".decode("utf-8", "surrogateescape")
+
+
+async def test_non_utf8_cookie_bytes_around_a_live_session_are_allowed_and_forwarded_byte_exact(served: Served) -> None:
+    issued = await served.manager.create("alice")
+    reader, writer = await served.connect()
+    try:
+        writer.write(request("/hello", ("cookie", f"a={NON_UTF8}; SESSION={issued.token}; b=caf\udce9")))
+        response = await read_response(reader)
+        assert response.status == 200 and response.header("x-user-id") == "alice"
+        assert response.header("cookie") == f"a={NON_UTF8}; b=caf\udce9"  # the same bytes, not U+FFFD
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("where", ["after", "before", "instead"])
+async def test_non_utf8_bytes_in_the_session_cookie_are_a_401(served: Served, where: str) -> None:
+    issued = await served.manager.create("alice")
+    value = {"after": issued.token + NON_UTF8, "before": NON_UTF8 + issued.token, "instead": NON_UTF8}[where]
+    response = await served.ask("/hello", ("cookie", f"SESSION={value}"), ("x-user-id", "alice"))
+    assert response.status == 401 and response.header("x-user-id") is None
+
+
+async def test_obs_text_in_other_headers_is_carried_and_a_non_utf8_spoof_is_removed(served: Served) -> None:
+    issued = await served.manager.create("alice")
+    response = await served.ask(
+        "/hello", ("x-note", f"caf{NON_UTF8}"), ("X-User-Id", NON_UTF8), ("cookie", f"SESSION={issued.token}")
+    )
+    assert response.status == 200
+    assert [v for n, v in response.headers if n == "x-user-id"] == ["alice"]
+    anonymous = await served.ask("/public/x", ("X-User-Email", NON_UTF8), ("accept", NON_UTF8))
+    assert (anonymous.status, anonymous.header(http.HEADERS_TO_REMOVE)) == (200, "x-user-email")
+
+
+@pytest.mark.parametrize("control", ["\x00", "\x01", "\x0b", "\x7f"], ids=["nul", "soh", "vt", "del"])
+async def test_control_bytes_in_a_cookie_are_refused_as_malformed_and_the_server_keeps_answering(
+    served: Served, control: str
+) -> None:
+    issued = await served.manager.create("alice")
+    reader, writer = await served.connect()
+    try:
+        writer.write(request("/hello", ("cookie", f"SESSION={issued.token}{control}")))
+        response = await read_response(reader)
+        assert (response.status, response.header("connection")) == (400, "close")
+    finally:
+        writer.close()
+    assert (await served.ask("/hello", ("cookie", f"SESSION={issued.token}"))).status == 200
+
+
+async def test_a_60_kib_cookie_header_under_the_size_bound_keeps_its_session(served: Served) -> None:
+    issued = await served.manager.create("alice")
+    junk = "; ".join(f"c{i}={'v' * 50}" for i in range(1100))  # ~60 KiB of other cookies before ours
+    assert 58 * 1024 < len(junk) < 62 * 1024
+    response = await served.ask("/hello", ("cookie", f"{junk}; SESSION={issued.token}"))
+    assert response.status == 200 and response.header("x-user-id") == "alice"
+    assert response.header("cookie") == junk
+    unauthenticated = await served.ask("/hello", ("cookie", junk + "; SESSION=" + "A" * 2000))
+    assert unauthenticated.status == 401
+
+
+async def test_200_cookie_lines_with_the_session_in_the_last_one_are_read_whole(served: Served) -> None:
+    issued = await served.manager.create("alice")
+    lines = [("cookie", f"c{i}=v{i}") for i in range(199)]
+    response = await served.ask("/hello", *lines, ("cookie", f"SESSION={issued.token}"))
+    assert response.status == 200 and response.header("x-user-id") == "alice"
+    assert response.header("cookie") == "; ".join(f"c{i}=v{i}" for i in range(199))
+
+
+async def test_50_forged_session_cookies_do_not_use_up_the_three_tries(served: Served) -> None:
+    # Only MAC-verified tokens count towards the 3 looked up; forged ones are dropped before the store.
+    issued = await served.manager.create("alice")
+    forged = [issued.token[:-2] + ("AA" if not issued.token.endswith("AA") else "BB") for _ in range(50)]
+    cookie = "; ".join(f"SESSION={t}" for t in [*forged, issued.token])
+    assert (await served.ask("/hello", ("cookie", cookie))).header("x-user-id") == "alice"
+    unknown = [mint_token(RING, secrets.token_bytes(ENTROPY_BYTES), "abc123") for _ in range(3)]
+    three_dead = "; ".join(f"SESSION={t}" for t in [*unknown, issued.token])
+    assert (await served.ask("/hello", ("cookie", three_dead))).status == 401
+
+
+async def test_odd_case_and_repeated_identity_spoofs_leave_one_trusted_value(served: Served) -> None:
+    issued = await served.manager.create("alice")
+    spoofs = [("X-uSeR-iD", "admin"), ("x-user-id", "root"), ("X-USER-ID", "root"), ("x-SESSION-id", "s")]
+    response = await served.ask("/hello", *spoofs, ("x-USER-roles", "admin"), ("cookie", f"SESSION={issued.token}"))
+    assert response.status == 200
+    assert [v for n, v in response.headers if n == "x-user-id"] == ["alice"]
+    assert [v for n, v in response.headers if n == "x-session-id"] == [issued.record.session_id]
+    assert response.header(http.HEADERS_TO_REMOVE) == "cookie,x-user-roles"  # alice has no roles: the spoof goes
 
 
 # --------------------------------------------------------------------------------------------------- serve()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sidecar.core.request import RequestView, is_browser_navigation, prefers_html
 
@@ -110,6 +112,24 @@ NAVIGATION: list[tuple[str, list[tuple[str, str]], bool]] = [
 @pytest.mark.parametrize(("headers", "expected"), [c[1:] for c in NAVIGATION], ids=[c[0] for c in NAVIGATION])
 def test_is_browser_navigation(headers: list[tuple[str, str]], expected: bool) -> None:
     assert is_browser_navigation(_request(*headers)) is expected
+
+
+# Header values as the adapters hand them over: any text, including non-UTF-8 bytes as surrogate escapes.
+_header_values = st.one_of(
+    st.text(),
+    st.text(alphabet=" \t,;=qQ.0123456789eE+-/*\x00\udcff\uff11texhmlavigN"),
+    st.binary().map(lambda raw: raw.decode("utf-8", "surrogateescape")),
+)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["accept", "sec-fetch-mode"]), _header_values), max_size=4))
+def test_is_browser_navigation_never_raises_on_hostile_accept_or_fetch_mode(headers: list[tuple[str, str]]) -> None:
+    # It runs on every denied request, before any session is known: an exception here would be a 503.
+    answer = is_browser_navigation(_request(*headers))
+    assert isinstance(answer, bool)
+    mode = next((v for n, v in headers if n == "sec-fetch-mode"), None)
+    if mode is not None and mode.strip(" \t").lower() == "navigate":
+        assert answer
 
 
 # --------------------------------------------------------------------------------------------------------

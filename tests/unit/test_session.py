@@ -435,6 +435,37 @@ def test_from_json_raises_corrupt_record_and_nothing_else(raw: bytes | str) -> N
         from_json(raw)
 
 
+_UNSAFE_VALUES = {
+    "cr": "alice\r",
+    "lf": "alice\n",
+    "nul": "al\x00ice",
+    "crlf_header_injection": "alice\r\nx-user-roles: admin",
+    "over_size": "a" * (MAX_VALUE_LENGTH + 1),
+}
+
+
+def _stored_with(field: str, value: str) -> bytes:
+    if field == "roles":
+        return _stored(roles=["dev", value])
+    if field == "attrs":
+        return _stored(attrs={"team": value})
+    return _stored(**{field: value})
+
+
+@pytest.mark.parametrize("bad", list(_UNSAFE_VALUES.values()), ids=list(_UNSAFE_VALUES))
+@pytest.mark.parametrize("field", ["uid", "email", "sid", "roles", "attrs"])
+def test_stored_identity_value_with_cr_lf_nul_or_over_size_is_a_corrupt_record(field: str, bad: str) -> None:
+    # Whatever wrote the store (an old version, another tool, an attacker with Redis access), these values would
+    # become upstream header values: refused when read, not only when created.
+    with pytest.raises(CorruptRecord):
+        from_json(_stored_with(field, bad))
+
+
+@pytest.mark.parametrize("field", ["uid", "email", "sid", "roles", "attrs"])
+def test_stored_identity_value_of_exactly_the_size_limit_is_accepted(field: str) -> None:
+    from_json(_stored_with(field, "a" * MAX_VALUE_LENGTH))
+
+
 def test_from_json_accepts_missing_email_as_none() -> None:
     assert from_json(_stored(email=_DROP)).email is None
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import re
 import secrets
+from types import ModuleType
 from urllib.parse import quote
 
 import pytest
 
+from sidecar.core import tokens as tokens_module
 from sidecar.core.tokens import (
     ENTROPY_BYTES,
     MAX_TOKEN_LENGTH,
@@ -239,6 +242,57 @@ def test_forged_token_is_well_formed_but_fails_verify() -> None:
     forged = f"{_V}.{_K}.{_BODY}.{'A' * len(_MAC)}"
     assert is_well_formed(forged)
     assert not verify_token(RING, forged)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Constant-time MAC comparison
+# --------------------------------------------------------------------------------------------------------
+
+_REAL_COMPARE = hmac.compare_digest
+
+
+class _RecordingCompare:
+    """Stands in for hmac.compare_digest: records its arguments and answers as told, or as the real one does."""
+
+    def __init__(self, answer: bool | None) -> None:
+        self.answer = answer
+        self.calls: list[tuple[object, object]] = []
+
+    def __call__(self, a: str | bytes, b: str | bytes) -> bool:
+        self.calls.append((a, b))
+        return _REAL_COMPARE(a, b) if self.answer is None else self.answer  # type: ignore[arg-type]
+
+
+def _spy_compare(monkeypatch: pytest.MonkeyPatch, module: ModuleType, answer: bool | None = None) -> _RecordingCompare:
+    compare = _RecordingCompare(answer)
+    if hasattr(module, "compare_digest"):  # `from hmac import compare_digest`
+        monkeypatch.setattr(module, "compare_digest", compare)
+    else:
+        monkeypatch.setattr(module.hmac, "compare_digest", compare)
+    return compare
+
+
+def test_verify_token_compares_the_mac_with_hmac_compare_digest(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `==` stops at the first differing character, so its timing would tell a forger how much of a MAC is right.
+    compare = _spy_compare(monkeypatch, tokens_module)
+    good = mint_token(RING, FIXED_ENTROPY, TAG)
+    head, _, mac = good.rpartition(".")
+    forged_mac = ("A" if mac[0] != "A" else "B") + mac[1:]
+    assert verify_token(RING, good)
+    assert not verify_token(RING, f"{head}.{forged_mac}")
+    assert [set(call) for call in compare.calls] == [{mac}, {mac, forged_mac}]
+
+
+@pytest.mark.parametrize("answer", [True, False])
+def test_verify_token_answers_what_the_constant_time_compare_says(
+    monkeypatch: pytest.MonkeyPatch, answer: bool
+) -> None:
+    # A compare_digest call whose answer is then overruled by an `==` elsewhere would pass the test above.
+    good = mint_token(RING, FIXED_ENTROPY, TAG)
+    head, _, mac = good.rpartition(".")
+    forged = f"{head}.{'A' * len(mac)}"
+    _spy_compare(monkeypatch, tokens_module, answer)
+    assert verify_token(RING, forged if answer else good) is answer
 
 
 # --------------------------------------------------------------------------------------------------------
