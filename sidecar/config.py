@@ -682,16 +682,19 @@ class LogConfig(_Section):
     @field_validator("format", mode="before")
     @classmethod
     def _format(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.lower() in _LOG_FORMATS:
-            return value.lower()
-        raise ValueError(f"must be one of {', '.join(_LOG_FORMATS)} (got {value!r})")
+        return _one_of(value, _LOG_FORMATS)
 
     @field_validator("level", mode="before")
     @classmethod
     def _level(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.lower() in _LOG_LEVELS:
-            return value.lower()
-        raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)} (got {value!r})")
+        return _one_of(value, _LOG_LEVELS)
+
+
+def _one_of(value: Any, choices: tuple[str, ...]) -> str:
+    """``value`` lower-cased when it names one of ``choices`` (case-insensitively)."""
+    if isinstance(value, str) and value.lower() in choices:
+        return value.lower()
+    raise ValueError(f"must be one of {', '.join(choices)} (got {value!r})")
 
 
 # --- the whole ----------------------------------------------------------------------------------------------

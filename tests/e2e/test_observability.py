@@ -183,13 +183,19 @@ def test_decisions_show_in_metrics_the_decision_log_and_envoy_access_log(
     assert alice["token"] not in envoy_log.read_text(errors="replace")
 
 
+def assertion_at(client: httpx.Client, stack: servers.Stack, path: str, session: dict[str, Any]) -> str:
+    """The assertion the upstream received for an allowed request to ``path`` with ``session``."""
+    response = client.get(stack.url(path), headers={"cookie": f"SESSION={session['token']}"})
+    assert response.status_code == 200
+    (assertion,) = response.json()["headers"]["x-user-assertion"]
+    return str(assertion)
+
+
 def test_the_assertion_verifies_with_the_published_jwks(
     observed: tuple[servers.Stack, int], client: httpx.Client, alice: dict[str, Any]
 ) -> None:
     stack, admin_port = observed
-    response = client.get(stack.url("/app"), headers={"cookie": f"SESSION={alice['token']}"})
-    assert response.status_code == 200
-    (assertion,) = response.json()["headers"]["x-user-assertion"]
+    assertion = assertion_at(client, stack, "/app", alice)
     jwks_url = f"http://127.0.0.1:{admin_port}/.well-known/jwks.json"
     published = client.get(jwks_url)
     assert published.status_code == 200 and "max-age" in published.headers["cache-control"]
@@ -212,9 +218,7 @@ def test_a_route_chooses_the_assertion_audience_and_claims_through_context_exten
     observed: tuple[servers.Stack, int], client: httpx.Client, alice: dict[str, Any]
 ) -> None:
     stack, admin_port = observed
-    response = client.get(stack.url("/orders/17"), headers={"cookie": f"SESSION={alice['token']}"})
-    assert response.status_code == 200
-    (assertion,) = response.json()["headers"]["x-user-assertion"]
+    assertion = assertion_at(client, stack, "/orders/17", alice)
     key = jwt.PyJWKClient(f"http://127.0.0.1:{admin_port}/.well-known/jwks.json").get_signing_key_from_jwt(assertion)
     claims = jwt.decode(assertion, key.key, algorithms=["ES256"], audience=ORDERS_AUDIENCE)
     assert claims["sub"] == "alice" and claims["sid"] == alice["session_id"]

@@ -263,6 +263,30 @@ def _encodable(text: str, errors: str = "strict") -> bool:
     return True
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _grpc_expected(decision: Allow) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """What the gRPC answer must carry: the Allow's headers, except that Envoy ignores raw_value, so a rewritten
+    Cookie keeps only its UTF-8 pieces (and is removed when none is left)."""
+    to_set, to_remove = list(decision.headers_to_set), list(decision.headers_to_remove)
+    for i, (name, value) in enumerate(to_set):
+        if name == "cookie" and not _utf8(value):
+            kept = "; ".join(p.strip(" \t") for p in value.split(";") if p.strip(" \t") and _utf8(p))
+            if kept:
+                to_set[i] = (name, kept)
+            else:
+                del to_set[i]
+                to_remove.append("cookie")
+            break
+    return tuple(to_set), tuple(to_remove)
+
+
 def judge_grpc(case: Case, decision: Decision) -> list[str]:
     """The gRPC adapter reads the CheckRequest back as the same request and encodes the decision faithfully."""
     # Envoy sends header names and the path as text and values as raw bytes (encode_raw_headers).
@@ -292,7 +316,8 @@ def judge_grpc(case: Case, decision: Decision) -> list[str]:
             )
             for o in ok.headers
         ]
-        if tuple(sent) != decision.headers_to_set or tuple(ok.headers_to_remove) != decision.headers_to_remove:
+        expected_set, expected_remove = _grpc_expected(decision)
+        if tuple(sent) != expected_set or tuple(ok.headers_to_remove) != expected_remove:
             problems.append("the gRPC answer does not carry the Allow's headers")
         if response.HasField("denied_response"):
             problems.append("an Allow encoded with a denied_response")

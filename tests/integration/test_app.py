@@ -174,15 +174,20 @@ def test_served_sidecar_denies_a_stored_session_whose_identity_is_not_header_saf
         proc.wait(timeout=15)
 
 
-def test_workers_each_answer_on_their_own_port_and_a_dead_worker_is_restarted(valkey_url: str) -> None:
-    base = free_port()
-    while True:  # two consecutive free ports
+def two_consecutive_free_ports() -> int:
+    """A free port whose successor is free too (worker i listens on port + i)."""
+    while True:
+        base = free_port()
         try:
             with socket.socket() as probe:
                 probe.bind(("127.0.0.1", base + 1))
-            break
         except OSError:
-            base = free_port()
+            continue
+        return base
+
+
+def test_workers_each_answer_on_their_own_port_and_a_dead_worker_is_restarted(valkey_url: str) -> None:
+    base = two_consecutive_free_ports()
     env = {
         "PATH": "/usr/bin:/bin",
         "SIDECAR_REDIS__URL": valkey_url,
@@ -228,14 +233,7 @@ def metric(text: str, line_start: str) -> float:
 
 
 def test_workers_metrics_add_up_on_worker_zeros_admin_port(valkey_url: str, tmp_path: Path) -> None:
-    base = free_port()
-    while True:  # two consecutive free ports
-        try:
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", base + 1))
-            break
-        except OSError:
-            base = free_port()
+    base = two_consecutive_free_ports()
     admin_port = free_port()
     metrics_dir = tmp_path / "metrics"
     env = {
