@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.app import edge_settings
 from sidecar.assertions import AssertionIssuer
+from sidecar.authz.http import HttpAuthzServer
 from sidecar.authz.observer import DecisionObserver
 from sidecar.authz.service import AuthzService
 from sidecar.config import Config
@@ -51,6 +52,7 @@ RING = KeyRing.of([("k1", b"k" * 32)])
 SETTINGS = edge_settings(Config())  # the defaults: cookie SESSION, x-user-* headers, no routes
 
 RESULTS = Path(__file__).resolve().parent / "results" / "check-cost.md"
+LOOPBACK = "127.0.0.1"
 VARIANTS = (
     "bare",
     "metrics",
@@ -133,6 +135,44 @@ async def measure(rounds: int, calls: int) -> dict[tuple[str, str], list[float]]
     return samples
 
 
+async def http_round_trips(rounds: int, calls: int) -> dict[str, list[float]]:
+    """µs per request over a real loopback connection to the HTTP adapter: the bare service vs the observed one
+    (metrics and decision log), interleaved; an allowed cache hit each time."""
+    store = MemoryStore()
+    cache = SessionCache(ttl=3600, max_entries=1000, max_bytes=10**7)
+    cache.set_live(True)
+    manager = SessionManager(
+        store, KeyRingSource(store, RING), cookie_name="SESSION", idle_timeout=3600, absolute_timeout=7200
+    )
+    issued = await manager.create("alice", email="alice@example.com", roles=("admin", "dev"))
+    servers: dict[str, HttpAuthzServer] = {}
+    for variant in ("bare", "metrics + log"):
+        service = await build(variant, store, cache)
+        await service.check(request(issued.token))
+        server = HttpAuthzServer(service)
+        await server.start(LOOPBACK, 0)
+        servers[variant] = server
+    wire = (
+        f"GET /orders/17 HTTP/1.1\r\nHost: app.example.com\r\nCookie: theme=dark; SESSION={issued.token}\r\n"
+        "X-Forwarded-For: 10.1.2.3\r\n\r\n"
+    ).encode()
+    samples: dict[str, list[float]] = {variant: [] for variant in servers}
+    try:
+        for _ in range(rounds):
+            for variant, server in servers.items():
+                reader, writer = await asyncio.open_connection(*server.address)
+                start = time.perf_counter_ns()
+                for _ in range(calls):
+                    writer.write(wire)
+                    await reader.readuntil(b"\r\n\r\n")
+                samples[variant].append((time.perf_counter_ns() - start) / calls / 1000)
+                writer.close()
+    finally:
+        for server in servers.values():
+            await server.stop()
+    return samples
+
+
 def report(samples: dict[tuple[str, str], list[float]], rounds: int, calls: int) -> str:
     kinds = ("allowed (cache hit)", "denied (no cookie)")
     lines = [
@@ -162,13 +202,32 @@ def report(samples: dict[tuple[str, str], list[float]], rounds: int, calls: int)
     return "\n".join(lines)
 
 
+def http_report(samples: dict[str, list[float]], rounds: int, calls: int) -> str:
+    bare = statistics.median(samples["bare"])
+    lines = [
+        "## Through the HTTP adapter",
+        "",
+        f"One loopback connection, {calls:,} sequential allowed requests (cache hit) per round, {rounds} interleaved "
+        "rounds; µs per request round trip (client included), median:",
+        "",
+        "| service | µs per request |",
+        "|---|---:|",
+    ]
+    for variant, values in samples.items():
+        median = statistics.median(values)
+        lines.append(f"| {variant} | {median:.1f} ({median / bare:.2f}x) |")
+    return "\n".join([*lines, ""])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=20_000)
     args = parser.parse_args()
     samples = asyncio.run(measure(args.rounds, args.calls))
-    text = report(samples, args.rounds, args.calls)
+    http_calls = max(args.calls // 5, 100)
+    http = asyncio.run(http_round_trips(args.rounds, http_calls))
+    text = report(samples, args.rounds, args.calls) + "\n" + http_report(http, args.rounds, http_calls)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(text)
     print(text)
