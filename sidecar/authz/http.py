@@ -158,8 +158,18 @@ def forward_auth_allow(allow: Allow, request: RequestView) -> Allow:
 
 _CRLF = "\r\n"
 _CONNECTION_CLOSE = b"connection: close\r\n"
+_CONNECTION_CLOSE_TEXT = "connection: close\r\n"
 _ALLOW_HEAD = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n"
-_ALLOW_EMPTY = (_ALLOW_HEAD + _CRLF).encode(), (_ALLOW_HEAD + "connection: close\r\n" + _CRLF).encode()
+METADATA_PREFIX = "x-authz-"  # answer headers that carry the decision's metadata (see allow_metadata)
+
+
+def _bare_allow(reason: str) -> tuple[bytes, bytes]:
+    head = _ALLOW_HEAD + f"{METADATA_PREFIX}reason: {reason}\r\n"
+    return (head + _CRLF).encode(), (head + _CONNECTION_CLOSE_TEXT + _CRLF).encode()
+
+
+# An anonymous allow with nothing to set or remove (a public route), keep-alive and closing.
+_ALLOW_PUBLIC = _bare_allow("public")
 
 
 class UnsafeHeader(ValueError):
@@ -180,11 +190,23 @@ def _status_line(status: int) -> str:
     return f"HTTP/1.1 {status} {phrase}\r\n"
 
 
+def allow_metadata(allow: Allow) -> str:
+    """The ``x-authz-*`` lines of an allow: Envoy's ``dynamic_metadata_from_headers`` turns them into the dynamic
+    metadata a gRPC answer carries (for access logs); Envoy does not pass them upstream (they are not in
+    ``allowed_upstream_headers``), and forward-auth proxies copy only the headers they are told to."""
+    text = f"{METADATA_PREFIX}reason: {allow.reason}\r\n"
+    if allow.user_id is not None:
+        text += f"{METADATA_PREFIX}user-id: {_checked(allow.user_id)}\r\n"
+    if allow.session_id is not None:
+        text += f"{METADATA_PREFIX}session-id: {_checked(allow.session_id)}\r\n"
+    return text
+
+
 def allow_response(allow: Allow, *, close: bool = False) -> bytes:
-    """``200``: the headers to set, and the client-sent ones to remove (never a name in both)."""
-    if not allow.headers_to_set and not allow.headers_to_remove:
-        return _ALLOW_EMPTY[close]
-    text = _ALLOW_HEAD
+    """``200``: the headers to set, the client-sent ones to remove (never a name in both), and the metadata."""
+    if not allow.headers_to_set and not allow.headers_to_remove and allow.user_id is None and allow.reason == "public":
+        return _ALLOW_PUBLIC[close]
+    text = _ALLOW_HEAD + allow_metadata(allow)
     for name, value in allow.headers_to_set:
         text += f"{name}: {_checked(value)}\r\n"
     if allow.headers_to_remove:
@@ -196,7 +218,7 @@ def allow_response(allow: Allow, *, close: bool = False) -> bytes:
 def deny_response(deny: Deny, *, close: bool = False, head_only: bool = False) -> bytes:
     """The denial's status, headers and body (``head_only``: the answer to HEAD, without a body)."""
     body = b"" if head_only else deny.body
-    text = _status_line(deny.status) + f"content-length: {len(body)}\r\n"
+    text = _status_line(deny.status) + f"content-length: {len(body)}\r\n{METADATA_PREFIX}reason: {deny.reason}\r\n"
     for name, value in deny.headers:
         text += f"{name}: {_checked(value)}\r\n"
     if close:

@@ -251,3 +251,34 @@ def test_repeated_forged_tokens_from_one_source_are_counted_and_flagged(
     assert sample(after, "sidecar_invalid_token_sources") >= 1
     warnings = [x for x in json_lines(server_log(stack, "sidecar")) if x.get("logger") == "sidecar.abuse"]
     assert warnings and warnings[0]["source"] == "127.0.0.1"
+
+
+@pytest.fixture(scope="module")
+def http_mode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Stack]:
+    stack = servers.start_stack(tmp_path_factory.mktemp("observed-http"), name="observed-http", mode="http")
+    try:
+        yield stack
+    finally:
+        stack.close()
+
+
+def test_in_http_mode_the_access_log_gets_the_metadata_and_nobody_sees_its_headers(
+    http_mode: servers.Stack, client: httpx.Client
+) -> None:
+    bob = http_mode.create_session("bob")
+    allowed = client.get(http_mode.url("/app/http-allowed"), headers={"cookie": f"SESSION={bob['token']}"})
+    denied = client.get(http_mode.url("/app/http-denied"))
+    assert allowed.status_code == 200 and denied.status_code == 401
+    assert not [name for name in allowed.json()["headers"] if name.startswith("x-authz-")]  # not upstream
+    assert not [name for name in denied.headers if name.lower().startswith("x-authz-")]  # not to the client
+    envoy_log = server_log(http_mode, "envoy")
+
+    def access(path: str) -> dict[str, Any] | None:
+        return next((x for x in json_lines(envoy_log) if x.get("path") == path), None)
+
+    wait_for(lambda: access("/app/http-allowed") and access("/app/http-denied"))
+    allowed_entry, denied_entry = access("/app/http-allowed"), access("/app/http-denied")
+    assert allowed_entry is not None and denied_entry is not None, envoy_log.read_text()[-3000:]
+    assert allowed_entry["user_id"] == "bob" and allowed_entry["session_id"] == bob["session_id"]
+    assert allowed_entry["authz_reason"] == "session"
+    assert denied_entry["authz_reason"] == "session_required" and denied_entry["user_id"] is None

@@ -348,7 +348,10 @@ def judge_http(case: Case, decision: Decision) -> list[str]:
         if status != 503:
             problems.append("an Allow carrying CR/LF/NUL was sent instead of refused")
         return problems
-    expected = ["content-length: 0", *(f"{n}: {v}" for n, v in decision.headers_to_set)]
+    metadata = [f"x-authz-reason: {decision.reason}"]
+    if decision.user_id is not None:
+        metadata += [f"x-authz-user-id: {decision.user_id}", f"x-authz-session-id: {decision.session_id}"]
+    expected = ["content-length: 0", *metadata, *(f"{n}: {v}" for n, v in decision.headers_to_set)]
     if decision.headers_to_remove:
         expected.append(f"{http.HEADERS_TO_REMOVE}: {','.join(decision.headers_to_remove)}")
     if status != 200 or lines[1:] != expected:

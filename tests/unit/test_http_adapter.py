@@ -150,6 +150,7 @@ def test_allow_sets_headers_and_lists_the_rest_for_removal() -> None:
     assert status == "HTTP/1.1 200 OK"
     assert headers == [
         ("content-length", "0"),
+        ("x-authz-reason", "session"),
         ("x-user-id", "alice"),
         ("x-session-id", "h1"),
         ("cookie", "a=1; b=2"),
@@ -158,9 +159,32 @@ def test_allow_sets_headers_and_lists_the_rest_for_removal() -> None:
     assert body == b""
 
 
+def test_an_allow_carries_its_reason_user_and_session_handle_as_metadata_headers() -> None:
+    allow = Allow(headers_to_set=(("x-user-id", "alice"),), headers_to_remove=(), user_id="alice", session_id="h1")
+    _, headers, _ = split(http.encode(allow))
+    assert [h for h in headers if h[0].startswith("x-authz-")] == [
+        ("x-authz-reason", "session"),
+        ("x-authz-user-id", "alice"),
+        ("x-authz-session-id", "h1"),
+    ]
+    stale = Allow(headers_to_set=(), headers_to_remove=(), user_id="bob", session_id="h2", reason="stale")
+    assert ("x-authz-reason", "stale") in split(http.encode(stale))[1]
+
+
+def test_a_denial_carries_its_reason_as_a_metadata_header() -> None:
+    deny = Deny(status=401, reason="session_invalid", body=b"{}", headers=(("content-type", "application/json"),))
+    assert ("x-authz-reason", "session_invalid") in split(http.encode(deny))[1]
+
+
+def test_an_allow_whose_metadata_would_split_the_response_becomes_a_503() -> None:
+    allow = Allow(headers_to_set=(), headers_to_remove=(), user_id="a\r\nx-user-id: admin", session_id="h")
+    status, headers, _ = split(http.encode(allow))
+    assert status.startswith("HTTP/1.1 503") and ("x-user-id", "admin") not in headers
+
+
 def test_anonymous_allow_is_a_bare_200_and_close_adds_connection_close() -> None:
-    anonymous = Allow(headers_to_set=(), headers_to_remove=())
-    assert http.encode(anonymous) == b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+    anonymous = Allow(headers_to_set=(), headers_to_remove=(), reason="public")
+    assert http.encode(anonymous) == b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nx-authz-reason: public\r\n\r\n"
     assert http.encode(anonymous, close=True).endswith(b"connection: close\r\n\r\n")
     removing = Allow(headers_to_set=(), headers_to_remove=("cookie",))
     assert ("connection", "close") in split(http.encode(removing, close=True))[1]
