@@ -145,6 +145,27 @@ async def test_unsealed_store_reads_and_writes_plain_values(valkey_url: str, pre
         await plain.close()
 
 
+async def test_a_sealed_store_refuses_a_plain_value_a_redis_writer_planted(
+    valkey_url: str, prefix: str, raw: aioredis.Redis
+) -> None:
+    plain, sealed = store_with(valkey_url, prefix), store_with(valkey_url, prefix, NEW_KEY)
+    try:
+        key = key_for("mallory")
+        await plain.create(key, plain_session("admin"))  # unsealed: what anyone with write access can produce
+        assert (await raw.hget(f"{prefix}{{{key.tag}}}:s:{key.digest}", "d")).startswith(b"p1.")
+        with pytest.raises(CorruptRecord, match="not sealed"):
+            await sealed.resolve(key, time.time())
+        migrating = RedisStore.from_url(valkey_url, prefix, timeout=2.0, sealer=Sealer((NEW_KEY,), accept_plain=True))
+        try:
+            record = await migrating.get(key)
+            assert record is not None and record.user_id == "admin"  # session.accept_unsealed: the switch-over
+        finally:
+            await migrating.close()
+    finally:
+        await plain.close()
+        await sealed.close()
+
+
 @pytest.mark.parametrize(
     "stored",
     [b"not json", b"p1.[]", b'p1.{"v": 99}', b"e1.nokey.AAAA", b"zz", b"p1." + b"[" * 100_000],
