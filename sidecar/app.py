@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -28,8 +28,9 @@ from sidecar.core.abuse import RepeatedInvalidTokens
 from sidecar.core.decision import EdgeSettings
 from sidecar.core.policy import Route, RoutePolicy
 from sidecar.core.sealing import Sealer
+from sidecar.core.session import SessionRecord
 from sidecar.core.tokens import KeyRing
-from sidecar.errors import RuntimeFailure, StoreError
+from sidecar.errors import ConfigError, RuntimeFailure, StoreError
 from sidecar.health import StoreHealth
 from sidecar.metrics import Metrics, exposition, process_registry
 from sidecar.sessions import KeyRingSource, SessionManager
@@ -161,8 +162,43 @@ def session_cache(
     return CachingStore(inner, cache), InvalidationListener(store.client, store.invalidation_channel, cache)
 
 
-def assertion_issuer(config: Config) -> AssertionIssuer | None:
-    return AssertionIssuer.from_config(config.assertion) if config.assertion.enabled else None
+class SwappableAssertions:
+    """The assertion issuer in use, replaced in place when SIGHUP re-reads the keys: the request path and the
+    JWKS responder always see the same one, and nothing restarts (key rotation without downtime)."""
+
+    def __init__(self, issuer: AssertionIssuer) -> None:
+        self.current = issuer
+
+    @property
+    def header(self) -> str:
+        return self.current.header
+
+    def issue(self, record: SessionRecord, host: str, context: Mapping[str, str], now: float) -> str | None:
+        return self.current.issue(record, host, context, now)
+
+    def jwks_json(self) -> bytes:
+        return self.current.jwks_json()
+
+
+def assertion_issuer(config: Config) -> SwappableAssertions | None:
+    return SwappableAssertions(AssertionIssuer.from_config(config.assertion)) if config.assertion.enabled else None
+
+
+def reload_assertions(running: Config, fresh: Config, assertions: SwappableAssertions | None) -> str:
+    """Apply ``fresh``'s assertion section (SIGHUP); what happened, for the log. Only the assertion keys and
+    settings are reloaded; anything else in the file waits for a restart."""
+    if fresh.assertion.enabled != running.assertion.enabled or assertions is None:
+        return "assertion.enabled changed or is off: restart to apply"
+    try:
+        issuer = AssertionIssuer.from_config(fresh.assertion)
+    except ValueError as exc:
+        return f"assertion keys not reloaded, the old ones stay in use: {exc}"
+    assertions.current = issuer
+    published = ", ".join(key.kid for key in fresh.assertion.keys)
+    note = f"assertion keys reloaded: {issuer.signing_kid} signs, {published} published"
+    if fresh.model_copy(update={"assertion": running.assertion}) != running:
+        note += "; other changed settings need a restart"
+    return note
 
 
 def metrics_refresher(
@@ -198,7 +234,7 @@ class RequestPath:
     keys: KeyRingSource
     cache: SessionCache | None
     observer: DecisionObserver
-    issuer: AssertionIssuer | None
+    issuer: SwappableAssertions | None
     service: AuthzService
 
 
@@ -227,7 +263,8 @@ def request_path(config: Config, metrics: Metrics, running: contextlib.AsyncExit
     return RequestPath(store, metered, sessions, keys, cache, observer, issuer, service)
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, reload: Callable[[], Config] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT. ``reload`` re-reads the configuration on SIGHUP (the assertion keys)."""
     configure_logging(config.log.level, config.log.format)
     # Everything started is stopped in reverse order, on a signal or on a failure to start.
     async with contextlib.AsyncExitStack() as running:
@@ -267,7 +304,18 @@ async def serve(config: Config) -> None:
             async with asyncio.timeout(max(config.redis.timeout, 1.0)):
                 await path.keys.ring()
 
-        await until_signalled()
+        def hangup() -> None:
+            if reload is None:
+                log.warning("SIGHUP: nothing to reload (no configuration source)")
+                return
+            try:
+                fresh = reload()
+            except ConfigError as exc:
+                log.error("SIGHUP: the configuration has problems, nothing reloaded: %s", exc)
+                return
+            log.info("SIGHUP: %s", reload_assertions(config, fresh, path.issuer))
+
+        await until_signalled(hangup)
         log.info("shutting down: draining in-flight checks for up to %.0fs", SHUTDOWN_GRACE_SECONDS)
         await health.enter_graceful_shutdown()
 
@@ -326,11 +374,13 @@ async def start_admin(admin: AdminServer, address: str, jwks: bool = False) -> N
     log.info("serving %s on %s", served, address)
 
 
-async def until_signalled() -> None:
+async def until_signalled(hangup: Callable[[], None] | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if hangup is not None:
+        loop.add_signal_handler(signal.SIGHUP, hangup)
     await stop.wait()
 
 

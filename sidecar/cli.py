@@ -84,7 +84,7 @@ def _print_json(value: object) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    app.configure_logging(config.log.level)
+    app.configure_logging(config.log.level, config.log.format)
     if args.workers != 1:
         return workers.supervise(workers.worker_argv(args.config), workers.worker_environments(config, args.workers))
     with contextlib.suppress(ImportError):  # uvloop is an optional speed-up, absent on some platforms
@@ -92,7 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         uvloop.install()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(app.serve(config))
+        asyncio.run(app.serve(config, reload=lambda: load_config(args.config)))
     return EXIT_OK
 
 

@@ -84,8 +84,15 @@ def _supervise(argv: Sequence[str], environments: Sequence[Mapping[str, str]], m
         nonlocal stopping
         stopping = True
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     children: list[subprocess.Popen[bytes] | None] = [None] * len(environments)
+
+    def on_hangup(signum: int, frame: FrameType | None) -> None:
+        for child in children:  # each worker re-reads its own configuration (the assertion keys)
+            if child is not None and child.poll() is None:
+                child.send_signal(signal.SIGHUP)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
     started_at = [0.0] * len(environments)
     try:
         while not stopping:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -14,6 +15,8 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -272,6 +275,77 @@ def test_workers_metrics_add_up_on_worker_zeros_admin_port(valkey_url: str, tmp_
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
         assert metrics_dir.is_dir()  # an operator's directory is kept (a temporary one would be removed)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def jwks_kids(admin_port: int) -> list[str]:
+    with socket.create_connection(("127.0.0.1", admin_port), timeout=5) as sock:
+        sock.sendall(b"GET /.well-known/jwks.json HTTP/1.1\r\nhost: x\r\n\r\n")
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    body = b"".join(chunks).partition(b"\r\n\r\n")[2]
+    return [key["kid"] for key in json.loads(body)["keys"]]
+
+
+def signing_kid(port: int, token: str) -> str:
+    response = check(port, f"SESSION={token}")
+    headers = {h.header.key: h.header.value for h in response.ok_response.headers}  # type: ignore[attr-defined]
+    header_b64 = headers["x-user-assertion"].split(".")[0]
+    header: dict[str, str] = json.loads(base64.urlsafe_b64decode(header_b64 + "=" * (-len(header_b64) % 4)))
+    return header["kid"]
+
+
+def test_sighup_rotates_the_assertion_keys_without_a_restart(valkey_url: str, tmp_path: Path) -> None:
+    keys = {}
+    for kid in ("k1", "k2"):
+        keys[kid] = tmp_path / f"{kid}.pem"
+        key = ec.generate_private_key(ec.SECP256R1())
+        keys[kid].write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    port, admin_port = free_port(), free_port()
+    config = tmp_path / "sidecar.yaml"
+
+    def write(*entries: str) -> None:
+        listen = {"grpc": f"127.0.0.1:{port}", "http": "", "admin": f"127.0.0.1:{admin_port}"}
+        assertion = {"enabled": True, "keys": list(entries)}
+        config.write_text(json.dumps({"listen": listen, "redis": {"url": valkey_url}, "assertion": assertion}))
+
+    write(f"k1:{keys['k1']}")
+    token = create_session(valkey_url, "alice")
+    env = {"PATH": "/usr/bin:/bin", "SIDECAR_LOG__FORMAT": "text"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "serve", "--config", str(config)], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for_port("127.0.0.1", port, 15.0)
+        wait_for_port("127.0.0.1", admin_port, 15.0)
+        assert jwks_kids(admin_port) == ["k1"] and signing_kid(port, token) == "k1"
+
+        def after_hangup() -> list[str]:
+            proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                kids = jwks_kids(admin_port)
+                if kids != ["k1"]:
+                    return kids
+                time.sleep(0.1)
+            return jwks_kids(admin_port)
+
+        write(f"k2:{tmp_path / 'missing.pem'}", f"k1:{keys['k1']}")  # a broken step changes nothing
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert jwks_kids(admin_port) == ["k1"] and signing_kid(port, token) == "k1"
+        write(f"k2:{keys['k2']}", f"k1:{keys['k1']}")  # rotation: the new key signs, the old one stays published
+        assert after_hangup() == ["k2", "k1"]
+        assert signing_kid(port, token) == "k2"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        stderr = proc.stderr.read() if proc.stderr else ""
+        assert "SIGHUP: the configuration has problems, nothing reloaded" in stderr
+        assert "SIGHUP: assertion keys reloaded: k2 signs, k2, k1 published" in stderr
     finally:
         proc.kill()
         proc.wait()

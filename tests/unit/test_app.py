@@ -1,0 +1,93 @@
+"""The composition root's pure parts: the assertion reload on SIGHUP, and what the config wires together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+from sidecar.app import SwappableAssertions, assertion_issuer, reload_assertions, session_cache
+from sidecar.config import Config, load_config
+from sidecar.core.session import SessionRecord
+from sidecar.store.connect import RedisSettings
+from sidecar.store.redis import RedisStore
+
+RECORD = SessionRecord(session_id="sid-1", user_id="alice", email=None, roles=())
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> dict[str, Path]:
+    paths = {}
+    for kid in ("k1", "k2"):
+        pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        paths[kid] = tmp_path / f"{kid}.pem"
+        paths[kid].write_bytes(pem)
+    return paths
+
+
+def config_with(keys: dict[str, Path], *kids: str, enabled: bool = True, **extra: str) -> Config:
+    environ = {
+        "SIDECAR_ASSERTION__ENABLED": "true" if enabled else "false",
+        "SIDECAR_ASSERTION__KEYS": ",".join(f"{kid}:{keys[kid]}" for kid in kids),
+        **extra,
+    }
+    return load_config(environ=environ)
+
+
+def kid_of(assertions: SwappableAssertions) -> str:
+    token = assertions.issue(RECORD, "app.example.com", {}, 1_800_000_000.0)
+    assert token is not None
+    return str(jwt.get_unverified_header(token)["kid"])
+
+
+def test_sighup_swaps_in_the_new_keys_for_signing_and_the_jwks(keys: dict[str, Path]) -> None:
+    running = config_with(keys, "k1")
+    assertions = assertion_issuer(running)
+    assert assertions is not None and kid_of(assertions) == "k1"
+    note = reload_assertions(running, config_with(keys, "k2", "k1"), assertions)
+    assert note == "assertion keys reloaded: k2 signs, k2, k1 published"
+    assert kid_of(assertions) == "k2"
+    assert b'"kid":"k1"' in assertions.jwks_json() and b'"kid":"k2"' in assertions.jwks_json()
+
+
+def test_a_reload_that_cannot_load_its_keys_keeps_the_old_ones(keys: dict[str, Path]) -> None:
+    running = config_with(keys, "k1")
+    assertions = assertion_issuer(running)
+    assert assertions is not None
+    broken = running.model_copy(
+        update={"assertion": running.assertion.model_copy(update={"ttl": 10_000.0})}  # past what the issuer takes
+    )
+    note = reload_assertions(running, broken, assertions)
+    assert note.startswith("assertion keys not reloaded, the old ones stay in use:")
+    assert kid_of(assertions) == "k1"
+
+
+def test_turning_assertions_on_or_off_needs_a_restart(keys: dict[str, Path]) -> None:
+    off = config_with(keys, "k1", enabled=False)
+    assert assertion_issuer(off) is None
+    assert reload_assertions(off, config_with(keys, "k1"), None) == (
+        "assertion.enabled changed or is off: restart to apply"
+    )
+
+
+def test_other_changed_settings_are_named_as_waiting_for_a_restart(keys: dict[str, Path]) -> None:
+    running = config_with(keys, "k1")
+    assertions = assertion_issuer(running)
+    fresh = config_with(keys, "k2", SIDECAR_LOG__LEVEL="debug")
+    note = reload_assertions(running, fresh, assertions)
+    assert note.endswith("; other changed settings need a restart") and assertions is not None
+    assert kid_of(assertions) == "k2"
+
+
+@pytest.mark.parametrize(("policy", "stale"), [("deny", False), ("stale", True)])
+async def test_the_stale_failure_policy_gives_the_cache_its_last_known_table(policy: str, stale: bool) -> None:
+    config = load_config(environ={"SIDECAR_REDIS__FAILURE_POLICY": policy, "SIDECAR_REDIS__STALE_FOR": "20s"})
+    store = RedisStore.connect(RedisSettings(url="redis://127.0.0.1:1/0", timeout=0.1), "t:")
+    try:
+        cached, _ = session_cache(config, store)
+        assert (cached.cache.stale is not None) is stale
+    finally:
+        await store.close()
