@@ -106,7 +106,8 @@ def per_call_us(service: AuthzService, view: RequestView, calls: int) -> float:
     return (time.perf_counter_ns() - start) / calls / 1000
 
 
-async def measure(rounds: int, calls: int) -> dict[tuple[str, str], list[float]]:
+async def live_session() -> tuple[MemoryStore, SessionCache, str]:
+    """An in-memory store holding one live session, a live cache in front of it, and the session's token."""
     store = MemoryStore()
     cache = SessionCache(ttl=3600, max_entries=1000, max_bytes=10**7)
     cache.set_live(True)
@@ -114,8 +115,13 @@ async def measure(rounds: int, calls: int) -> dict[tuple[str, str], list[float]]
         store, KeyRingSource(store, RING), cookie_name="SESSION", idle_timeout=3600, absolute_timeout=7200
     )
     issued = await manager.create("alice", email="alice@example.com", roles=("admin", "dev"))
+    return store, cache, issued.token
+
+
+async def measure(rounds: int, calls: int) -> dict[tuple[str, str], list[float]]:
+    store, cache, token = await live_session()
     services = {variant: await build(variant, store, cache) for variant in VARIANTS}
-    allowed, denied = request(issued.token), request(None)
+    allowed, denied = request(token), request(None)
     for service in services.values():
         await service.check(allowed)  # fills the cache (and the assertion memo)
         assert service.check_now(allowed) is not None, "the allowed request must be a cache hit"
@@ -138,22 +144,16 @@ async def measure(rounds: int, calls: int) -> dict[tuple[str, str], list[float]]
 async def http_round_trips(rounds: int, calls: int) -> dict[str, list[float]]:
     """µs per request over a real loopback connection to the HTTP adapter: the bare service vs the observed one
     (metrics and decision log), interleaved; an allowed cache hit each time."""
-    store = MemoryStore()
-    cache = SessionCache(ttl=3600, max_entries=1000, max_bytes=10**7)
-    cache.set_live(True)
-    manager = SessionManager(
-        store, KeyRingSource(store, RING), cookie_name="SESSION", idle_timeout=3600, absolute_timeout=7200
-    )
-    issued = await manager.create("alice", email="alice@example.com", roles=("admin", "dev"))
+    store, cache, token = await live_session()
     servers: dict[str, HttpAuthzServer] = {}
     for variant in ("bare", "metrics + log"):
         service = await build(variant, store, cache)
-        await service.check(request(issued.token))
+        await service.check(request(token))
         server = HttpAuthzServer(service)
         await server.start(LOOPBACK, 0)
         servers[variant] = server
     wire = (
-        f"GET /orders/17 HTTP/1.1\r\nHost: app.example.com\r\nCookie: theme=dark; SESSION={issued.token}\r\n"
+        f"GET /orders/17 HTTP/1.1\r\nHost: app.example.com\r\nCookie: theme=dark; SESSION={token}\r\n"
         "X-Forwarded-For: 10.1.2.3\r\n\r\n"
     ).encode()
     samples: dict[str, list[float]] = {variant: [] for variant in servers}

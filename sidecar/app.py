@@ -228,6 +228,7 @@ async def every(interval: float, action: Callable[[], None]) -> None:
 class RequestPath:
     """What answers a Check, built from the config: the store (raw and metered), the cache, the service."""
 
+    metrics: Metrics
     store: RedisStore
     metered: MeteredStore
     sessions: SessionStore
@@ -260,7 +261,7 @@ def request_path(config: Config, metrics: Metrics, running: contextlib.AsyncExit
         observer=observer,
         assertions=issuer,
     )
-    return RequestPath(store, metered, sessions, keys, cache, observer, issuer, service)
+    return RequestPath(metrics, store, metered, sessions, keys, cache, observer, issuer, service)
 
 
 async def serve(config: Config, reload: Callable[[], Config] | None = None) -> None:
@@ -328,9 +329,7 @@ async def start_observability(
     ready: Callable[[], bool],
 ) -> None:
     """The periodic metrics refresh and, unless listen.admin is "", the admin listener (health, metrics, JWKS)."""
-    metrics = path.observer.metrics
-    assert metrics is not None  # serve() always builds the observer with them
-    refresh = metrics_refresher(metrics, path.cache, path.observer, ready)
+    refresh = metrics_refresher(path.metrics, path.cache, path.observer, ready)
     refresher = asyncio.get_running_loop().create_task(every(METRICS_REFRESH_SECONDS, refresh))
     running.callback(refresher.cancel)
     if not config.listen.admin:

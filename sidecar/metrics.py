@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client import (
@@ -47,23 +46,12 @@ def reason_label(reason: str) -> str:
     return family if family in _REASON_FAMILIES or family == reason else "other"
 
 
-@dataclass
-class _CacheSeen:
-    hits: int = 0
-    misses: int = 0
-    invalidations: int = 0
-    flushes: int = 0
-
-
-@dataclass
 class Metrics:
     """The metrics of this process, registered in ``registry`` (see ``process_registry``)."""
 
-    registry: CollectorRegistry
-    _seen: _CacheSeen = field(default_factory=_CacheSeen)
-
-    def __post_init__(self) -> None:
-        registry = self.registry
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self._seen = CacheStats(hits=0, misses=0, invalidations=0, entries=0, bytes=0)
         self.decisions = Counter(
             "sidecar_decisions",
             "Check decisions by outcome (allow/deny), HTTP status and reason.",
@@ -136,8 +124,7 @@ class Metrics:
         self._miss = self.cache_lookups.labels("miss")
         self._evicted = self.cache_invalidations.labels("message")
         self._flushed = self.cache_invalidations.labels("flush")
-        for kind in ("forged", "unknown"):
-            self.invalid_tokens.labels(kind)
+        self.invalid_token_kinds = {kind: self.invalid_tokens.labels(kind) for kind in ("forged", "unknown")}
         self._children: dict[tuple[str, int, str], Counter] = {}
 
     def decided(self, outcome: str, status: int, reason: str, seconds: float) -> None:
@@ -159,7 +146,7 @@ class Metrics:
         ):
             if now > before:
                 counter.inc(now - before)
-        self._seen = _CacheSeen(stats.hits, stats.misses, stats.invalidations, stats.flushes)
+        self._seen = stats
         self.cache_entries.set(stats.entries)
 
 

@@ -30,7 +30,7 @@ from typing import cast
 
 import httptools
 
-from sidecar.authz.service import AuthzService
+from sidecar.authz.service import AuthzService, Pending
 from sidecar.core.decision import COOKIE_HEADER, Allow, Decision, Deny, unavailable
 from sidecar.core.request import RequestView
 
@@ -286,8 +286,8 @@ class HttpAuthzProtocol(asyncio.Protocol):
         self._size = 0  # bytes of the request being read
         self._in_message = False
         self._headers_done = False
-        # (request, keep-alive, HEAD, on /forward-auth) of each request read and not yet answered
-        self._queue: collections.deque[tuple[RequestView, bool, bool, bool]] = collections.deque()
+        # (request, or its begun check; keep-alive; HEAD; on /forward-auth) of each request read and not yet answered
+        self._queue: collections.deque[tuple[RequestView | Pending, bool, bool, bool]] = collections.deque()
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._draining = False  # the server is stopping: close after the answer in flight
@@ -374,12 +374,14 @@ class HttpAuthzProtocol(asyncio.Protocol):
         view = to_request_view(method, target, tuple(self._headers), self._peer)
         keep_alive, head_only, forward = parser.should_keep_alive(), method == "HEAD", is_forward_auth(target)
         # An Upgrade or CONNECT request completes here and then fails the parser (a 400): never answer it first.
+        waiting: RequestView | Pending = view
         if self._task is None and not self._queue and not parser.should_upgrade():
-            decision = self._service.check_now(view)
-            if decision is not None:  # no I/O needed: answer now, without a task
-                self._respond(view, keep_alive, head_only, forward, decision)
+            step = self._service.begin(view)
+            if not isinstance(step, Pending):  # no I/O needed: answer now, without a task
+                self._respond(view, keep_alive, head_only, forward, step)
                 return
-        self._queue.append((view, keep_alive, head_only, forward))
+            waiting = step
+        self._queue.append((waiting, keep_alive, head_only, forward))
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._answer())
         elif self._transport is not None:
@@ -409,8 +411,11 @@ class HttpAuthzProtocol(asyncio.Protocol):
     async def _answer(self) -> None:
         queue = self._queue
         while queue:
-            view, keep_alive, head_only, forward = queue.popleft()
-            decision = await self._service.check(view)
+            waiting, keep_alive, head_only, forward = queue.popleft()
+            # A pipelined request is begun only now, in turn, so it is decided as of its answer.
+            view = waiting.request if isinstance(waiting, Pending) else waiting
+            step = waiting if isinstance(waiting, Pending) else self._service.begin(view)
+            decision = await self._service.finish(step) if isinstance(step, Pending) else step
             if self._respond(view, keep_alive, head_only, forward, decision):
                 if self._transport is None:
                     return

@@ -92,7 +92,7 @@ class DecisionObserver:
 
     def _invalid_token(self, request: RequestView, kind: str) -> None:
         if self.metrics is not None:
-            self.metrics.invalid_tokens.labels(kind).inc()
+            self.metrics.invalid_token_kinds[kind].inc()
         tracker, source = self.tracker, request.source
         if tracker is None or not source:
             return

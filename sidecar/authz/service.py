@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Protocol
 
 from sidecar.authz.observer import DecisionObserver, Observation
@@ -35,6 +36,7 @@ from sidecar.store.base import SessionStore
 from sidecar.store.cache import SessionCache
 
 log = logging.getLogger("sidecar.authz")
+_NO_CONTEXT: Mapping[str, str] = MappingProxyType({})  # most routes set no context_extensions: no dict per allow
 
 
 class IdentityAssertions(Protocol):
@@ -51,6 +53,15 @@ class _Outcome:
     decision: Decision
     record: SessionRecord | None = None  # the session the decision was about, when one resolved
     invalid: str | None = None  # "forged" (no cookie verified) or "unknown" (verified, but no live session)
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A check that needs the key ring or the store: what ``begin`` already worked out, for ``finish``."""
+
+    request: RequestView
+    inspection: Inspection
+    started: float  # perf_counter() at arrival, so the latency covers both halves
 
 
 class AuthzService:
@@ -75,31 +86,41 @@ class AuthzService:
         self._observer = observer
         self._assertions = assertions
 
-    def check_now(self, request: RequestView) -> Decision | None:
+    def begin(self, request: RequestView) -> Decision | Pending:
         """The decision when it needs no I/O (no session cookie, or the first verified token is a cache hit), so an
-        adapter can answer without scheduling anything; None when only ``check`` can tell."""
-        started = time.perf_counter()
-        try:
-            inspection = inspect(self._settings, request)
-            outcome = self._decide_now(request, inspection)
-        except Exception:
-            return None  # check() takes it from here and logs what goes wrong
-        if outcome is None:
-            return None
-        self._observe(request, inspection, outcome, started)
-        return outcome.decision
-
-    async def check(self, request: RequestView) -> Decision:
+        adapter can answer without scheduling anything; else a ``Pending`` check for ``finish``, which reuses what
+        was read here (the request is inspected once)."""
         started = time.perf_counter()
         inspection: Inspection | None = None
         try:
-            inspection = inspect(self._settings, request)  # once, for the fast and the slow path
-            outcome = self._decide_now(request, inspection) or await self._check(request, inspection)
+            inspection = inspect(self._settings, request)
+            outcome = self._decide_now(request, inspection)
+            if outcome is None:
+                return Pending(request, inspection, started)
         except Exception:
             log.exception("check failed unexpectedly; denying with 503")
             outcome = _Outcome(unavailable())
         self._observe(request, inspection, outcome, started)
         return outcome.decision
+
+    async def finish(self, pending: Pending) -> Decision:
+        """The decision of a check ``begin`` could not make alone: the key ring and the store are asked."""
+        try:
+            outcome = await self._check(pending.request, pending.inspection)
+        except Exception:
+            log.exception("check failed unexpectedly; denying with 503")
+            outcome = _Outcome(unavailable())
+        self._observe(pending.request, pending.inspection, outcome, pending.started)
+        return outcome.decision
+
+    async def check(self, request: RequestView) -> Decision:
+        step = self.begin(request)
+        return await self.finish(step) if isinstance(step, Pending) else step
+
+    def check_now(self, request: RequestView) -> Decision | None:
+        """``begin`` for callers that only want the no-I/O answer (None: ``check`` decides)."""
+        step = self.begin(request)
+        return None if isinstance(step, Pending) else step
 
     def _observe(self, request: RequestView, inspection: Inspection | None, outcome: _Outcome, started: float) -> None:
         if self._observer is None:
@@ -123,7 +144,8 @@ class AuthzService:
     ) -> _Outcome:
         extra: tuple[tuple[str, str], ...] = ()
         if record is not None and self._assertions is not None:
-            token = self._assertions.issue(record, request.host, dict(request.context), self._clock())
+            context = dict(request.context) if request.context else _NO_CONTEXT
+            token = self._assertions.issue(record, request.host, context, self._clock())
             if token is not None:
                 extra = ((self._assertions.header, token),)
         invalid_reason = "session_invalid" if invalid else "session_required"

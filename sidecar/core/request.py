@@ -24,12 +24,6 @@ class RequestView:
                 return value
         return None
 
-    def context_value(self, name: str) -> str | None:
-        for key, value in self.context:
-            if key == name:
-                return value
-        return None
-
 
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 

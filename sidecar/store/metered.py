@@ -20,6 +20,19 @@ from sidecar.metrics import Metrics
 from sidecar.store.base import SessionStore
 
 T = TypeVar("T")
+# Every operation of the SessionStore interface (close has no round trip worth timing).
+OPERATIONS = [
+    "resolve",
+    "get",
+    "create",
+    "rotate",
+    "revoke",
+    "revoke_session",
+    "revoke_user",
+    "list_user",
+    "shared_secret",
+    "ping",
+]
 
 
 def error_label(exc: BaseException) -> str:
@@ -36,9 +49,7 @@ class MeteredStore:
     def __init__(self, inner: SessionStore, metrics: Metrics) -> None:
         self.inner = inner
         self._metrics = metrics
-        self._timers: dict[str, Histogram] = {}
-        for operation in ("resolve", "get", "create", "rotate", "revoke", "revoke_user", "list_user", "ping"):
-            self._timers[operation] = metrics.store_seconds.labels(operation)
+        self._timers: dict[str, Histogram] = {op: metrics.store_seconds.labels(op) for op in OPERATIONS}
 
     async def _timed(self, operation: str, call: Awaitable[T]) -> T:
         started = time.perf_counter()
@@ -48,8 +59,7 @@ class MeteredStore:
             self._metrics.store_errors.labels(operation, error_label(exc)).inc()
             raise
         finally:
-            timer = self._timers.get(operation) or self._metrics.store_seconds.labels(operation)
-            timer.observe(time.perf_counter() - started)
+            self._timers[operation].observe(time.perf_counter() - started)
 
     async def resolve(self, key: SessionKey, now: float) -> SessionRecord | None:
         return await self._timed("resolve", self.inner.resolve(key, now))

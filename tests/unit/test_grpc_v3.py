@@ -70,7 +70,7 @@ def test_source_and_context_extensions_reach_the_request_view() -> None:
     req.attributes.source.address.socket_address.address = "10.1.2.3"
     req.attributes.context_extensions["assertion_audience"] = "orders"
     view = grpc_v3.to_request_view(req)
-    assert view.source == "10.1.2.3" and view.context_value("assertion_audience") == "orders"
+    assert view.source == "10.1.2.3" and dict(view.context)["assertion_audience"] == "orders"
 
 
 def test_an_allow_carries_dynamic_metadata_for_the_access_log() -> None:

@@ -246,15 +246,23 @@ async def test_forged_tokens_reread_the_shared_key_at_most_once_a_second(store: 
     assert reads == 1
 
 
-async def test_check_now_answers_without_io_only_when_nothing_needs_the_store(
-    store: CountingStore, clock: Clock
-) -> None:
-    cache = SessionCache(ttl=10, max_entries=100, max_bytes=10**6)
+def cached_service(
+    store: CountingStore, clock: Clock, stale: StaleSessions | None = None
+) -> tuple[AuthzService, CachingStore, SessionCache, SessionManager]:
+    """A service with a live cache (and ``stale``'s last known identities) in front of ``store``."""
+    cache = SessionCache(ttl=10, max_entries=100, max_bytes=10**6, stale=stale)
     cache.set_live(True)
     cached = CachingStore(store, cache, clock)
     keys = KeyRingSource(store, RING)
     service = AuthzService(SETTINGS, cached, keys, deadline=0.15, clock=clock, cache=cache)
     manager = SessionManager(store, keys, cookie_name="SESSION", idle_timeout=600, absolute_timeout=3600, clock=clock)
+    return service, cached, cache, manager
+
+
+async def test_check_now_answers_without_io_only_when_nothing_needs_the_store(
+    store: CountingStore, clock: Clock
+) -> None:
+    service, cached, _cache, manager = cached_service(store, clock)
     alice, bob = await manager.create("alice"), await manager.create("bob")
     assert isinstance(service.check_now(request()), Deny)  # no cookie: decided on the spot
     assert service.check_now(request(cookie=f"SESSION={alice.token}")) is None  # not cached yet: the store decides
@@ -271,13 +279,7 @@ async def test_check_now_answers_without_io_only_when_nothing_needs_the_store(
 async def test_stale_policy_answers_a_confirmed_session_through_an_outage_but_never_a_revoked_one(
     store: CountingStore, clock: Clock
 ) -> None:
-    stale = StaleSessions(max_age=30, max_entries=100)
-    cache = SessionCache(ttl=10, max_entries=100, max_bytes=10**6, stale=stale)
-    cache.set_live(True)
-    cached = CachingStore(store, cache, clock)
-    keys = KeyRingSource(store, RING)
-    service = AuthzService(SETTINGS, cached, keys, deadline=0.15, clock=clock, cache=cache)
-    manager = SessionManager(store, keys, cookie_name="SESSION", idle_timeout=600, absolute_timeout=3600, clock=clock)
+    service, _cached, cache, manager = cached_service(store, clock, StaleSessions(max_age=30, max_entries=100))
     alice, bob = await manager.create("alice"), await manager.create("bob")
     for token in (alice.token, bob.token):
         assert isinstance(await service.check(request(cookie=f"SESSION={token}")), Allow)
