@@ -179,7 +179,8 @@ def original_url(request: RequestView) -> str:
 
 def login_redirect(login_url: str, request: RequestView, reason: str) -> Deny:
     separator = "&" if "?" in login_url else "?"
-    location = f"{login_url}{separator}rd={quote(original_url(request), safe='')}"
+    # surrogateescape: a path with non-UTF-8 bytes is percent-encoded byte for byte (it used to raise, a 503).
+    location = f"{login_url}{separator}rd={quote(original_url(request), safe='', errors='surrogateescape')}"
     return Deny(
         status=302,
         reason=reason,

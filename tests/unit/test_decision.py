@@ -538,3 +538,12 @@ def test_decide_uses_the_inspection_route() -> None:
         route=PUBLIC, session_cookies=(), spoofable_headers=(), cookie_header=None, cookie_changed=False
     )
     assert isinstance(decide(SETTINGS, request, inspection, None), Allow)
+
+
+def test_a_browser_navigation_to_a_non_utf8_path_is_redirected_with_its_bytes_percent_encoded() -> None:
+    path = b"/caf\xe9?q=\xff".decode("utf-8", "surrogateescape")
+    request = _request(path, ("accept", CHROME_ACCEPT))
+    decision = decide(WITH_LOGIN, request, inspect(WITH_LOGIN, request), None)
+    assert isinstance(decision, Deny) and decision.status == 302
+    location = dict(decision.headers)["location"]
+    assert location.endswith("rd=https%3A%2F%2Fapp.example%2Fcaf%E9%3Fq%3D%FF")
