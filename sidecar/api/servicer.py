@@ -3,6 +3,8 @@
 Validation lives in the SessionManager and the core; this module maps their answers and errors onto gRPC:
 ``BadInput`` → INVALID_ARGUMENT (with its message), ``StoreError`` → UNAVAILABLE, no live session → NOT_FOUND,
 ``CorruptRecord`` → DATA_LOSS, anything else → INTERNAL with a generic message (the exception is logged).
+A request that does not deserialize (a string field that is not UTF-8, a truncated message) is INVALID_ARGUMENT:
+left to grpc, the deserializer's DecodeError is an UNKNOWN status and a logged traceback.
 Tokens only ever leave in CreateResponse and RotateResponse; nothing here logs one.
 """
 
@@ -10,10 +12,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf.message import DecodeError
+from google.protobuf.message_factory import GetMessageClass
 
 from sidecar.core.session import SessionRecord, expires_at
 from sidecar.errors import BadInput, CorruptRecord, StoreError
@@ -172,5 +177,55 @@ class SessionServiceServicer(session_pb2_grpc.SessionServiceServicer):  # type: 
         return await self._run(context, "ListUser", work)
 
 
+# --- registration: requests are decoded leniently, so a malformed one gets a clear INVALID_ARGUMENT ------------
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """What the deserializer hands the method instead of a request whose bytes do not parse."""
+
+    type_name: str
+
+
+def lenient(message_class: Any) -> Callable[[bytes], Any]:
+    """``message_class.FromString`` that returns ``Undecodable`` instead of raising: grpc only logs and answers
+    UNKNOWN for an exception raised while deserializing, before any servicer code runs."""
+    type_name = message_class.DESCRIPTOR.name
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return message_class.FromString(raw)
+        except DecodeError:
+            return Undecodable(type_name)
+
+    return deserialize
+
+
+def undecodable_message(type_name: str) -> str:
+    return f"the request is not a valid {type_name}: a malformed message, or a string field that is not UTF-8"
+
+
+def refusing_undecodable(method: str, behaviour: Callable[[Any, Context], Awaitable[Any]]) -> Any:
+    async def handle(request: Any, context: Context) -> Any:
+        if isinstance(request, Undecodable):
+            log.debug("SessionService/%s: %s", method, undecodable_message(request.type_name))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, undecodable_message(request.type_name))
+        return await behaviour(request, context)
+
+    return handle
+
+
 def add_to_server(server: grpc.aio.Server, manager: SessionManager) -> None:
-    session_pb2_grpc.add_SessionServiceServicer_to_server(SessionServiceServicer(manager), server)
+    """Register the SessionService like the generated ``add_SessionServiceServicer_to_server``, but with lenient
+    request deserializers (the methods, request and response types come from the proto's own descriptor)."""
+    servicer = SessionServiceServicer(manager)
+    service = session_pb2.DESCRIPTOR.services_by_name["SessionService"]
+    handlers = {
+        method.name: grpc.unary_unary_rpc_method_handler(
+            refusing_undecodable(method.name, getattr(servicer, method.name)),
+            request_deserializer=lenient(GetMessageClass(method.input_type)),
+            response_serializer=GetMessageClass(method.output_type).SerializeToString,
+        )
+        for method in service.methods
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -176,3 +176,56 @@ def test_bearer_guard_answers_what_the_constant_time_compare_says(
     presented = "y" * len(TOKEN) if answer else TOKEN
     assert guard.allows((("authorization", f"Bearer {presented}"),)) is answer
     assert not guard.allows(None)  # no credential is never enough, whatever the compare says
+
+
+# --- requests that do not deserialize ------------------------------------------------------------------------
+
+
+def field(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field (wire type 2), written by hand so it can carry bytes that are not UTF-8."""
+    assert len(payload) < 128
+    return bytes([number << 3 | 2, len(payload)]) + payload
+
+
+NOT_UTF8 = b"bob\xff\xfe"
+
+UNDECODABLE: list[tuple[str, bytes]] = [
+    ("Create", field(1, NOT_UTF8)),
+    ("Create", field(4, field(1, b"team") + field(2, NOT_UTF8))),  # an attribute value
+    ("Get", field(1, NOT_UTF8)),
+    ("Rotate", field(1, b"t") + field(3, field(1, NOT_UTF8))),  # a role in the nested Roles message
+    ("Revoke", field(1, NOT_UTF8)),
+    ("RevokeSession", field(1, b"bob") + field(2, NOT_UTF8)),
+    ("RevokeUser", field(1, NOT_UTF8)),
+    ("ListUser", field(1, NOT_UTF8)),
+    ("ListUser", b"\x0a\x7f"),  # truncated: the length says 127 bytes follow
+]
+
+
+@pytest.mark.parametrize(("method", "raw"), UNDECODABLE, ids=[f"{m}-{i}" for i, (m, _) in enumerate(UNDECODABLE)])
+async def test_a_request_that_does_not_decode_is_invalid_argument_without_a_traceback(
+    target: str, method: str, raw: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(
+            f"/{session_api.SERVICE_NAME}/{method}",
+            request_serializer=lambda raw: raw,  # the bytes go out as they are
+            response_deserializer=lambda raw: raw,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as excinfo:
+            await call(raw, timeout=5, metadata=AUTH)
+    assert excinfo.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid" in (excinfo.value.details() or "")
+    assert "Traceback" not in caplog.text and "Exception" not in caplog.text
+
+
+async def test_an_undecodable_request_without_the_bearer_token_is_still_unauthenticated(target: str) -> None:
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(
+            f"/{session_api.SERVICE_NAME}/Get",
+            request_serializer=lambda raw: raw,
+            response_deserializer=lambda raw: raw,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as excinfo:
+            await call(field(1, NOT_UTF8), timeout=5)
+    assert excinfo.value.code() == grpc.StatusCode.UNAUTHENTICATED
