@@ -45,6 +45,7 @@ __all__ = [
     "Config",
     "CookieConfig",
     "DenyConfig",
+    "ForwardAuthConfig",
     "HeadersConfig",
     "ListenConfig",
     "LogConfig",
@@ -117,10 +118,21 @@ def _check_address(value: str) -> str:
     return value
 
 
+MIN_IDLE_TIMEOUT = 1.0
+MAX_IDLE_TIMEOUT = 3600.0
+LISTENERS = ("grpc", "http", "admin", "api")
+
+
 class ListenConfig(_Section):
     grpc: str = "127.0.0.1:9191"
     http: str = "127.0.0.1:9192"
     admin: str = "127.0.0.1:9090"
+    # The SessionService's own address; "": it shares listen.grpc with ext_authz.
+    api: str = ""
+    # listen.http and listen.admin: a keep-alive connection idle this long is closed, and at most max_connections
+    # are open at once (more are refused at accept), so idle or slow clients cannot hold every file descriptor.
+    idle_timeout: Duration = 60.0
+    max_connections: int = Field(default=1000, ge=1, le=100_000)
 
     @field_validator("grpc")
     @classmethod
@@ -129,16 +141,24 @@ class ListenConfig(_Section):
             raise ValueError("must be set (the gRPC listener cannot be disabled)")
         return _check_address(value)
 
-    @field_validator("http", "admin")
+    @field_validator("http", "admin", "api")
     @classmethod
     def _optional(cls, value: str) -> str:
         return value if value == "" else _check_address(value)
+
+    @field_validator("idle_timeout")
+    @classmethod
+    def _idle_timeout(cls, value: float) -> float:
+        if not MIN_IDLE_TIMEOUT <= value <= MAX_IDLE_TIMEOUT:
+            low, high = format_duration(MIN_IDLE_TIMEOUT), format_duration(MAX_IDLE_TIMEOUT)
+            raise ValueError(f"must be between {low} and {high} (got {format_duration(value)})")
+        return value
 
     @model_validator(mode="after")
     def _distinct(self) -> ListenConfig:
         seen: dict[str, str] = {}
         problems: list[Problem] = []
-        for key in ("grpc", "http", "admin"):
+        for key in LISTENERS:
             address: str = getattr(self, key)
             if not address or address.endswith(":0"):  # disabled, or an ephemeral port
                 continue
@@ -690,6 +710,25 @@ class LogConfig(_Section):
         return _one_of(value, _LOG_LEVELS)
 
 
+# The same names as sidecar.authz.forwarded.PROXIES, the adapter that acts on them (a test pins the two together).
+FORWARD_AUTH_PROXIES = ("any", "envoy", "nginx", "traefik", "ingress-nginx")
+MAX_TRUSTED_HOPS = 10
+
+
+class ForwardAuthConfig(_Section):
+    """How listen.http reads a forward-auth request: which proxy is in front and how far X-Forwarded-For is trusted."""
+
+    # The X-Forwarded-For entries appended by trusted proxies; 0: the abuse counter uses the TCP peer address.
+    trusted_hops: int = Field(default=0, ge=0, le=MAX_TRUSTED_HOPS)
+    # Which original-request headers /forward-auth reads (any: every known set, which must then agree).
+    proxy: str = "any"
+
+    @field_validator("proxy", mode="before")
+    @classmethod
+    def _proxy(cls, value: Any) -> Any:
+        return _one_of(value, FORWARD_AUTH_PROXIES)
+
+
 def _one_of(value: Any, choices: tuple[str, ...]) -> str:
     """``value`` lower-cased when it names one of ``choices`` (case-insensitively)."""
     if isinstance(value, str) and value.lower() in choices:
@@ -713,6 +752,7 @@ class Config(_Section):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     assertion: AssertionConfig = Field(default_factory=AssertionConfig)
+    forward_auth: ForwardAuthConfig = Field(default_factory=ForwardAuthConfig)
 
     @field_validator("routes")
     @classmethod
@@ -885,7 +925,26 @@ _MESSAGES = {
     "model_type": "must be a mapping",
     "model_attributes_type": "must be a mapping",
     "dict_type": "must be a mapping",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
 }
+
+
+_BOUNDS = {
+    "greater_than_equal": ("ge", "at least"),
+    "less_than_equal": ("le", "at most"),
+    "greater_than": ("gt", "greater than"),
+    "less_than": ("lt", "less than"),
+}
+
+
+def _bound_message(error: Mapping[str, Any]) -> str | None:
+    bound = _BOUNDS.get(error["type"])
+    if bound is None:
+        return None
+    key, words = bound
+    return f"must be {words} {error.get('ctx', {}).get(key)}"
 
 
 def _path(loc: Loc) -> str:
@@ -903,7 +962,7 @@ def _describe(error: Mapping[str, Any], sources: Mapping[Loc, str]) -> Iterator[
     elif isinstance(cause, ValueError):
         entries = [(loc, str(cause))]
     else:
-        entries = [(loc, _MESSAGES.get(error["type"], error["msg"]))]
+        entries = [(loc, _MESSAGES.get(error["type"]) or _bound_message(error) or error["msg"])]
     for where, message in entries:
         source = next((sources[where[:n]] for n in range(len(where), 0, -1) if where[:n] in sources), None)
         suffix = f" (from {source})" if source else ""
@@ -956,4 +1015,5 @@ def redacted(config: Config) -> dict[str, object]:
     data["token"]["keys"] = [f"{key.kid}:{REDACTED}" for key in config.token.keys]
     data["session"]["encryption_keys"] = [f"{key.kid}:{REDACTED}" for key in config.session.encryption_keys]
     data["assertion"]["ttl"] = format_duration(config.assertion.ttl)
+    data["listen"]["idle_timeout"] = format_duration(config.listen.idle_timeout)
     return data
