@@ -64,6 +64,8 @@ def edge_settings(config: Config) -> EdgeSettings:
         login_url=config.deny.login_url,
         policy=RoutePolicy.of(Route(r.prefix, r.public, tuple(r.roles)) for r in config.routes),
         max_header_bytes=headers.max_bytes,
+        # Removed from every allow that does not sign one, enabled or not: a client's copy never reaches upstream.
+        assertion_header=config.assertion.header,
     )
 
 
@@ -122,29 +124,58 @@ def configure_logging(level: str, fmt: str = "json") -> None:
 def grpc_server(
     config: Config, service: AuthzService, store: SessionStore, keys: KeyRingSource
 ) -> tuple[grpc.aio.Server, list[str]]:
-    """The gRPC server of listen.grpc with ext_authz and, when api.enabled, the SessionService; and the names of
-    the services whose health follows the store.
+    """The gRPC server of listen.grpc with ext_authz and, when api.enabled and listen.api is "", the
+    SessionService; and the names of the services whose health follows the store.
 
     The SessionService uses the same store and key ring as the request path (a token it issues verifies at once)
-    and its methods need the bearer token. Without the API there is no interceptor, so Check pays nothing for it;
-    with it, Check and grpc.health.v1 still need no token (Envoy calls them).
+    and its methods need the bearer token. Without the API on this server there is no interceptor, so Check pays
+    nothing for it; with it, Check and grpc.health.v1 still need no token (Envoy calls them).
     """
-    interceptors = [BearerTokenInterceptor(config.api.token)] if config.api.enabled else None
+    shared_api = config.api.enabled and not config.listen.api
+    interceptors = [BearerTokenInterceptor(config.api.token)] if shared_api else None
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=interceptors)
     grpc_v3.add_to_server(server, service)
     health_names = [AUTHZ_SERVICE_NAME]
-    if config.api.enabled:
+    if shared_api:
         session_api.add_to_server(server, session_manager(config, store, keys))
         health_names.append(session_api.SERVICE_NAME)
     return server, health_names
 
 
+def api_server(config: Config, store: SessionStore, keys: KeyRingSource) -> grpc.aio.Server | None:
+    """The SessionService's own gRPC server for listen.api (None unless api.enabled and listen.api are set): the
+    API can then be reachable by login services only (another interface, a NetworkPolicy on its port) while
+    listen.grpc is reachable by Envoy only."""
+    if not (config.api.enabled and config.listen.api):
+        return None
+    server = grpc.aio.server(
+        options=[("grpc.so_reuseport", 0)], interceptors=[BearerTokenInterceptor(config.api.token)]
+    )
+    session_api.add_to_server(server, session_manager(config, store, keys))
+    return server
+
+
 def log_serving(config: Config) -> None:
     log.info("serving ext_authz and grpc.health.v1 on %s", config.listen.grpc)
     if config.api.enabled:
-        log.info("SessionService API enabled on %s (bearer token from %s)", config.listen.grpc, config.api.token_file)
+        where = config.listen.api or config.listen.grpc
+        log.info("SessionService API enabled on %s (bearer token from %s)", where, config.api.token_file)
+    elif config.listen.api:
+        log.warning(
+            "SessionService API disabled (api.enabled: false): nothing listens on listen.api %s", config.listen.api
+        )
     else:
         log.info("SessionService API disabled (api.enabled: false)")
+
+
+async def start_grpc(running: contextlib.AsyncExitStack, server: grpc.aio.Server, key: str, address: str) -> None:
+    """Bind ``server`` to ``address`` (the config key ``listen.<key>``), start it, and stop it with ``running``."""
+    try:
+        server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise RuntimeFailure(f"listen.{key}: cannot listen on {address} ({exc})") from None
+    await server.start()
+    running.push_async_callback(server.stop, SHUTDOWN_GRACE_SECONDS)
 
 
 def session_cache(
@@ -275,16 +306,18 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> N
         path = request_path(config, metrics, running)
 
         server, health_names = grpc_server(config, path.service, path.sessions, path.keys)
+        api = api_server(config, path.sessions, path.keys)
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        if api is not None:
+            # One health servicer on both ports: the API's callers probe the port they call, and both follow the store.
+            health_pb2_grpc.add_HealthServicer_to_server(health, api)
+            health_names.append(session_api.SERVICE_NAME)
         for name in health_names:
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        try:
-            server.add_insecure_port(config.listen.grpc)
-        except RuntimeError as exc:
-            raise RuntimeFailure(f"listen.grpc: cannot listen on {config.listen.grpc} ({exc})") from None
-        await server.start()
-        running.push_async_callback(server.stop, SHUTDOWN_GRACE_SECONDS)
+        await start_grpc(running, server, "grpc", config.listen.grpc)
+        if api is not None:
+            await start_grpc(running, api, "api", config.listen.api)
         log_serving(config)
         await start_http(running, config.listen.http, path.service)
 

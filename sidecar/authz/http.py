@@ -7,11 +7,12 @@ Translation only, like the gRPC adapter. One small asyncio protocol with the htt
   matching ``allowed_upstream_headers`` onto the upstream request, overwriting) and
   ``x-envoy-auth-headers-to-remove`` naming the client-sent headers to drop; a denial is its own status, body and
   headers, which Envoy relays to the client (a 5xx becomes Envoy's ``status_on_error``).
-- **nginx** ``auth_request`` and **Traefik** ``forwardAuth``, pointed at ``/forward-auth``: only on that path is
-  the original request read from ``X-Forwarded-Method/-Proto/-Host/-Uri`` (Traefik) or
-  ``X-Original-Method/-URI`` (nginx). Anywhere else the request line is the original request, so a client cannot
-  spoof ``X-Forwarded-Uri`` through Envoy to borrow a public route's decision. There an allow also carries an
-  unchanged ``cookie`` (see ``forward_auth_allow``).
+- **nginx** ``auth_request``, ingress-nginx and **Traefik** ``forwardAuth``, pointed at ``/forward-auth``: only on
+  that path is the original request read from the headers those proxies set, under the trust rules of
+  ``sidecar.authz.forwarded`` (all present must agree; ``forward_auth.proxy`` narrows which are read). Anywhere
+  else the request line is the original request, so a client cannot spoof ``X-Forwarded-Uri`` through Envoy to
+  borrow a public route's decision. There an allow also carries an unchanged ``cookie`` (see
+  ``forward_auth_allow``).
 
 HTTP/1.1 with keep-alive; a pipelined request waits for the one before it. A request whose head exceeds
 ``MAX_REQUEST_BYTES`` gets ``431``, a malformed one ``400``; both close the connection. Nothing here raises into
@@ -30,6 +31,13 @@ from typing import cast
 
 import httptools
 
+from sidecar.authz.forwarded import (
+    DEFAULT_TRUST,
+    FORWARDED_NAMES,
+    ForwardedTrust,
+    is_forward_auth,
+    to_request_view,
+)
 from sidecar.authz.service import AuthzService, Pending
 from sidecar.core.decision import COOKIE_HEADER, Allow, Decision, Deny, unavailable
 from sidecar.core.request import RequestView
@@ -39,25 +47,8 @@ log = logging.getLogger("sidecar.authz")
 MAX_REQUEST_BYTES = 64 * 1024  # request line + headers + body of one request
 MAX_HEADER_LINES = 1024
 HEADER_TIMEOUT_SECONDS = 10.0  # a request begun must be complete within this
-FORWARD_AUTH_PATH = "/forward-auth"
 HEADERS_TO_REMOVE = "x-envoy-auth-headers-to-remove"
 _MAX_CACHED_DENIALS = 256
-
-_FORWARD_AUTH_QUERY = FORWARD_AUTH_PATH + "?"
-# The first value of these headers is all the translation reads; the rest are passed through untouched.
-_WANTED = frozenset(
-    {
-        "host",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "x-forwarded-uri",
-        "x-original-url",
-        "x-forwarded-method",
-        "x-original-uri",
-        "x-original-method",
-        "x-forwarded-for",
-    }
-)
 
 
 def _name_table(names: tuple[str, ...]) -> dict[bytes, str]:
@@ -67,7 +58,9 @@ def _name_table(names: tuple[str, ...]) -> dict[bytes, str]:
 
 _NAMES = _name_table(
     (
-        *sorted(_WANTED),
+        *sorted(FORWARDED_NAMES),
+        "host",
+        "x-forwarded-for",
         "accept",
         "authorization",
         "content-length",
@@ -83,60 +76,6 @@ _NAMES = _name_table(
 
 
 # --------------------------------------------------------------------------------------------------- request
-
-
-def _first_item(value: str) -> str:
-    """The first element of a comma-separated list (proxies append to X-Forwarded-*)."""
-    return value.split(",", 1)[0].strip(" \t")
-
-
-def _path_of(url: str | None) -> str | None:
-    """The path and query of an absolute URL (ingress-nginx sends X-Original-URL: scheme://host/path?query)."""
-    if not url:
-        return None
-    _, sep, rest = url.partition("://")
-    if not sep:
-        return url if url.startswith("/") else None
-    slash = rest.find("/")
-    return rest[slash:] if slash >= 0 else "/"
-
-
-def is_forward_auth(target: str) -> bool:
-    return target == FORWARD_AUTH_PATH or target.startswith(_FORWARD_AUTH_QUERY)
-
-
-def _last_item(value: str) -> str:
-    """The last element of a comma-separated list: the address the proxy nearest to us appended."""
-    return value.rsplit(",", 1)[-1].strip(" \t")
-
-
-def to_request_view(method: str, target: str, headers: tuple[tuple[str, str], ...], peer: str = "") -> RequestView:
-    """The original request: the request line itself, or on ``/forward-auth`` the one the forwarded headers name.
-
-    ``headers`` are (lower-case name, value) in arrival order; they reach the core unchanged either way. The
-    source (for counting invalid tokens only) is the last X-Forwarded-For entry, the one our proxy wrote, else
-    ``peer``.
-    """
-    found: dict[str, str] = {}
-    for name, value in headers:
-        if name in _WANTED and name not in found:
-            found[name] = value
-    proto = found.get("x-forwarded-proto")
-    scheme = _first_item(proto) if proto else "http"
-    host = found.get("host", "")
-    if is_forward_auth(target):
-        uri = found.get("x-forwarded-uri") or found.get("x-original-uri") or _path_of(found.get("x-original-url"))
-        if uri:
-            target = uri
-        method = found.get("x-forwarded-method") or found.get("x-original-method") or method
-        forwarded_host = found.get("x-forwarded-host")
-        if forwarded_host:
-            host = _first_item(forwarded_host)
-    forwarded_for = found.get("x-forwarded-for")
-    source = _last_item(forwarded_for) if forwarded_for else peer
-    return RequestView(
-        method=method, scheme=scheme or "http", host=host, path=target, headers=headers, source=source[:64]
-    )
 
 
 def forward_auth_allow(allow: Allow, request: RequestView) -> Allow:
@@ -371,8 +310,9 @@ class HttpAuthzProtocol(asyncio.Protocol):
         parser = self._parser
         method = parser.get_method().decode("latin-1")
         target = self._url.decode("latin-1")
-        view = to_request_view(method, target, tuple(self._headers), self._peer)
-        keep_alive, head_only, forward = parser.should_keep_alive(), method == "HEAD", is_forward_auth(target)
+        trust = self._server.forwarded
+        view = to_request_view(method, target, tuple(self._headers), self._peer, trust)
+        keep_alive, head_only, forward = parser.should_keep_alive(), method == "HEAD", is_forward_auth(target, trust)
         # An Upgrade or CONNECT request completes here and then fails the parser (a 400): never answer it first.
         waiting: RequestView | Pending = view
         if self._task is None and not self._queue and not parser.should_upgrade():
@@ -461,8 +401,9 @@ class HttpAuthzProtocol(asyncio.Protocol):
 class HttpAuthzServer:
     """The ``listen.http`` listener."""
 
-    def __init__(self, service: AuthzService) -> None:
+    def __init__(self, service: AuthzService, *, forwarded: ForwardedTrust = DEFAULT_TRUST) -> None:
         self._service = service
+        self.forwarded = forwarded  # forward_auth.*: which headers name the original request, which XFF hops count
         self._server: asyncio.Server | None = None
         self._connections: set[HttpAuthzProtocol] = set()
         self._drained: asyncio.Event | None = None  # set when the last connection closes during stop()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from sidecar.core.cookies import cookie_values, parse_cookie_headers, without_cookie
@@ -39,6 +39,14 @@ class EdgeSettings:
     login_url: str
     policy: RoutePolicy
     max_header_bytes: int = 8192  # headers.max_bytes: the most one allow may set upstream
+    assertion_header: str = ""  # assertion.header when assertions are signed
+    # The configured identity header names: every allow names those it does not set for removal, so they are
+    # stripped even where the sidecar never saw them (Envoy's allowed_headers may leave them out).
+    identity_names: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        names = (self.user_id_header, self.email_header, self.roles_header, self.session_header, self.assertion_header)
+        object.__setattr__(self, "identity_names", tuple(dict.fromkeys(name for name in names if name)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +95,7 @@ def inspect(settings: EdgeSettings, request: RequestView) -> Inspection:
     spoofable = tuple(dict.fromkeys(name for name, _ in request.headers if name.startswith(prefixes)))
     return Inspection(
         route=settings.policy.match(request.path),
-        session_cookies=tokens,
+        session_cookies=tokens if not request.conflict else (),  # denied anyway: no store lookup
         spoofable_headers=spoofable,
         cookie_header=cookie_header,
         cookie_changed=changed,
@@ -144,7 +152,8 @@ def allow(
             to_set.append((COOKIE_HEADER, inspection.cookie_header))
     to_set.extend(added)
     set_names = {name for name, _ in to_set}
-    to_remove.extend(name for name in inspection.spoofable_headers if name not in set_names)
+    removed = dict.fromkeys((*inspection.spoofable_headers, *settings.identity_names))
+    to_remove.extend(name for name in removed if name not in set_names)
     return Allow(
         headers_to_set=tuple(to_set),
         headers_to_remove=tuple(to_remove),
@@ -197,6 +206,11 @@ def identity_too_large() -> Deny:
     return _json_deny(403, "forbidden", "identity_too_large")
 
 
+def forwarded_conflict() -> Deny:
+    """Forward-auth: the headers naming the original request disagree, so a client wrote one of them."""
+    return _json_deny(400, "bad_request", "forwarded_conflict")
+
+
 def unavailable() -> Deny:
     return _json_deny(503, "unavailable", "session_store_unavailable", (("retry-after", "1"),))
 
@@ -217,6 +231,8 @@ def decide(
     everywhere but on public routes (they stay up, anonymously, when the store is down). ``extra``: headers to set
     with the identity (the signed assertion).
     """
+    if request.conflict:
+        return forwarded_conflict()
     route = inspection.route
     if record is not None:
         missing = missing_roles(route, record.roles)

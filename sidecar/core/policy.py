@@ -4,8 +4,8 @@ A path can mean different things to the policy and to the upstream: one upstream
 ``..`` afterwards, another keeps ``%2F`` inside a segment, a Java one drops ``;jsessionid=`` path parameters.
 So the policy matches every such reading of the path (``readings``) and applies the strictest result: a route
 is public only if every reading is public, and needs the roles of every reading. ``/public%2F..%2Fadmin``,
-``/%61dmin``, ``/admin;x=1`` and ``/admin/%ff`` all keep the ``/admin`` rule; a path with escapes that do not
-decode as UTF-8 is never public.
+``/%61dmin``, ``/admin;x=1``, ``/admin/%ff`` and, for an upstream that decodes twice, ``/public/%252e%252e/admin``
+all keep the ``/admin`` rule; a path with escapes that do not decode as UTF-8 (once or twice) is never public.
 
 Prefixes match whole segments: ``/public`` covers ``/public`` and ``/public/x`` but not ``/publicity``. The
 longest matching prefix wins.
@@ -63,7 +63,13 @@ def readings(path: str) -> tuple[frozenset[str], bool]:
         return frozenset((_resolve(part),)), False
     decoded = unquote(part, errors="replace").replace("\\", "/")
     lossy = decoded.count("\ufffd") > part.count("\ufffd")
-    return frozenset((_resolve(part), _resolve(decoded), _resolve(decoded, strip_params=True))), lossy
+    forms = {_resolve(part), _resolve(decoded), _resolve(decoded, strip_params=True)}
+    if "%" in decoded:
+        # An upstream that decodes twice (Java and IIS stacks do) reads %252e%252e as "..": that reading counts too.
+        twice = unquote(decoded, errors="replace").replace("\\", "/")
+        lossy = lossy or twice.count("\ufffd") > decoded.count("\ufffd")
+        forms.update((_resolve(twice), _resolve(twice, strip_params=True)))
+    return frozenset(forms), lossy
 
 
 @dataclass(frozen=True, slots=True)

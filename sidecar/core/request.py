@@ -14,6 +14,8 @@ class RequestView:
     headers: tuple[tuple[str, str], ...]  # (lower-case name, value), in arrival order, duplicates kept
     source: str = ""  # the client's address as the proxy saw it (for counting abuse, never for decisions)
     context: tuple[tuple[str, str], ...] = ()  # Envoy's per-route context_extensions, when it sends them
+    # Forward-auth only: the original-request headers disagree (the kinds, e.g. "uri,method"); always denied
+    conflict: str = ""
 
     def values(self, name: str) -> list[str]:
         return [value for key, value in self.headers if key == name]

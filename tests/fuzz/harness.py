@@ -35,7 +35,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
 from hypothesis import strategies as st
 
-from sidecar.authz import grpc_v3, http
+from sidecar.authz import forwarded, grpc_v3, http
 from sidecar.authz.service import AuthzService
 from sidecar.core.decision import Allow, Decision, Deny, inspect
 from sidecar.core.request import RequestView
@@ -329,7 +329,7 @@ def judge_grpc(case: Case, decision: Decision) -> list[str]:
 def judge_http(case: Case, decision: Decision) -> list[str]:
     """The HTTP adapter passes headers through and never emits a split or garbled response."""
     headers = case.view().headers
-    view = http.to_request_view("GET", case.path, headers)
+    view = forwarded.to_request_view("GET", case.path, headers)
     problems: list[str] = []
     if view.headers != headers:
         problems.append("the HTTP adapter changed the headers")

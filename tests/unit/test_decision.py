@@ -313,7 +313,9 @@ def test_allow_sets_identity_and_removes_spoofed_headers(
     request = _request("/app", *headers)
     result = _assert_disjoint(allow(settings, inspect(settings, request), record))
     assert sorted(result.headers_to_set) == sorted(expected_set)
-    assert sorted(result.headers_to_remove) == sorted(expected_remove)
+    # the spoofed ones, and every configured identity name the allow does not set (whether sent or not)
+    unset = [name for name in settings.identity_names if name not in dict(expected_set)]
+    assert sorted(result.headers_to_remove) == sorted(dict.fromkeys([*expected_remove, *unset]))
     assert result.user_id == record.user_id
     assert result.session_id == record.session_id
     # decide() on a route the session may use gives the same answer
@@ -349,7 +351,19 @@ def test_anonymous_allow_on_public_route_still_strips_an_unresolved_session_cook
     request = _request("/public", ("cookie", f"SESSION={FORGED}; theme=dark"), ("x-user-id", "admin"))
     result = _assert_disjoint(decide(SETTINGS, request, inspect(SETTINGS, request), None))
     assert result.headers_to_set == (("cookie", "theme=dark"),)
-    assert result.headers_to_remove == ("x-user-id",)
+    assert result.headers_to_remove == ("x-user-id", "x-user-email", "x-user-roles", "x-session-id")
+
+
+def test_every_allow_removes_the_configured_identity_names_it_does_not_set_even_unsent() -> None:
+    # Envoy's allowed_headers may keep a client's X-User-Id from the sidecar: it is named for removal anyway.
+    settings = replace(SETTINGS, user_id_header="x-principal", assertion_header="x-assertion")
+    public = decide(settings, _request("/public/x"), inspect(settings, _request("/public/x")), None)
+    assert isinstance(public, Allow)
+    assert public.headers_to_remove == ("x-principal", "x-user-email", "x-user-roles", "x-session-id", "x-assertion")
+    request = _request("/app")
+    session = _assert_disjoint(decide(settings, request, inspect(settings, request), FULL))
+    assert ("x-principal", FULL.user_id) in session.headers_to_set
+    assert session.headers_to_remove == ("x-assertion",)  # the assertion is not signed here: never let one through
 
 
 def test_allow_reason_says_whether_a_session_or_a_public_route_let_it_through() -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from sidecar import app
-from sidecar.authz import http
+from sidecar.authz import forwarded, http
 from sidecar.authz.service import AuthzService
 from sidecar.core.decision import Allow, Deny, EdgeSettings, unavailable
 from sidecar.core.request import RequestView
@@ -31,7 +31,7 @@ Headers = tuple[tuple[str, str], ...]
 
 
 def view(target: str, *headers: tuple[str, str], method: str = "GET") -> RequestView:
-    return http.to_request_view(method, target, tuple(headers))
+    return forwarded.to_request_view(method, target, tuple(headers))
 
 
 # --------------------------------------------------------------------------------------------------- request
@@ -39,7 +39,7 @@ def view(target: str, *headers: tuple[str, str], method: str = "GET") -> Request
 
 def test_envoy_mode_reads_the_request_line_and_host() -> None:
     headers = (("host", "app.example.com"), ("x-forwarded-proto", "https"), ("cookie", "a=1"))
-    seen = http.to_request_view("POST", "/hello?q=1", headers)
+    seen = forwarded.to_request_view("POST", "/hello?q=1", headers)
     assert (seen.method, seen.scheme, seen.host, seen.path) == ("POST", "https", "app.example.com", "/hello?q=1")
     assert seen.headers == headers
 
@@ -104,14 +104,13 @@ def test_nginx_original_headers_describe_the_original_request() -> None:
     assert (seen.method, seen.scheme, seen.host, seen.path) == ("PUT", "http", "app.example.com", "/admin/x")
 
 
-def test_traefik_headers_win_over_nginx_ones_and_the_first_of_each_counts() -> None:
+def test_forwarded_headers_that_disagree_mark_the_view_as_a_conflict() -> None:
     seen = view(
         "/forward-auth",
         ("x-original-uri", "/nginx"),
         ("x-forwarded-uri", "/traefik"),
-        ("x-forwarded-uri", "/second"),
     )
-    assert seen.path == "/traefik"
+    assert seen.conflict == "uri"
 
 
 def test_forward_auth_without_forwarded_headers_is_the_request_itself() -> None:
@@ -339,7 +338,7 @@ async def test_only_the_session_cookie_means_cookie_is_removed(served: Served) -
     response = await served.ask("/hello", ("Cookie", f"SESSION={issued.token}"))
     assert response.status == 200
     assert response.header("cookie") is None
-    assert response.header(http.HEADERS_TO_REMOVE) == "cookie"
+    assert response.header(http.HEADERS_TO_REMOVE) == "cookie,x-user-email,x-user-roles"  # not set: never sent
 
 
 async def test_session_cookie_in_its_own_header_line(served: Served) -> None:
@@ -361,14 +360,15 @@ async def test_denials_carry_status_body_and_headers(served: Served) -> None:
     down = await served.ask("/hello", ("cookie", f"SESSION={bob.token}"))
     assert (down.status, down.header("retry-after")) == (503, "1")
     public = await served.ask("/public/x", ("cookie", f"SESSION={bob.token}"), ("x-user-id", "evil"))
-    assert public.status == 200 and public.header(http.HEADERS_TO_REMOVE) == "cookie,x-user-id"
+    removed = "cookie,x-user-id,x-user-email,x-user-roles,x-session-id"
+    assert public.status == 200 and public.header(http.HEADERS_TO_REMOVE) == removed
 
 
 async def test_public_route_with_spoofed_headers_is_anonymous(served: Served) -> None:
     response = await served.ask("/public/x", ("X-User-Id", "admin"), ("x-session-id", "s"))
     assert response.status == 200
     assert response.header("x-user-id") is None
-    assert response.header(http.HEADERS_TO_REMOVE) == "x-user-id,x-session-id"
+    assert response.header(http.HEADERS_TO_REMOVE) == "x-user-id,x-session-id,x-user-email,x-user-roles"
 
 
 async def test_forward_auth_decides_for_the_forwarded_request(served: Served) -> None:
@@ -387,9 +387,10 @@ async def test_forward_auth_answers_carry_the_cookie_the_upstream_should_get(ser
     untouched = await served.ask("/forward-auth", public, ("cookie", "a=1"), ("cookie", "b=2"))
     assert untouched.header("cookie") == "a=1; b=2"
     rewritten = await served.ask("/forward-auth", public, ("cookie", f"a=1; SESSION={issued.token}"))
-    assert (rewritten.header("cookie"), rewritten.header(http.HEADERS_TO_REMOVE)) == ("a=1", None)
+    identity = "x-user-email,x-user-roles"  # alice's allow sets x-user-id and x-session-id
+    assert (rewritten.header("cookie"), rewritten.header(http.HEADERS_TO_REMOVE)) == ("a=1", identity)
     removed = await served.ask("/forward-auth", public, ("cookie", f"SESSION={issued.token}"))
-    assert (removed.header("cookie"), removed.header(http.HEADERS_TO_REMOVE)) == (None, "cookie")
+    assert (removed.header("cookie"), removed.header(http.HEADERS_TO_REMOVE)) == (None, "cookie," + identity)
     envoy = await served.ask("/public/x", ("cookie", "a=1"))
     assert envoy.header("cookie") is None, "Envoy keeps a Cookie header the answer does not name"
 
@@ -468,7 +469,7 @@ async def test_a_request_split_across_writes_is_read_whole(served: Served) -> No
             await writer.drain()
             await asyncio.sleep(0)
         response = await read_response(reader)
-        assert response.status == 200 and response.header(http.HEADERS_TO_REMOVE) == "x-user-id"
+        assert response.status == 200 and response.header(http.HEADERS_TO_REMOVE).startswith("x-user-id,")
     finally:
         writer.close()
 
@@ -629,7 +630,10 @@ async def test_obs_text_in_other_headers_is_carried_and_a_non_utf8_spoof_is_remo
     assert response.status == 200
     assert [v for n, v in response.headers if n == "x-user-id"] == ["alice"]
     anonymous = await served.ask("/public/x", ("X-User-Email", NON_UTF8), ("accept", NON_UTF8))
-    assert (anonymous.status, anonymous.header(http.HEADERS_TO_REMOVE)) == (200, "x-user-email")
+    assert (anonymous.status, anonymous.header(http.HEADERS_TO_REMOVE)) == (
+        200,
+        "x-user-email,x-user-id,x-user-roles,x-session-id",
+    )
 
 
 @pytest.mark.parametrize("control", ["\x00", "\x01", "\x0b", "\x7f"], ids=["nul", "soh", "vt", "del"])
@@ -684,7 +688,8 @@ async def test_odd_case_and_repeated_identity_spoofs_leave_one_trusted_value(ser
     assert response.status == 200
     assert [v for n, v in response.headers if n == "x-user-id"] == ["alice"]
     assert [v for n, v in response.headers if n == "x-session-id"] == [issued.record.session_id]
-    assert response.header(http.HEADERS_TO_REMOVE) == "cookie,x-user-roles"  # alice has no roles: the spoof goes
+    # alice has no roles and no email: the spoof goes, and so does any client-sent email
+    assert response.header(http.HEADERS_TO_REMOVE) == "cookie,x-user-roles,x-user-email"
 
 
 # --------------------------------------------------------------------------------------------------- serve()

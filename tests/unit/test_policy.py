@@ -118,6 +118,11 @@ MATCH: list[tuple[str, str, Route]] = [
     ("undecodable_escape_at_root", "/%ff", DEFAULT_ROUTE),
     ("undecodable_escape_under_public_is_not_public", "/public/%ff", DEFAULT_ROUTE),
     ("overlong_utf8_dots_under_public_is_not_public", "/public/%C0%AE%C0%AE/admin", DEFAULT_ROUTE),
+    ("double_encoded_dot_dot_out_of_public", "/public/%252e%252e/admin", ADMIN),
+    ("double_encoded_slash_dot_dot_out_of_public", "/public%252f%252e%252e%252fadmin/x", ADMIN),
+    ("double_encoded_admin", "/%2561dmin", ADMIN),
+    ("double_encoded_undecodable_under_public_is_not_public", "/public/%25ff", DEFAULT_ROUTE),
+    ("an_escaped_percent_in_a_public_name_stays_public", "/public/100%25", PUBLIC),
 ]
 
 
