@@ -6,15 +6,20 @@ import json
 import math
 import re
 import secrets
+import time
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from sidecar.core.session import (
+    MAX_ATTRIBUTE_NAME_LENGTH,
     MAX_ATTRIBUTES,
+    MAX_IDENTITY_BYTES,
+    MAX_RECORD_BYTES,
     MAX_ROLES,
     MAX_VALUE_LENGTH,
+    RecordTooLarge,
     SessionRecord,
     describe,
     expires_at,
@@ -92,6 +97,33 @@ INVALID_SESSIONS: list[tuple[str, dict[str, Any], list[str]]] = [
     ("nul_in_role", {"roles": ("\x00",)}, ["contains the control character"]),
     ("empty_role", {"roles": ("dev", "")}, ["role '' is empty"]),
     ("too_long_role", {"roles": (LONG,)}, ["longer than 4096"]),
+    # C1 controls and Unicode line breaks (issue #16: both were accepted and sent upstream).
+    (
+        "nel_and_line_separator_in_user",
+        {"user_id": "bob\u0085x\u2028y"},
+        ["user id contains the control character '\\x85'"],
+    ),
+    ("csi_in_email", {"email": "e\u009b31m@x"}, ["email contains the control character '\\x9b'"]),
+    ("line_separator_in_user", {"user_id": "bob\u2028x-user-roles: admin"}, ["user id contains U+2028"]),
+    ("paragraph_separator_in_email", {"email": "a@b.c\u2029"}, ["email contains U+2029"]),
+    ("vertical_tab_in_user", {"user_id": "a\x0bb"}, ["user id contains the control character"]),
+    ("right_to_left_override_in_role", {"roles": ("nimda\u202e",)}, ["contains U+202E"]),
+    ("isolate_in_attribute_value", {"attributes": {"k": "a\u2067b"}}, ["attribute 'k' contains U+2067"]),
+    ("zero_width_space_in_user", {"user_id": "ali\u200bce"}, ["user id contains U+200B"]),
+    ("byte_order_mark_in_user", {"user_id": "\ufeffalice"}, ["user id contains U+FEFF"]),
+    ("soft_hyphen_in_user", {"user_id": "ali\xadce"}, ["user id contains U+00AD"]),
+    ("trailing_no_break_space_in_user", {"user_id": "bob\xa0"}, ["user id has leading or trailing whitespace"]),
+    ("leading_ideographic_space_in_user", {"user_id": "\u3000bob"}, ["user id has leading or trailing whitespace"]),
+    (
+        "attribute_name_too_long",
+        {"attributes": {"n" * (MAX_ATTRIBUTE_NAME_LENGTH + 1): "v"}},
+        ["attribute name 'nnnn", "is longer than 64 characters"],
+    ),
+    (
+        "identity_over_the_record_bound",
+        {"roles": tuple(f"r{i:02d}" + "x" * 1100 for i in range(MAX_ROLES))},
+        ["the identity takes", f"more than {MAX_IDENTITY_BYTES}"],
+    ),
     ("too_many_roles", {"roles": tuple(f"r{i}" for i in range(MAX_ROLES + 1))}, ["more than 64 roles"]),
     ("empty_attribute_name", {"attributes": {"": "v"}}, ["attribute name '' must be"]),
     ("space_in_attribute_name", {"attributes": {"a b": "v"}}, ["attribute name 'a b' must be"]),
@@ -159,6 +191,12 @@ VALID_SESSIONS: list[tuple[str, dict[str, Any]]] = [
     ("most_roles", {"roles": tuple(f"r{i}" for i in range(MAX_ROLES))}),
     ("most_attributes", {"attributes": {f"k{i}": "v" for i in range(MAX_ATTRIBUTES)}}),
     ("attribute_name_charset", {"attributes": {"Org.Unit-id_2": "x"}}),
+    ("longest_attribute_name", {"attributes": {"n" * MAX_ATTRIBUTE_NAME_LENGTH: "x"}}),
+    (
+        "zero_width_joiners_in_names_and_emoji",
+        {"user_id": "\u0645\u06cc\u200c\u0634\u0648\u062f", "attributes": {"k": "\U0001f469\u200d\U0001f4bb"}},
+    ),
+    ("inner_no_break_space", {"user_id": "Jean\xa0Dupont"}),
     ("tiny_timeouts", {"idle_timeout": 0.001, "absolute_timeout": 0.001}),
 ]
 
@@ -169,6 +207,40 @@ def test_new_session_accepts_valid_identities(overrides: dict[str, Any]) -> None
     assert record.created_at == record.last_seen_at == NOW
     assert record.absolute_expires_at == NOW + overrides.get("absolute_timeout", ABSOLUTE)
     assert record.idle_timeout == overrides.get("idle_timeout", IDLE)
+
+
+def test_an_attribute_name_of_megabytes_is_refused_with_a_short_message() -> None:
+    # Issue #16: a 3.9 MB attribute name was accepted; its refusal must not quote it whole either.
+    with pytest.raises(ValueError) as excinfo:
+        _new(attributes={"n" * 3_900_000: "v"})
+    assert "is longer than 64 characters" in str(excinfo.value)
+    assert len(str(excinfo.value)) < 200
+
+
+def test_counts_over_the_bound_are_reported_without_a_problem_per_item() -> None:
+    with pytest.raises(ValueError) as excinfo:
+        _new(
+            roles=tuple(f"bad role {i}" for i in range(10_000)), attributes={f"bad name {i}": "" for i in range(10_000)}
+        )
+    message = str(excinfo.value)
+    assert "more than 64 roles (10000)" in message and "more than 32 attributes (10000)" in message
+    assert len(message) < 300
+
+
+def test_the_largest_identity_accepted_fits_the_stored_record_bound() -> None:
+    # Everything the sidecar writes it must read back: the biggest identity new_session takes (values of 4-byte
+    # characters, as many roles as fit) becomes a record under MAX_RECORD_BYTES that from_json accepts.
+    emoji = "\U0001f600"
+    roles = tuple(f"r{i:02d}" + emoji * 230 for i in range(MAX_ROLES))
+    for count in range(MAX_ROLES, 0, -1):
+        try:
+            record = _new(user_id=emoji * MAX_VALUE_LENGTH, email=None, roles=roles[:count], attributes={})
+        except ValueError:
+            continue
+        break
+    raw = to_json(record)
+    assert MAX_IDENTITY_BYTES - 1000 < len(raw) <= MAX_RECORD_BYTES
+    assert from_json(raw) == record
 
 
 def test_new_session_deduplicates_roles_keeping_first_order() -> None:
@@ -441,6 +513,10 @@ _UNSAFE_VALUES = {
     "nul": "al\x00ice",
     "crlf_header_injection": "alice\r\nx-user-roles: admin",
     "over_size": "a" * (MAX_VALUE_LENGTH + 1),
+    "c1_next_line": "bob\u0085x",
+    "c1_control_sequence_introducer": "e\u009b31m",
+    "line_separator": "bob\u2028x",
+    "right_to_left_override": "\u202eadmin",
 }
 
 
@@ -464,6 +540,44 @@ def test_stored_identity_value_with_cr_lf_nul_or_over_size_is_a_corrupt_record(f
 @pytest.mark.parametrize("field", ["uid", "email", "sid", "roles", "attrs"])
 def test_stored_identity_value_of_exactly_the_size_limit_is_accepted(field: str) -> None:
     from_json(_stored_with(field, "a" * MAX_VALUE_LENGTH))
+
+
+def planted(attributes: int) -> bytes:
+    """The record of issue #11: a valid session whose attributes were multiplied by someone with store access."""
+    return _stored(attrs={f"a{i:06d}": "v" for i in range(attributes)})
+
+
+def test_a_record_over_the_byte_bound_is_refused_before_it_is_parsed() -> None:
+    raw = planted(200_000)
+    assert len(raw) > 2_500_000
+    started = time.perf_counter()
+    with pytest.raises(RecordTooLarge, match="over the 65536-byte bound"):
+        from_json(raw)
+    assert time.perf_counter() - started < 0.005  # the bound issue #11 sets; decoding it took 0.8 s
+
+
+def test_a_record_at_the_byte_bound_is_parsed() -> None:
+    raw = _stored(attrs={"k": "v" * MAX_VALUE_LENGTH})
+    padded = raw[:-1] + b" " * (MAX_RECORD_BYTES - len(raw)) + b"}"
+    assert len(padded) == MAX_RECORD_BYTES
+    assert from_json(padded).attributes == {"k": "v" * MAX_VALUE_LENGTH}
+    with pytest.raises(RecordTooLarge):
+        from_json(padded[:-1] + b" }")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        planted(MAX_ATTRIBUTES + 1),
+        _stored(roles=[f"r{i}" for i in range(MAX_ROLES + 1)]),
+        _stored(roles=["r"] * 12_000),
+    ],
+    ids=["one_attribute_too_many", "one_role_too_many", "twelve_thousand_roles_under_the_byte_bound"],
+)
+def test_a_record_with_too_many_roles_or_attributes_is_refused_as_too_large(raw: bytes) -> None:
+    assert len(raw) <= MAX_RECORD_BYTES
+    with pytest.raises(RecordTooLarge, match="over the bounds"):
+        from_json(raw)
 
 
 def test_from_json_accepts_missing_email_as_none() -> None:
