@@ -8,27 +8,44 @@ and a sealed value met without the key to open it is a corrupt record: a denial,
 With keys, a plain value is refused too (unless ``accept_plain``, for the switch-over from an unsealed store):
 otherwise anyone able to write to Redis could put any identity under the hash of a token they hold, and sealing
 would protect confidentiality but not integrity.
+
+A stored value longer than the largest record could seal to is refused before it is decoded or decrypted
+(``RecordTooLarge``): a planted value of megabytes costs a length check, not a base64 pass and a decryption.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import math
 import secrets
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from sidecar.core.session import MAX_RECORD_BYTES, RecordTooLarge
 from sidecar.errors import CorruptRecord
 
 SEALED = b"e1."
 PLAIN = b"p1."
 NONCE_BYTES = 12
+TAG_BYTES = 16
 KEY_BYTES = 32
 
 
+def sealed_size(plaintext_bytes: int, kid: str) -> int:
+    """The length of ``plaintext_bytes`` sealed under ``kid`` (base64 with padding, as ``seal`` writes it)."""
+    return len(SEALED) + len(kid.encode()) + 1 + 4 * math.ceil((NONCE_BYTES + plaintext_bytes + TAG_BYTES) / 3)
+
+
 class Sealer:
-    def __init__(self, keys: tuple[tuple[str, bytes], ...] = (), *, accept_plain: bool = False) -> None:
+    def __init__(
+        self,
+        keys: tuple[tuple[str, bytes], ...] = (),
+        *,
+        accept_plain: bool = False,
+        max_plaintext: int = MAX_RECORD_BYTES,
+    ) -> None:
         for kid, secret in keys:
             if len(secret) != KEY_BYTES:
                 raise ValueError(f"encryption key {kid!r} must be {KEY_BYTES} bytes (AES-256)")
@@ -37,12 +54,18 @@ class Sealer:
         self._ciphers = {kid: AESGCM(secret) for kid, secret in keys}
         self._sealing_kid = keys[0][0] if keys else None
         self._accept_plain = accept_plain or not keys
+        self._max_plaintext = max_plaintext
+        # One bound for every stored form this ring can open: the longest kid's sealed size, or a plain value.
+        self._max_stored = max([len(PLAIN) + max_plaintext, *(sealed_size(max_plaintext, kid) for kid, _ in keys)])
 
     @property
     def seals(self) -> bool:
         return self._sealing_kid is not None
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
+        if len(plaintext) > self._max_plaintext:
+            # Never write what open() would refuse; callers validate first, so this is a bug if it fires.
+            raise ValueError(f"a session value of {len(plaintext)} bytes is over the {self._max_plaintext}-byte bound")
         kid = self._sealing_kid
         if kid is None:
             return PLAIN + plaintext
@@ -51,6 +74,10 @@ class Sealer:
         return SEALED + kid.encode() + b"." + base64.urlsafe_b64encode(nonce + sealed)
 
     def open(self, blob: bytes, aad: bytes) -> bytes:
+        if len(blob) > self._max_stored:
+            raise RecordTooLarge(
+                f"stored session value of {len(blob)} bytes is over the {self._max_stored}-byte bound: refused unread"
+            )
         if blob.startswith(PLAIN):
             if not self._accept_plain:
                 raise CorruptRecord(

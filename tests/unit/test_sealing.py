@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sidecar.core.sealing import Sealer
+from sidecar.core.session import MAX_RECORD_BYTES, RecordTooLarge
 from sidecar.errors import CorruptRecord
 
 A = ("a", b"A" * 32)
@@ -84,3 +85,41 @@ def test_accept_plain_reads_values_written_before_the_keys_were_set_and_still_se
     migrating = Sealer((A,), accept_plain=True)
     assert migrating.open(b"p1.v", AAD) == b"v"
     assert migrating.seal(b"v", AAD).startswith(b"e1.")
+
+
+# --- size bound: what is too big to be a record is refused before base64 and AES-GCM see it ---------------------
+
+LONG_KID = ("k" * 40, b"L" * 32)
+
+
+@pytest.mark.parametrize("keys", [(A,), (LONG_KID, A), ()], ids=["short_kid", "long_kid_opens_too", "plain"])
+def test_the_largest_record_seals_and_opens(keys: tuple[tuple[str, bytes], ...]) -> None:
+    sealer = Sealer(keys)
+    largest = b"x" * MAX_RECORD_BYTES
+    assert sealer.open(sealer.seal(largest, AAD), AAD) == largest
+
+
+@pytest.mark.parametrize(
+    ("keys", "blob"),
+    [
+        ((A,), b"e1.a." + b"A" * 3_000_000),  # a planted value of megabytes (issue #11)
+        ((LONG_KID, A), b"e1." + b"k" * 41 + b"." + b"A" * 88_000),  # over the bound even for the longest kid
+        ((), b"p1." + b"{" + b" " * MAX_RECORD_BYTES + b"}"),
+    ],
+    ids=["sealed_megabytes", "sealed_just_over", "plain_just_over"],
+)
+def test_a_stored_value_over_the_bound_is_refused_unread(keys: tuple[tuple[str, bytes], ...], blob: bytes) -> None:
+    with pytest.raises(RecordTooLarge, match="refused unread"):
+        Sealer(keys).open(blob, AAD)
+
+
+def test_a_sealed_value_one_byte_over_what_the_largest_record_seals_to_is_refused() -> None:
+    sealer = Sealer((A,))
+    largest = sealer.seal(b"x" * MAX_RECORD_BYTES, AAD)
+    with pytest.raises(RecordTooLarge):
+        sealer.open(largest + b"=", AAD)
+
+
+def test_sealing_a_value_that_open_would_refuse_is_an_error() -> None:
+    with pytest.raises(ValueError, match="over the 65536-byte bound"):
+        Sealer((A,)).seal(b"x" * (MAX_RECORD_BYTES + 1), AAD)
