@@ -6,11 +6,12 @@ named by headers the proxy sets. Those proxies also pass on every header the cli
 themselves, so a header name the sidecar reads may have been written by the client: nginx forwards a client's
 ``X-Forwarded-Uri``, Traefik a client's ``X-Original-URI``. Two rules keep the client out of the decision:
 
-- **Agreement.** Every original-request header present must name the same thing: all the URI headers the same
-  URI, all the method headers the same method, all the host headers the same host, all the scheme headers the
-  same scheme. A proxy sets (and so overwrites) at least one of each, so a client-sent one either repeats what
-  the proxy says or contradicts it, and a contradiction is a ``400`` denial (``forwarded_conflict``), never a
-  choice. That holds for the README's recipes and for a recipe that forgets to clear a header.
+- **No choice for the client.** A proxy sets (and so overwrites) at least one header of each kind, so a
+  client-sent one either repeats what the proxy says or contradicts it. When the URI headers name different
+  paths, the route policy sees all of them and the strictest rule applies (as it does for the readings of one
+  path in ``sidecar.core.policy``): the client can only make its request harder to allow. When the method, host
+  or scheme headers disagree, the request is denied with ``400`` (``forwarded_conflict``). That holds for the
+  README's recipes and for a recipe that forgets to clear a header.
 - **Narrowing.** ``forward_auth.proxy`` names the proxy in front; only the headers that proxy sets are read, the
   rest are ignored. ``envoy`` turns ``/forward-auth`` into an ordinary path (Envoy never needs it).
 
@@ -31,6 +32,7 @@ _FORWARD_AUTH_QUERY = FORWARD_AUTH_PATH + "?"
 PROXIES = ("any", "envoy", "nginx", "ingress-nginx", "traefik")
 MAX_TRUSTED_HOPS = 10
 _MAX_SOURCE = 64
+MAX_URIS = 8  # distinct original URIs one forward-auth request may name; more is a conflict, not a longer loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,29 +117,35 @@ def split_url(url: str) -> tuple[str, str, str] | None:
 
 
 class _Agreement:
-    """The one value all present headers of a kind name, or the names that disagree."""
+    """The values the present headers of one kind name, in arrival order: more than ``limit`` is a conflict."""
 
-    __slots__ = ("conflicts", "kind", "value")
+    __slots__ = ("conflicts", "kind", "limit", "values")
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, limit: int = 1) -> None:
         self.kind = kind
-        self.value: str | None = None
+        self.limit = limit
+        self.values: list[str] = []
         self.conflicts = False
 
     def offer(self, value: str, *, fold: bool = False) -> None:
         if fold:
             value = value.lower()
-        if self.value is None:
-            self.value = value
-        elif value != self.value:
-            self.conflicts = True
+        if value not in self.values:
+            if len(self.values) == self.limit:
+                self.conflicts = True
+                return
+            self.values.append(value)
+
+    @property
+    def value(self) -> str | None:
+        return self.values[0] if self.values else None
 
 
 @dataclass(frozen=True, slots=True)
 class Original:
     """The original request as the forwarded headers name it (None: not named), or the kinds that disagree."""
 
-    uri: str | None
+    uris: tuple[str, ...]  # every distinct URI named, in arrival order: the policy applies the strictest
     method: str | None
     host: str | None
     scheme: str | None
@@ -145,8 +153,10 @@ class Original:
 
 
 def original_request(headers: tuple[tuple[str, str], ...], wanted: HeaderSet) -> Original:
-    """Read every value of every header in ``wanted``; all that are present must agree, kind by kind."""
-    uri, method, host, scheme = _Agreement("uri"), _Agreement("method"), _Agreement("host"), _Agreement("scheme")
+    """Read every value of every header in ``wanted``: the URIs they name, and the one method, host and scheme
+    (the kinds whose headers disagree are ``conflicts``)."""
+    uri, method = _Agreement("uri", MAX_URIS), _Agreement("method")
+    host, scheme = _Agreement("host"), _Agreement("scheme")
     for name, value in headers:
         if name in wanted.uri:
             uri.offer(value.strip(" \t"))
@@ -170,7 +180,7 @@ def original_request(headers: tuple[tuple[str, str], ...], wanted: HeaderSet) ->
             scheme.offer(_first_item(value), fold=True)
     kinds = (uri, method, host, scheme)
     return Original(
-        uri=uri.value,
+        uris=tuple(uri.values),
         method=method.value,
         host=host.value,
         scheme=scheme.value,
@@ -204,7 +214,9 @@ def to_request_view(
     """The original request: the request line itself, or on ``/forward-auth`` the one the forwarded headers name.
 
     ``headers`` are (lower-case name, value) in arrival order; they reach the core unchanged either way. When the
-    forwarded headers disagree, the view carries ``conflict`` and the core denies it.
+    forwarded headers name several URIs, the first is ``path`` and the others ``alternates`` (the policy applies
+    the strictest rule of all); when their method, host or scheme disagree, the view carries ``conflict`` and the
+    core denies it.
     """
     host = ""
     proto: str | None = None
@@ -215,13 +227,15 @@ def to_request_view(
             proto = value
     scheme = _first_item(proto) if proto else "http"
     conflict = ""
+    alternates: tuple[str, ...] = ()
     wanted = HEADER_SETS[trust.proxy]
     if wanted is not None and is_forward_auth(target, trust):
         original = original_request(headers, wanted)
         if original.conflicts:
             conflict = ",".join(original.conflicts)
         else:
-            target = original.uri or target
+            if original.uris:
+                target, alternates = original.uris[0], original.uris[1:]
             method = original.method or method
             host = original.host or host
             scheme = original.scheme or "http"
@@ -233,4 +247,5 @@ def to_request_view(
         headers=headers,
         source=client_address(headers, peer, trust.trusted_hops),
         conflict=conflict,
+        alternates=alternates,
     )

@@ -91,10 +91,12 @@ def inspect(settings: EdgeSettings, request: RequestView) -> Inspection:
     changed = False
     if tokens and settings.strip_upstream:
         cookie_header, changed = without_cookie(cookie_lines, settings.cookie_name)
-    prefixes = settings.strip_prefixes
+    prefixes, policy = settings.strip_prefixes, settings.policy
     spoofable = tuple(dict.fromkeys(name for name, _ in request.headers if name.startswith(prefixes)))
     return Inspection(
-        route=settings.policy.match(request.path),
+        route=policy.match(request.path)
+        if not request.alternates
+        else policy.match_all((request.path, *request.alternates)),
         session_cookies=tokens if not request.conflict else (),  # denied anyway: no store lookup
         spoofable_headers=spoofable,
         cookie_header=cookie_header,

@@ -100,6 +100,12 @@ class RoutePolicy:
             return matched.pop()
         return _strictest(matched)
 
+    def match_all(self, paths: Iterable[str]) -> Route:
+        """The strictest rule over several paths that may each be the request's (forward-auth headers that
+        disagree): public only if every one is, with the roles of every one."""
+        matched = {self.match(path) for path in paths}
+        return matched.pop() if len(matched) == 1 else _strictest(matched)
+
 
 def _strictest(routes: Iterable[Route]) -> Route:
     ordered = sorted(routes, key=lambda r: (r.public, -len(r.prefix)))

@@ -14,7 +14,9 @@ class RequestView:
     headers: tuple[tuple[str, str], ...]  # (lower-case name, value), in arrival order, duplicates kept
     source: str = ""  # the client's address as the proxy saw it (for counting abuse, never for decisions)
     context: tuple[tuple[str, str], ...] = ()  # Envoy's per-route context_extensions, when it sends them
-    # Forward-auth only: the original-request headers disagree (the kinds, e.g. "uri,method"); always denied
+    # Forward-auth only: the other original URIs the forwarded headers name (the strictest route rule applies)
+    alternates: tuple[str, ...] = ()
+    # Forward-auth only: the kinds of original-request headers that disagree (e.g. "method,host"); always denied
     conflict: str = ""
 
     def values(self, name: str) -> list[str]:
