@@ -20,6 +20,7 @@ from sidecar.api import servicer as session_api
 from sidecar.api.auth import BearerTokenInterceptor
 from sidecar.assertions import AssertionIssuer
 from sidecar.authz import grpc_v3
+from sidecar.authz.forwarded import DEFAULT_TRUST, ForwardedTrust
 from sidecar.authz.http import HttpAuthzServer
 from sidecar.authz.observer import DecisionObserver
 from sidecar.authz.service import AuthzService
@@ -319,7 +320,7 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> N
         if api is not None:
             await start_grpc(running, api, "api", config.listen.api)
         log_serving(config)
-        await start_http(running, config.listen.http, path.service)
+        await start_http(running, config.listen.http, path.service, forwarded=forwarded_trust(config))
 
         async def readiness_changed(ready: bool) -> None:
             # "" stays SERVING (the process answers, public routes work); the named services follow the store,
@@ -378,13 +379,24 @@ async def start_observability(
     running.push_async_callback(admin.stop)
 
 
-async def start_http(running: contextlib.AsyncExitStack, address: str, service: AuthzService) -> HttpAuthzServer | None:
+def forwarded_trust(config: Config) -> ForwardedTrust:
+    """``forward_auth.*`` as the HTTP adapter reads it."""
+    return ForwardedTrust(proxy=config.forward_auth.proxy, trusted_hops=config.forward_auth.trusted_hops)
+
+
+async def start_http(
+    running: contextlib.AsyncExitStack,
+    address: str,
+    service: AuthzService,
+    *,
+    forwarded: ForwardedTrust = DEFAULT_TRUST,
+) -> HttpAuthzServer | None:
     """The HTTP ext_authz / forward-auth listener on ``address`` (``listen.http``; "" disables it), stopped with
     ``running``."""
     if not address:
         log.info("HTTP ext_authz disabled (listen.http is empty)")
         return None
-    server = HttpAuthzServer(service)
+    server = HttpAuthzServer(service, forwarded=forwarded)
     host, port = split_address(address)
     try:
         await server.start(host, port)

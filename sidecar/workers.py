@@ -36,31 +36,47 @@ def _shift(address: str, offset: int) -> str:
     return f"{host}:{shifted}"
 
 
+# The listeners every worker has its own port of (port + i); the admin listener is worker 0's alone.
+_PER_WORKER = ("grpc", "http", "api")
+
+
 def worker_environments(config: Config, workers: int) -> list[dict[str, str]]:
     """The SIDECAR_LISTEN__* overrides of each worker (pure: no I/O)."""
     if not 1 <= workers <= MAX_WORKERS:
         raise BadInput(f"--workers: must be between 1 and {MAX_WORKERS}")
     listen = config.listen
-    if workers > 1 and listen.grpc.endswith(":0"):
-        raise BadInput("--workers: listen.grpc needs a fixed port (worker i listens on port + i)")
-    if listen.http and workers > 1:
-        grpc_port = listen.grpc.rpartition(":")[2]
-        http_port = listen.http.rpartition(":")[2]
-        grpc_range = range(int(grpc_port), int(grpc_port) + workers)
-        http_range = range(int(http_port), int(http_port) + workers)
-        if set(grpc_range) & set(http_range):
-            raise BadInput(
-                f"--workers {workers}: worker ports collide: listen.grpc uses {grpc_range.start}-{grpc_range.stop - 1} "
-                f"and listen.http {http_range.start}-{http_range.stop - 1}; move listen.http outside the gRPC range "
-                f'(e.g. {grpc_range.start + 100}) or disable it (listen.http: "")'
-            )
+    addresses = {key: address for key in _PER_WORKER if (address := getattr(listen, key))}
+    if workers > 1:
+        for key, address in addresses.items():
+            if address.endswith(":0"):
+                raise BadInput(f"--workers: listen.{key} needs a fixed port (worker i listens on port + i)")
+        _refuse_colliding_ranges({**addresses, "admin": listen.admin} if listen.admin else addresses, workers)
     environments = []
     for i in range(workers):
-        env = {"SIDECAR_LISTEN__GRPC": _shift(listen.grpc, i)}
-        env["SIDECAR_LISTEN__HTTP"] = _shift(listen.http, i) if listen.http else ""
+        env = {
+            f"SIDECAR_LISTEN__{key.upper()}": _shift(addresses[key], i) if key in addresses else ""
+            for key in _PER_WORKER
+        }
         env["SIDECAR_LISTEN__ADMIN"] = listen.admin if i == 0 else ""
         environments.append(env)
     return environments
+
+
+def _refuse_colliding_ranges(addresses: Mapping[str, str], workers: int) -> None:
+    ranges = {}
+    for key, address in addresses.items():
+        port = int(address.rpartition(":")[2])
+        ranges[key] = range(port, port + (workers if key in _PER_WORKER else 1))
+    keys = list(ranges)
+    for n, first in enumerate(keys):
+        for second in keys[n + 1 :]:
+            a, b = ranges[first], ranges[second]
+            if set(a) & set(b):
+                raise BadInput(
+                    f"--workers {workers}: worker ports collide: listen.{first} uses {a.start}-{a.stop - 1} "
+                    f"and listen.{second} {b.start}-{b.stop - 1}; move listen.{second} outside that range "
+                    f'(e.g. to port {max(a.stop, b.stop) + 100}) or disable it (listen.{second}: "")'
+                )
 
 
 def supervise(argv: Sequence[str], environments: Sequence[Mapping[str, str]]) -> int:

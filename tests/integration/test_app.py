@@ -21,8 +21,10 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from sidecar.client import SessionClient
 from sidecar.core.tokens import session_key
 from sidecar.demo.processes import free_port, wait_for_port
+from sidecar.errors import RuntimeFailure
 from tests.support import servers
 
 pytestmark = pytest.mark.integration
@@ -349,3 +351,76 @@ def test_sighup_rotates_the_assertion_keys_without_a_restart(valkey_url: str, tm
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_listen_api_serves_the_session_service_on_its_own_port_and_not_on_the_authz_port(
+    valkey_url: str, tmp_path: Path
+) -> None:
+    token = "api-" + "t" * 30
+    token_file = tmp_path / "api-token"
+    token_file.write_text(token + "\n")
+    port, api_port = free_port(), free_port()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SIDECAR_REDIS__URL": valkey_url,
+        "SIDECAR_LISTEN__GRPC": f"127.0.0.1:{port}",
+        "SIDECAR_LISTEN__API": f"127.0.0.1:{api_port}",
+        "SIDECAR_LISTEN__HTTP": "",
+        "SIDECAR_LISTEN__ADMIN": "",
+        "SIDECAR_API__ENABLED": "true",
+        "SIDECAR_API__TOKEN_FILE": str(token_file),
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "sidecar", "serve"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port("127.0.0.1", port, 15.0)
+        wait_for_port("127.0.0.1", api_port, 15.0)
+        with SessionClient(f"127.0.0.1:{api_port}", token, timeout=10) as client:
+            issued = client.create("api-user")
+        assert check(port, f"SESSION={issued.token}").HasField("ok_response")  # type: ignore[attr-defined]
+        with grpc.insecure_channel(f"127.0.0.1:{api_port}") as channel:
+            request = health_pb2.HealthCheckRequest(service="sidecar.session.v1.SessionService")
+            reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        with (
+            SessionClient(f"127.0.0.1:{port}", token, timeout=10) as on_authz_port,
+            pytest.raises(RuntimeFailure, match="not served there"),
+        ):
+            on_authz_port.create("api-user")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    assert "Traceback" not in (proc.stderr.read() if proc.stderr else "")
+
+
+def http_status(port: int, request: bytes) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        return int(sock.recv(4096).split(b" ", 2)[1])
+
+
+@pytest.mark.parametrize(("proxy", "status"), [("any", 400), ("nginx", 401)])
+def test_served_http_listener_reads_the_forwarded_headers_of_the_configured_proxy(
+    valkey_url: str, proxy: str, status: int
+) -> None:
+    port, http_port = free_port(), free_port()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SIDECAR_REDIS__URL": valkey_url,
+        "SIDECAR_LISTEN__GRPC": f"127.0.0.1:{port}",
+        "SIDECAR_LISTEN__HTTP": f"127.0.0.1:{http_port}",
+        "SIDECAR_LISTEN__ADMIN": "",
+        "SIDECAR_FORWARD_AUTH__PROXY": proxy,
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "sidecar", "serve"], env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port("127.0.0.1", http_port, 15.0, proc=proc)
+        # nginx sets X-Original-Method and never X-Forwarded-Method: behind it, a client's X-Forwarded-Method is not
+        # read (any reads both, and their disagreement is a 400).
+        request = (
+            b"GET /forward-auth HTTP/1.1\r\nhost: app\r\nx-original-uri: /a\r\n"
+            b"x-original-method: GET\r\nx-forwarded-method: POST\r\n\r\n"
+        )
+        assert http_status(http_port, request) == status
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)

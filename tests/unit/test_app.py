@@ -9,8 +9,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from sidecar.app import SwappableAssertions, assertion_issuer, reload_assertions, session_cache
-from sidecar.config import Config, load_config
+from sidecar.app import SwappableAssertions, assertion_issuer, forwarded_trust, reload_assertions, session_cache
+from sidecar.authz.forwarded import PROXIES, ForwardedTrust
+from sidecar.config import FORWARD_AUTH_PROXIES, Config, load_config
 from sidecar.core.session import SessionRecord
 from sidecar.store.connect import RedisSettings
 from sidecar.store.redis import RedisStore
@@ -91,3 +92,13 @@ async def test_the_stale_failure_policy_gives_the_cache_its_last_known_table(pol
         assert (cached.cache.stale is not None) is stale
     finally:
         await store.close()
+
+
+def test_the_config_offers_exactly_the_proxies_the_http_adapter_knows() -> None:
+    assert sorted(FORWARD_AUTH_PROXIES) == sorted(PROXIES)
+
+
+@pytest.mark.parametrize("proxy", FORWARD_AUTH_PROXIES)
+def test_forward_auth_settings_reach_the_http_adapter_as_configured(proxy: str) -> None:
+    environ = {"SIDECAR_FORWARD_AUTH__PROXY": proxy, "SIDECAR_FORWARD_AUTH__TRUSTED_HOPS": "3"}
+    assert forwarded_trust(load_config(environ=environ)) == ForwardedTrust(proxy=proxy, trusted_hops=3)

@@ -32,9 +32,31 @@ def test_a_disabled_http_listener_stays_disabled_for_every_worker() -> None:
         ({"SIDECAR_LISTEN__GRPC": "127.0.0.1:65535"}, 2, "out of range"),
         ({"SIDECAR_LISTEN__GRPC": "127.0.0.1:0"}, 2, "fixed port"),
         ({}, 2, "collide"),  # the defaults (9191 gRPC, 9192 HTTP) overlap as soon as there are two workers
+        ({"SIDECAR_LISTEN__HTTP": "", "SIDECAR_LISTEN__API": "127.0.0.1:9192"}, 2, "listen.grpc uses 9191-9192"),
+        ({"SIDECAR_LISTEN__HTTP": "127.0.0.1:9300", "SIDECAR_LISTEN__API": "127.0.0.1:9302"}, 3, "listen.api"),
+        ({"SIDECAR_LISTEN__HTTP": "", "SIDECAR_LISTEN__ADMIN": "127.0.0.1:9193"}, 3, "listen.admin"),
+        ({"SIDECAR_LISTEN__HTTP": "", "SIDECAR_LISTEN__API": "127.0.0.1:0"}, 2, "listen.api needs a fixed port"),
     ],
 )
 def test_impossible_worker_plans_are_bad_input(environ: dict[str, str], workers: int, needle: str) -> None:
     with pytest.raises(BadInput, match="--workers") as raised:
         worker_environments(load_config(environ=environ), workers)
     assert needle in str(raised.value)
+
+
+def test_a_separate_api_listener_gets_a_port_per_worker_like_grpc() -> None:
+    config = load_config(environ={"SIDECAR_LISTEN__HTTP": "127.0.0.1:9291", "SIDECAR_LISTEN__API": "127.0.0.1:9391"})
+    envs = worker_environments(config, 2)
+    assert [e["SIDECAR_LISTEN__API"] for e in envs] == ["127.0.0.1:9391", "127.0.0.1:9392"]
+    assert [e["SIDECAR_LISTEN__GRPC"] for e in envs] == ["127.0.0.1:9191", "127.0.0.1:9192"]
+
+
+def test_an_unset_api_listener_stays_unset_so_every_worker_shares_its_grpc_port_for_the_api() -> None:
+    envs = worker_environments(load_config(environ={"SIDECAR_LISTEN__HTTP": ""}), 2)
+    assert [e["SIDECAR_LISTEN__API"] for e in envs] == ["", ""]
+
+
+def test_one_worker_keeps_every_address_as_configured_even_an_ephemeral_one() -> None:
+    config = load_config(environ={"SIDECAR_LISTEN__GRPC": "127.0.0.1:0", "SIDECAR_LISTEN__API": "127.0.0.1:0"})
+    (env,) = worker_environments(config, 1)
+    assert env["SIDECAR_LISTEN__GRPC"] == env["SIDECAR_LISTEN__API"] == "127.0.0.1:0"
