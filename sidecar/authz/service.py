@@ -4,6 +4,9 @@ Protocol adapters (gRPC v3, HTTP) translate into ``RequestView`` and out of ``De
 about Envoy. ``check`` never raises: any failure of the store, its deadline or this code becomes a Deny (503),
 because an exception would surface as a gRPC error that ``failure_mode_allow`` could turn into an allow. Every
 decision, from either entry point, is reported once to the observer (metrics and the decision log).
+
+A stored record the core refuses (corrupt, or over the size bounds) is a 401 naming why, and its key is remembered a
+few seconds (``RefusedRecords``): a client repeating the token is denied without a store read or a decode.
 """
 
 from __future__ import annotations
@@ -28,15 +31,23 @@ from sidecar.core.decision import (
     unavailable,
 )
 from sidecar.core.request import RequestView
-from sidecar.core.session import SessionRecord, is_live
-from sidecar.core.tokens import session_key
+from sidecar.core.session import RecordTooLarge, SessionRecord, is_live
+from sidecar.core.tokens import SessionKey, session_key
 from sidecar.errors import CorruptRecord, StoreError
 from sidecar.sessions import KeyRingSource
 from sidecar.store.base import SessionStore
-from sidecar.store.cache import SessionCache
+from sidecar.store.cache import RefusedRecords, SessionCache
 
 log = logging.getLogger("sidecar.authz")
 _NO_CONTEXT: Mapping[str, str] = MappingProxyType({})  # most routes set no context_extensions: no dict per allow
+
+# Deny reasons of a verified token whose stored record was refused.
+RECORD_TOO_LARGE = "session_record_too_large"  # over the size or count bounds: refused before it was decoded
+RECORD_CORRUPT = "session_invalid"  # does not decode, open or validate: the reason of an unknown token, as before
+
+
+def refusal_reason(error: CorruptRecord) -> str:
+    return RECORD_TOO_LARGE if isinstance(error, RecordTooLarge) else RECORD_CORRUPT
 
 
 class IdentityAssertions(Protocol):
@@ -53,6 +64,12 @@ class _Outcome:
     decision: Decision
     record: SessionRecord | None = None  # the session the decision was about, when one resolved
     invalid: str | None = None  # "forged" (no cookie verified) or "unknown" (verified, but no live session)
+
+
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    record: SessionRecord | None
+    refused: str | None = None  # why a verified token's record was refused, when one was and none resolved
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +100,8 @@ class AuthzService:
         self._deadline = deadline
         self._clock = clock
         self._cache = cache
+        # Shared with the cache when there is one, so the invalidation channel evicts refused keys too.
+        self._refused = cache.refused if cache is not None else RefusedRecords()
         self._observer = observer
         self._assertions = assertions
 
@@ -140,6 +159,7 @@ class AuthzService:
         record: SessionRecord | None,
         *,
         invalid: str | None = None,
+        refused: str | None = None,
         store_failed: bool = False,
     ) -> _Outcome:
         extra: tuple[tuple[str, str], ...] = ()
@@ -148,7 +168,7 @@ class AuthzService:
             token = self._assertions.issue(record, request.host, context, self._clock())
             if token is not None:
                 extra = ((self._assertions.header, token),)
-        invalid_reason = "session_invalid" if invalid else "session_required"
+        invalid_reason = refused or ("session_invalid" if invalid else "session_required")
         decision = decide(
             self._settings,
             request,
@@ -163,14 +183,25 @@ class AuthzService:
     def _decide_now(self, request: RequestView, inspection: Inspection) -> _Outcome | None:
         if not inspection.session_cookies:
             return self._decided(request, inspection, None)
-        ring, cache = self._keys.cached, self._cache
-        if ring is None or cache is None:
-            return None
+        ring = self._keys.cached
+        if ring is None or (self._cache is None and not self._refused):
+            return None  # nothing here could answer: leave the MAC checks to the store path
         tokens = tokens_to_try(ring, inspection)
         if not tokens:
             return None  # maybe a new shared key: check() re-reads it
         now = self._clock()
-        record = cache.get(session_key(tokens[0]), now)  # header order: only the first may answer here
+        first_refused: str | None = None
+        for token in tokens:  # header order, skipping what was refused just now, as the store path does
+            key = session_key(token)
+            refused = self._refused.reason(key, now)
+            if refused is None:
+                return self._cached(request, inspection, key, now)
+            first_refused = first_refused or refused
+        return self._decided(request, inspection, None, invalid="unknown", refused=first_refused)
+
+    def _cached(self, request: RequestView, inspection: Inspection, key: SessionKey, now: float) -> _Outcome | None:
+        """The decision for the first token still to try when the cache holds its live session; else None."""
+        record = self._cache.get(key, now) if self._cache is not None else None
         if record is None or not is_live(record, now):
             return None
         return self._decided(request, inspection, record)
@@ -184,7 +215,7 @@ class AuthzService:
                     tokens = tokens_to_try(fresh, inspection)
                 if not tokens:
                     return self._decided(request, inspection, None, invalid="forged")
-                record = await self._resolve(tokens)
+                resolved = await self._resolve(tokens)
         except (StoreError, TimeoutError) as exc:
             log.warning("session store failed: %s", exc or "deadline exceeded")
             stale = self._last_known(inspection)
@@ -194,7 +225,9 @@ class AuthzService:
                     return replace(outcome, decision=replace(outcome.decision, reason="stale"))
                 return outcome
             return self._decided(request, inspection, None, store_failed=True)
-        return self._decided(request, inspection, record, invalid=None if record is not None else "unknown")
+        if resolved.record is not None:
+            return self._decided(request, inspection, resolved.record)
+        return self._decided(request, inspection, None, invalid="unknown", refused=resolved.refused)
 
     def _last_known(self, inspection: Inspection) -> SessionRecord | None:
         """failure_policy stale: the identity of the first verified token, as last confirmed (never a revoked one)."""
@@ -207,18 +240,32 @@ class AuthzService:
             log.info("store unavailable: answering session %s from its last known identity", record.session_id)
         return record
 
-    async def _resolve(self, tokens: tuple[str, ...]) -> SessionRecord | None:
-        """The first token, in header order, that names a live session (its read also refreshes last-seen)."""
+    async def _resolve(self, tokens: tuple[str, ...]) -> _Resolved:
+        """The first token, in header order, that names a live session (its read also refreshes last-seen); else
+        why the first refused record was refused, if one was."""
+        first_refused: str | None = None
         for token in tokens:
             key = session_key(token)
-            try:
-                record = await self._store.resolve(key, self._clock())
-            except CorruptRecord as exc:
-                log.error("unusable session record %s…: %s", key.digest[:12], exc)
+            found = await self._read(key)
+            if isinstance(found, str):
+                first_refused = first_refused or found
                 continue
             now = self._clock()
-            if record is not None and is_live(record, now):
+            if found is not None and is_live(found, now):
                 if self._cache is not None and self._cache.stale is not None:
-                    self._cache.stale.remember(key, record, now)
-                return record
-        return None
+                    self._cache.stale.remember(key, found, now)
+                return _Resolved(found)
+        return _Resolved(None, first_refused)
+
+    async def _read(self, key: SessionKey) -> SessionRecord | str | None:
+        """The record under ``key`` (None: there is none), or why it is refused, now or a moment ago."""
+        refused = self._refused.reason(key, self._clock())
+        if refused is not None:
+            return refused
+        try:
+            return await self._store.resolve(key, self._clock())
+        except CorruptRecord as exc:
+            log.error("unusable session record %s…: %s", key.digest[:12], exc)
+            refused = refusal_reason(exc)
+            self._refused.refuse(key, refused, self._clock())
+            return refused

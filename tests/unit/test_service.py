@@ -14,10 +14,11 @@ from sidecar.authz.observer import Observation
 from sidecar.authz.service import AuthzService
 from sidecar.core.decision import Allow, Deny
 from sidecar.core.request import RequestView
-from sidecar.core.session import SessionRecord
+from sidecar.core.session import RecordTooLarge, SessionRecord
 from sidecar.core.tokens import KeyRing, SessionKey, mint_token, session_key
+from sidecar.errors import CorruptRecord
 from sidecar.sessions import KeyRingSource, SessionManager
-from sidecar.store.cache import CachingStore, SessionCache
+from sidecar.store.cache import REFUSED_FOR_SECONDS, CachingStore, SessionCache
 from sidecar.store.memory import MemoryStore
 from sidecar.store.stale import StaleSessions
 from tests.support.edge import RING, SETTINGS
@@ -409,3 +410,96 @@ async def test_an_identity_over_the_header_budget_is_denied_not_sent_upstream(
     big = await manager.create("bob", roles=tuple(f"role-{i:03d}-" + "x" * 40 for i in range(20)))
     decision = await service.check(request(cookie=f"SESSION={big.token}"))
     assert isinstance(decision, Deny) and decision.status == 403 and decision.reason == "identity_too_large"
+
+
+# --- stored records the core refuses (issue #11) -------------------------------------------------------------
+
+
+class PlantedStore(CountingStore):
+    """A store in which someone with write access replaced some sessions' values: reading them raises as the Redis
+    store does once the core refuses the value."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.planted: dict[SessionKey, CorruptRecord] = {}
+
+    async def resolve(self, key: SessionKey, now: float) -> SessionRecord | None:
+        if key in self.planted:
+            self.gets += 1
+            raise self.planted[key]
+        return await super().resolve(key, now)
+
+
+@pytest.fixture
+def planted(clock: Clock) -> PlantedStore:
+    return PlantedStore(clock)
+
+
+def plant(store: PlantedStore, error: CorruptRecord | None = None) -> str:
+    token = mint_token(RING, secrets.token_bytes(32), "abc123")
+    store.planted[session_key(token)] = error or RecordTooLarge("session record of 3000000 bytes is over the bound")
+    return token
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["with_cache", "without_cache"])
+async def test_an_oversized_record_is_denied_naming_why_and_costs_no_store_read_for_a_few_seconds(
+    planted: PlantedStore, clock: Clock, cached: bool
+) -> None:
+    recorder = Recorder()
+    cache = SessionCache(ttl=10, max_entries=100, max_bytes=10**6) if cached else None
+    service = AuthzService(
+        SETTINGS, planted, KeyRingSource(planted, RING), deadline=0.15, clock=clock, cache=cache, observer=recorder
+    )
+    token = plant(planted)
+    first = await service.check(request(cookie=f"SESSION={token}"))
+    assert isinstance(first, Deny) and first.status == 401 and first.reason == "session_record_too_large"
+    assert planted.gets == 1
+    clock.now += REFUSED_FOR_SECONDS - 0.1
+    again = service.check_now(request(cookie=f"SESSION={token}"))  # answered on the spot: no read, no decode
+    assert isinstance(again, Deny) and again.reason == "session_record_too_large"
+    assert planted.gets == 1
+    clock.now += 0.1
+    assert (await service.check(request(cookie=f"SESSION={token}"))).reason == "session_record_too_large"
+    assert planted.gets == 2  # remembered a few seconds only
+    assert [(seen.decision.reason, seen.invalid) for _, seen in recorder.seen] == [
+        ("session_record_too_large", "unknown")
+    ] * 3
+
+
+async def test_a_corrupt_record_is_remembered_too_with_the_reason_of_an_invalid_session(
+    planted: PlantedStore, clock: Clock
+) -> None:
+    service = AuthzService(SETTINGS, planted, KeyRingSource(planted, RING), deadline=0.15, clock=clock)
+    token = plant(planted, CorruptRecord("session record is not JSON"))
+    for _ in range(5):
+        decision = await service.check(request(cookie=f"SESSION={token}"))
+        assert isinstance(decision, Deny) and decision.status == 401 and decision.reason == "session_invalid"
+    assert planted.gets == 1
+
+
+async def test_a_refused_record_is_skipped_in_header_order_like_an_unknown_one(
+    planted: PlantedStore, clock: Clock
+) -> None:
+    service, _cached, _cache, manager = cached_service(planted, clock)
+    bad, alice = plant(planted), await manager.create("alice")
+    cookie = f"SESSION={bad}; SESSION={alice.token}"
+    decision = await service.check(request(cookie=cookie))
+    assert isinstance(decision, Allow) and decision.user_id == "alice"
+    gets = planted.gets
+    fast = service.check_now(request(cookie=cookie))  # the refused first token no longer hides the cached second
+    assert isinstance(fast, Allow) and fast.user_id == "alice" and planted.gets == gets
+
+
+async def test_the_invalidation_of_a_refused_key_makes_the_next_check_read_the_store(
+    planted: PlantedStore, clock: Clock
+) -> None:
+    service, _cached, cache, _manager = cached_service(planted, clock)
+    token = plant(planted)
+    await service.check(request(cookie=f"SESSION={token}"))
+    assert service.check_now(request(cookie=f"SESSION={token}")) is not None
+    del planted.planted[session_key(token)]  # an operator revokes the session: the channel publishes its key
+    cache.invalidate([session_key(token).digest])
+    assert service.check_now(request(cookie=f"SESSION={token}")) is None  # the store decides again
+    decision = await service.check(request(cookie=f"SESSION={token}"))
+    assert isinstance(decision, Deny) and decision.reason == "session_invalid"  # now simply unknown
+    assert planted.gets == 2
