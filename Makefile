@@ -1,5 +1,5 @@
 # session-sidecar: the two commands are `make run` (local demo) and `make test` (the whole suite).
-# Everything they need is installed here: the venv, the Python packages, Debian's redis-server for tests.
+# Everything they need is installed here: the venv, the Python packages, Debian's redis-server and nginx-light for tests.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -16,14 +16,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian's redis-server (Redis 7) is the second real server the store contract runs against.
+# Debian packages the tests run for real: redis-server (Redis 7, the second server the store contract runs against)
+# and nginx-light (auth_request in front of /forward-auth). One apt-get update, only when one is missing.
+
 system-deps:
-	@if ! command -v redis-server >/dev/null 2>&1; then \
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	{ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } || missing="$$missing nginx-light"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing Debian redis-server (tests run the store contract against Redis 7)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; \
+	    echo "installing Debian$$missing (tests run them for real)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  else \
-	    echo "redis-server is missing: run 'sudo apt-get install redis-server' (Redis 7 tests are skipped without it)"; \
+	    echo "missing Debian packages:$$missing; run 'sudo apt-get install$$missing' (their tests are skipped without them)"; \
 	  fi; \
 	fi
 

@@ -10,7 +10,7 @@ themselves, so a header name the sidecar reads may have been written by the clie
   client-sent one either repeats what the proxy says or contradicts it. When the URI headers name different
   paths, the route policy sees all of them and the strictest rule applies (as it does for the readings of one
   path in ``sidecar.core.policy``): the client can only make its request harder to allow. When the method, host
-  or scheme headers disagree, the request is denied with ``400`` (``forwarded_conflict``). That holds for the
+  or scheme headers disagree, the request is denied with ``403`` (``forwarded_conflict``). That holds for the
   README's recipes and for a recipe that forgets to clear a header.
 - **Narrowing.** ``forward_auth.proxy`` names the proxy in front; only the headers that proxy sets are read, the
   rest are ignored. ``envoy`` turns ``/forward-auth`` into an ordinary path (Envoy never needs it).

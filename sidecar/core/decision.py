@@ -209,8 +209,9 @@ def identity_too_large() -> Deny:
 
 
 def forwarded_conflict() -> Deny:
-    """Forward-auth: the headers naming the original request disagree, so a client wrote one of them."""
-    return _json_deny(400, "bad_request", "forwarded_conflict")
+    """Forward-auth: the headers naming the original request's method, host or scheme disagree, so a client wrote
+    one of them. 403, not 400: nginx's auth_request passes only 401 and 403 on (anything else becomes a 500)."""
+    return _json_deny(403, "forbidden", "forwarded_conflict")
 
 
 def unavailable() -> Deny:

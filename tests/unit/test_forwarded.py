@@ -187,7 +187,7 @@ def test_method_host_or_scheme_headers_that_disagree_are_a_conflict(
     seen = view("/forward-auth", ("x-forwarded-uri", "/public/x"), *headers)
     assert seen.conflict == kinds
     decision = decide(EDGE, seen, inspect(EDGE, seen), None)
-    assert isinstance(decision, Deny) and (decision.status, decision.reason) == (400, "forwarded_conflict")
+    assert isinstance(decision, Deny) and (decision.status, decision.reason) == (403, "forwarded_conflict")
 
 
 def test_a_conflicting_request_never_looks_up_its_session_cookie() -> None:
