@@ -226,3 +226,65 @@ def test_envoy_relays_a_5xx_answer_as_its_status_on_error(scripted: Scripted, cl
     response = through_scripted(scripted, client, answer, "/o", [cookie("t")])
     assert response.status_code == 503, describe(response)
     assert '"headers"' not in response.text
+
+
+# --------------------------------------------------------------------------------------------------- allowed_headers
+
+
+def _without_identity_prefixes(bootstrap: dict[str, Any]) -> None:
+    """A plausible operator's http_service: allowed_headers without the x-user-/x-session- prefix patterns."""
+    found = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            allowed = node.get("allowed_headers")
+            if isinstance(allowed, dict) and "patterns" in allowed:
+                allowed["patterns"] = [p for p in allowed["patterns"] if "prefix" not in p]
+                found.append(allowed)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(bootstrap)
+    assert found, "no allowed_headers in the Envoy bootstrap"
+
+
+@pytest.fixture(scope="module")
+def narrow_stack(stack: servers.Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Stack]:
+    narrow = servers.start_stack(
+        tmp_path_factory.mktemp("narrow"), share=stack, name="narrow", envoy_patch=_without_identity_prefixes
+    )
+    try:
+        yield narrow
+    finally:
+        narrow.close()
+
+
+SPOOFED_IDENTITY = [
+    ("X-User-Id", "mallory"),
+    ("X-User-Email", "m@example.com"),
+    ("X-User-Roles", "admin"),
+    ("X-Session-Id", "s"),
+    ("X-User-Assertion", "forged.jwt.x"),
+]
+
+
+def test_an_anonymous_allow_strips_the_configured_names_envoy_never_showed_the_sidecar(
+    narrow_stack: servers.Stack, client: httpx.Client
+) -> None:
+    headers = upstream_headers(send(client, narrow_stack.url("/public/x"), SPOOFED_IDENTITY))
+    assert identity_namespace(headers) == {}
+
+
+def test_a_session_allow_carries_only_the_trusted_identity_behind_a_narrow_allowed_headers(
+    narrow_stack: servers.Stack, client: httpx.Client, bob: dict[str, Any]
+) -> None:
+    headers = upstream_headers(send(client, narrow_stack.url("/hello"), [*SPOOFED_IDENTITY, cookie(bob["token"])]))
+    assert identity_namespace(headers) == {
+        "x-user-id": ["bob"],
+        "x-user-email": ["bob@example.com"],
+        "x-user-roles": ["dev"],
+        "x-session-id": [bob["session_id"]],
+    }
