@@ -4,8 +4,10 @@ and through the command line as a user runs it. Nothing refused reaches the stor
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import pytest
 from sidecar.api import servicer as session_api
 from sidecar.api.auth import BearerTokenInterceptor
 from sidecar.core.session import MAX_ATTRIBUTE_NAME_LENGTH, MAX_ATTRIBUTES, MAX_RECORD_BYTES, to_json
-from sidecar.core.tokens import KeyRing
+from sidecar.core.tokens import KeyRing, session_key
 from sidecar.session.v1 import session_pb2, session_pb2_grpc
 from sidecar.sessions import KeyRingSource, SessionManager
 from sidecar.store.redis import RedisStore
@@ -30,7 +32,7 @@ MAX_MESSAGE = 8 * 1024 * 1024  # above a megabytes-long name, so the servicer (n
 
 @pytest.fixture
 async def api(valkey_url: str, tmp_path: Path) -> AsyncIterator[tuple[session_pb2_grpc.SessionServiceStub, RedisStore]]:
-    store = RedisStore.from_url(valkey_url, f"bounds-{tmp_path.name[-12:]}:", 2.0)
+    store = RedisStore.from_url(valkey_url, prefix_of(tmp_path), 2.0)
     manager = SessionManager(
         store,
         KeyRingSource(store, KeyRing.of([("k1", b"k" * 32)])),
@@ -49,6 +51,10 @@ async def api(valkey_url: str, tmp_path: Path) -> AsyncIterator[tuple[session_pb
     finally:
         await server.stop(None)
         await store.close()
+
+
+def prefix_of(tmp_path: Path) -> str:
+    return f"bounds-{tmp_path.name[-12:]}:"
 
 
 async def refused(call: Any, request: Any) -> str:
@@ -118,6 +124,29 @@ async def test_the_largest_identity_the_api_accepts_is_stored_and_read_back(
     assert dict(got.session.attributes) == attributes
     (listed,) = await store.list_user("dave")  # read back through the bounds the request path applies
     assert MAX_RECORD_BYTES * 0.8 < len(to_json(listed)) <= MAX_RECORD_BYTES
+
+
+async def test_sessions_planted_with_megabytes_are_skipped_by_list_user_and_data_loss_for_get(
+    api: tuple[session_pb2_grpc.SessionServiceStub, RedisStore], tmp_path: Path
+) -> None:
+    # Issue #16: 25 sessions with a 3.9 MB attribute name made ListUser fail. Whoever writes to the store can still
+    # plant them (here 25 of 400 KB, 10 MB together: over the channel's message limit); reads refuse them unread.
+    stub, store = api
+    healthy = await stub.Create(session_pb2.CreateRequest(user_id="frank"), metadata=AUTH)
+    tokens = [(await stub.Create(session_pb2.CreateRequest(user_id="frank"), metadata=AUTH)).token for _ in range(25)]
+    for token in tokens:
+        key = session_key(token)
+        name = f"{prefix_of(tmp_path)}{{{key.tag}}}:s:{key.digest}"
+        record = json.loads((await store.client.hget(name, "d"))[3:])  # type: ignore[index]
+        record["attrs"] = {"n" * 400_000: "v"}
+        await store.client.hset(name, "d", b"p1." + json.dumps(record).encode())
+    started = time.perf_counter()
+    listed = await stub.ListUser(session_pb2.ListUserRequest(user_id="frank"), metadata=AUTH)
+    print(f"ListUser with 25 planted records of 400 KB: {(time.perf_counter() - started) * 1000:.1f} ms")
+    assert [s.session_id for s in listed.sessions] == [healthy.session.session_id]
+    with pytest.raises(grpc.aio.AioRpcError) as excinfo:
+        await stub.Get(session_pb2.GetRequest(token=tokens[0]), metadata=AUTH)
+    assert excinfo.value.code() == grpc.StatusCode.DATA_LOSS
 
 
 # --- the command line --------------------------------------------------------------------------------------
