@@ -1,10 +1,13 @@
-"""Forward-auth through a real nginx (auth_request → /forward-auth), with the shipped recipe and a forgetful one.
+"""Forward-auth behind nginx (real, auth_request → /forward-auth; the shipped recipe and a forgetful one), Traefik
+and ingress-nginx (their header sets at the listener).
 
 The recipe is mesh-config/nginx/forward-auth.conf, included as it ships. nginx passes every client header it does
 not set itself on to the auth request, so a client can add ``X-Forwarded-Uri`` (the header Traefik sets) next to
 the ``X-Original-URI`` nginx sets. Whatever it adds, a request is decided for the path nginx names or a stricter
 one: no session is 401, a session without the admin role is 403, and the app behind nginx is never reached.
-The upstream here is a small recorder, so "never reached" is counted, not inferred.
+The upstream here is a small recorder, so "never reached" is counted, not inferred. Traefik and ingress-nginx
+do not run on this machine: their header sets (and the client headers they pass on) are sent to /forward-auth
+as they would send them.
 """
 
 from __future__ import annotations
@@ -221,3 +224,55 @@ def test_the_abuse_counter_sees_the_address_nginx_appended_not_the_clients_claim
     denials = [line for line in lines if line.get("path") == "/hello" and line.get("reason") == "session_invalid"]
     assert denials, stack.logs()
     assert {line["source"] for line in denials} == {servers.LOOPBACK}
+
+
+# ------------------------------------------------------------------------------------------ Traefik, ingress-nginx
+# Neither runs on this machine: what each sets on its auth request is sent to the sidecar's /forward-auth as that
+# proxy would, plus the header the client adds (which the proxy passes on because it does not set it itself).
+
+PROXY_REQUESTS: dict[str, list[tuple[str, str]]] = {
+    "traefik": [
+        ("X-Forwarded-Method", "GET"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "app.example.com"),
+        ("X-Forwarded-Uri", "/admin/secret"),
+        ("X-Forwarded-For", "198.51.100.7"),
+    ],
+    "ingress-nginx": [
+        ("X-Original-URL", "https://app.example.com/admin/secret"),
+        ("X-Original-Method", "GET"),
+        ("X-Original-URI", "/admin/secret"),  # set by mesh-config/linkerd/ingress-nginx.yaml's ConfigMap
+        ("X-Forwarded-For", "198.51.100.7"),
+    ],
+}
+CLIENT_SPOOFS: dict[str, list[tuple[str, str]]] = {
+    "traefik": [("X-Original-URI", "/public/x"), ("X-Original-URL", "https://app.example.com/public/x")],
+    "ingress-nginx": [("X-Forwarded-Uri", "/public/x")],
+}
+CASES = [(proxy, spoof) for proxy, spoofs in CLIENT_SPOOFS.items() for spoof in spoofs]
+
+
+def at_listener(stack: servers.Stack, headers: list[tuple[str, str]]) -> httpx.Response:
+    with httpx.Client(timeout=10) as client:
+        return client.get(f"http://{servers.LOOPBACK}:{stack.http_port}/forward-auth", headers=headers)
+
+
+@pytest.mark.parametrize(("proxy", "spoof"), CASES, ids=[f"{p}-{s[0]}" for p, s in CASES])
+@pytest.mark.parametrize("spoof_first", [True, False], ids=["spoof_first", "spoof_last"])
+def test_a_client_header_behind_traefik_or_ingress_nginx_cannot_make_admin_public(
+    stack: servers.Stack, dev: dict[str, Any], proxy: str, spoof: tuple[str, str], spoof_first: bool
+) -> None:
+    sent = PROXY_REQUESTS[proxy]
+    headers = [spoof, *sent] if spoof_first else [*sent, spoof]
+    assert at_listener(stack, headers).status_code == 401
+    assert at_listener(stack, [*headers, ("Cookie", f"SESSION={dev['token']}")]).status_code == 403
+
+
+@pytest.mark.parametrize("proxy", sorted(PROXY_REQUESTS))
+def test_what_traefik_or_ingress_nginx_sets_alone_is_decided_for_that_path(
+    stack: servers.Stack, admin: dict[str, Any], proxy: str
+) -> None:
+    sent = PROXY_REQUESTS[proxy]
+    assert at_listener(stack, sent).status_code == 401
+    allowed = at_listener(stack, [*sent, ("Cookie", f"SESSION={admin['token']}")])
+    assert allowed.status_code == 200 and allowed.headers["x-user-id"] == "admin-user"
