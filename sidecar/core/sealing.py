@@ -62,6 +62,11 @@ class Sealer:
     def seals(self) -> bool:
         return self._sealing_kid is not None
 
+    @property
+    def max_stored(self) -> int:
+        """The longest stored value ``open`` reads; a store can refuse longer ones without transferring them."""
+        return self._max_stored
+
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
         if len(plaintext) > self._max_plaintext:
             # Never write what open() would refuse; callers validate first, so this is a bug if it fires.

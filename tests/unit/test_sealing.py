@@ -116,6 +116,7 @@ def test_a_stored_value_over_the_bound_is_refused_unread(keys: tuple[tuple[str, 
 def test_a_sealed_value_one_byte_over_what_the_largest_record_seals_to_is_refused() -> None:
     sealer = Sealer((A,))
     largest = sealer.seal(b"x" * MAX_RECORD_BYTES, AAD)
+    assert len(largest) == sealer.max_stored  # the bound a store can apply before transferring a value
     with pytest.raises(RecordTooLarge):
         sealer.open(largest + b"=", AAD)
 
