@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -81,8 +82,16 @@ def assertion_inline_values() -> dict[str, Any]:
     return values
 
 
-# Cases built here rather than in ci/: their values hold keys generated per run.
-GENERATED: dict[str, Callable[[], dict[str, Any]]] = {"assertion-inline": assertion_inline_values}
+def redis_url_secret_values() -> dict[str, Any]:
+    """A redis.url with credentials: the whole URL goes into the Secret, the sidecar reads it from the env."""
+    return {"redis": {"url": "redis://sidecar:s3cret-url-pass@redis-master.data.svc:6379/1"}}
+
+
+# Cases built here rather than in ci/: their values hold keys generated per run (or a password in a URL).
+GENERATED: dict[str, Callable[[], dict[str, Any]]] = {
+    "assertion-inline": assertion_inline_values,
+    "redis-url-secret": redis_url_secret_values,
+}
 CASES = CI_NAMES + list(GENERATED)
 
 
@@ -178,12 +187,43 @@ def test_notes_render(rendered: Rendered) -> None:
     assert "statusOnError" in notes or values.get("mode") == "sidecar"
 
 
-def test_notes_hide_redis_credentials(chart: Any) -> None:
-    notes = render(chart, {"redis": {"url": "redis://user:hunter2-secret@redis:6379/0"}})[
-        "session-sidecar/templates/NOTES.txt"
-    ]
-    assert "hunter2-secret" not in notes
-    assert "redis://***@redis:6379/0" in notes
+NOTES = "session-sidecar/templates/NOTES.txt"
+SECRET_TEMPLATE = "session-sidecar/templates/secret.yaml"
+
+
+@pytest.mark.parametrize(
+    ("url", "password", "shown"),
+    [
+        ("redis://user:hunter2-secret@redis:6379/0", "hunter2-secret", "redis://***@redis:6379/0"),
+        # Unencoded "/", "?", "#" and "@" in the password: the userinfo does not end at the first of them.
+        ("redis+sentinel://u:S3cr3t/Pa55@h:26379/m", "S3cr3t/Pa55", "redis+sentinel://***@h:26379/m"),
+        ("redis://:p#ss/w?rd@h:6379/0", "p#ss/w?rd", "redis://***@h:6379/0"),
+        ("rediss://u:at@sign@h:6380/0", "at@sign", "rediss://***@h:6380/0"),
+        ("redis://:0nly?qu3ry@h:6379/0", "0nly?qu3ry", "redis://***@h:6379/0"),
+    ],
+)
+def test_a_redis_url_password_is_rendered_into_the_secret_only(chart: Any, url: str, password: str, shown: str) -> None:
+    manifests = render(chart, {"redis": {"url": url}})
+    assert shown in manifests[NOTES]
+    pieces = {password, *(piece for piece in re.split(r"[/?#@]", password) if len(piece) >= 4)}
+    for path, text in manifests.items():
+        if path == SECRET_TEMPLATE:
+            continue
+        for piece in pieces:
+            assert piece not in text, f"{path} shows {piece!r} of the Redis password"
+    docs = documents(manifests)
+    assert one(docs, "Secret")["stringData"]["redis-url"] == url
+    container, _ = sidecar_container(docs, "central")
+    assert secret_env(docs, container)["SIDECAR_REDIS__URL"] == url
+    config = yaml.safe_load(one(docs, "ConfigMap", f"{RELEASE}-session-sidecar")["data"]["config.yaml"])
+    assert "url" not in config["redis"], "the URL comes from the Secret"
+
+
+def test_a_redis_url_without_credentials_stays_in_the_config(chart: Any) -> None:
+    docs = documents(render(chart, {"redis": {"url": "redis://redis-master.data.svc:6379/0"}}))
+    config = yaml.safe_load(one(docs, "ConfigMap", f"{RELEASE}-session-sidecar")["data"]["config.yaml"])
+    assert config["redis"]["url"] == "redis://redis-master.data.svc:6379/0"
+    assert "Secret" not in kinds(docs)
 
 
 # --- the sidecar's config: rendered by the chart, loaded by the sidecar ---------------------------------------
@@ -335,12 +375,12 @@ def test_encryption_keys_from_the_secret_env() -> None:
 
 # Keys of the config sections that exist only in the chart (they build a config key, or feed the Secret).
 CHART_ONLY = {
-    "listen": {"host", "grpcPort", "httpPort", "httpEnabled", "adminPort"},
+    "listen": {"host", "grpcPort", "httpPort", "httpEnabled", "adminPort", "apiPort"},
     "redis": {"mode", "tls", "host", "port", "db", "sentinel", "cluster"},
 }
 # Config keys the chart does not expose as values, and why.
 NOT_IN_VALUES = {
-    "listen": {"grpc", "http", "admin"},  # built from listen.host/*Port and the mode
+    "listen": {"grpc", "http", "admin", "api"},  # built from listen.host/*Port, the mode and api.enabled
     "redis": {"password_file", "sentinel_password_file"},  # the passwords come from the Secret as env
     "api": {"token_file"},  # the Secret's api-token, mounted by the chart
 }
@@ -408,7 +448,7 @@ def test_central_deployment(chart: Any) -> None:
     assert container["args"] == ["serve", "--config", CONFIG_PATH, "--workers", "1"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"grpc": 9191, "http": 9192, "admin": 9090}
-    assert container["readinessProbe"]["grpc"] == {"port": 9191}
+    assert container["readinessProbe"]["grpc"] == {"port": 9191, "service": "envoy.service.auth.v3.Authorization"}
     assert container["livenessProbe"]["grpc"] == {"port": 9191}
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] is True
@@ -430,7 +470,14 @@ def test_central_deployment(chart: Any) -> None:
     protocols = {p["name"]: p["appProtocol"] for p in service["spec"]["ports"]}
     assert protocols == {"grpc": "grpc", "http": "http", "admin": "http"}
     config = yaml.safe_load(one(docs, "ConfigMap")["data"]["config.yaml"])
-    assert config["listen"] == {"grpc": "0.0.0.0:9191", "http": "0.0.0.0:9192", "admin": "0.0.0.0:9090"}
+    assert config["listen"] == {
+        "grpc": "0.0.0.0:9191",
+        "http": "0.0.0.0:9192",
+        "admin": "0.0.0.0:9090",
+        "api": "",
+        "idle_timeout": "1m",
+        "max_connections": 1000,
+    }
 
 
 def test_workers(chart: Any) -> None:
@@ -465,7 +512,7 @@ def test_cluster_api_and_service_monitor(chart: Any) -> None:
     assert monitor["spec"]["endpoints"][0]["port"] == "admin"
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     secret_volume = next(v for v in pod["volumes"] if v["name"] == "secrets")
-    assert secret_volume["secret"]["items"] == [{"key": "api-token", "path": "api-token"}]
+    assert secret_volume["secret"]["items"] == [{"key": "api-token", "path": "api-token", "mode": KEY_FILE_MODE}]
     assert {"name": "secrets", "mountPath": SECRETS_DIR, "readOnly": True} in pod["containers"][0]["volumeMounts"]
 
 
@@ -529,7 +576,7 @@ def test_assertion_keys_beside_the_api_token(chart: Any) -> None:
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     volume = next(v for v in pod["volumes"] if v["name"] == "secrets")["secret"]
     assert volume["items"] == [
-        {"key": "api-token", "path": "api-token"},
+        {"key": "api-token", "path": "api-token", "mode": KEY_FILE_MODE},
         {"key": "assertion-key-k1", "path": "assertion-key-k1.pem", "mode": KEY_FILE_MODE},
     ]
     assert set(one(docs, "Secret")["stringData"]) == {"api-token", "assertion-key-k1"}
@@ -562,15 +609,13 @@ def test_jwks_is_reachable_on_the_service_admin_port(chart: Any) -> None:
     notes = render(chart, assertion_inline_values())["session-sidecar/templates/NOTES.txt"]
     assert f"http://{RELEASE}-session-sidecar.{NAMESPACE}.svc.cluster.local:9090/.well-known/jwks.json" in notes
     assert "RequestAuthentication" in notes
-    # The NetworkPolicy admits the JWKS fetchers on the admin port: networkPolicy.from unless jwksFrom is set.
-    peers = ci_values("default")["networkPolicy"]["from"]
+    # The NetworkPolicy admits the JWKS fetchers on the admin port only when named (jwksFrom): never `from`.
     rules = one(docs, "NetworkPolicy")["spec"]["ingress"]
-    assert {"ports": [{"port": 9090, "protocol": "TCP"}], "from": peers} in rules
+    assert all(p["port"] != 9090 for rule in rules for p in rule["ports"])
     istiod = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "istio-system"}}}]
     values = assertion_inline_values()
-    values["networkPolicy"] = {"enabled": True, "jwksFrom": istiod}
+    values["networkPolicy"] = {"enabled": True, "from": istiod, "jwksFrom": istiod}
     rules = one(documents(render(chart, values)), "NetworkPolicy")["spec"]["ingress"]
-    assert rules[0].get("from") is None  # from: [] admits every peer to gRPC/HTTP, as before
     assert {"ports": [{"port": 9090, "protocol": "TCP"}], "from": istiod} in rules
 
 
@@ -609,7 +654,14 @@ def test_sidecar_mode(chart: Any) -> None:
     docs = documents(render(chart, ci_values("sidecar-mode")))
     assert kinds(docs) == {"ConfigMap"}  # no Deployment, Service, HPA, PDB, ServiceAccount (no inline secrets)
     config = yaml.safe_load(one(docs, "ConfigMap", f"{RELEASE}-session-sidecar")["data"]["config.yaml"])
-    assert config["listen"] == {"grpc": "127.0.0.1:9191", "http": "", "admin": "127.0.0.1:9090"}
+    assert config["listen"] == {
+        "grpc": "127.0.0.1:9191",
+        "http": "",
+        "admin": "127.0.0.1:9090",
+        "api": "",
+        "idle_timeout": "1m",
+        "max_connections": 1000,
+    }
     container, volumes = sidecar_container(docs, "sidecar")
     assert container["args"] == ["serve", "--config", CONFIG_PATH, "--workers", "1"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -624,6 +676,153 @@ def test_sidecar_mode(chart: Any) -> None:
         kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
     except kubernetes_validate.ValidationError as exc:
         pytest.fail(f"the sidecar snippet: {exc.message} at {list(exc.path)}")
+
+
+# --- issue #16: what the defaults expose ---------------------------------------------------------------------
+
+ISTIO = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "istio-system"}}}]
+MONITORING = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+LOGIN = [{"podSelector": {"matchLabels": {"app": "login"}}}]
+
+
+def ingress_rules(chart: Any, values: dict[str, Any]) -> list[Doc]:
+    rules: list[Doc] = one(documents(render(chart, values)), "NetworkPolicy")["spec"]["ingress"]
+    return rules
+
+
+def admitted(rules: list[Doc], port: int) -> list[Doc]:
+    """The peers admitted to ``port``, rule by rule (a rule without ``from`` would be every source)."""
+    return [peer for rule in rules if port in {p["port"] for p in rule["ports"]} for peer in rule["from"]]
+
+
+def test_network_policy_without_callers_fails_rather_than_admitting_everyone(chart: Any) -> None:
+    with pytest.raises(helm.HelmRenderError) as caught:
+        render(chart, {"networkPolicy": {"enabled": True}})
+    assert (
+        "networkPolicy.enabled needs networkPolicy.from: the peers that call ext_authz (the mesh proxies, "
+        "an ingress); an empty from would admit no one"
+    ) in str(caught.value)
+
+
+def test_network_policy_admits_only_the_named_peers_port_by_port(chart: Any) -> None:
+    values = {"networkPolicy": {"enabled": True, "from": ISTIO, "adminFrom": MONITORING}}
+    rules = ingress_rules(chart, values)
+    assert all(rule.get("from") for rule in rules), "a rule without from admits every source"
+    assert admitted(rules, 9191) == ISTIO
+    assert admitted(rules, 9192) == ISTIO
+    # /metrics (and /healthz, /readyz) on the admin port: the separately named source only.
+    assert admitted(rules, 9090) == MONITORING
+    # No adminFrom: the admin port is closed, whoever may call ext_authz.
+    rules = ingress_rules(chart, {"networkPolicy": {"enabled": True, "from": ISTIO}})
+    assert admitted(rules, 9090) == []
+
+
+def test_jwks_fetchers_reach_the_admin_port_only_when_named(chart: Any) -> None:
+    values = assertion_inline_values()
+    values["networkPolicy"] = {"enabled": True, "from": ISTIO}
+    assert admitted(ingress_rules(chart, values), 9090) == [], "the ext_authz callers do not get /metrics"
+    values["networkPolicy"]["jwksFrom"] = MONITORING
+    assert admitted(ingress_rules(chart, values), 9090) == MONITORING
+
+
+def test_readiness_follows_the_store_through_the_authz_health_service(chart: Any) -> None:
+    from sidecar.app import AUTHZ_SERVICE_NAME  # noqa: PLC0415 - the name the sidecar turns NOT_SERVING
+
+    for name in ("default", "sidecar-mode"):
+        container, _ = sidecar_container(documents(render(chart, ci_values(name))), ci_values(name).get("mode", ""))
+        assert container["readinessProbe"]["grpc"] == {"port": 9191, "service": AUTHZ_SERVICE_NAME}
+        # Liveness asks "" (the process answers): a store outage must not restart every replica.
+        assert container["livenessProbe"]["grpc"] == {"port": 9191}
+
+
+def test_every_mounted_secret_file_is_0440(chart: Any) -> None:
+    values = copy.deepcopy(ci_values("cluster"))
+    values["assertion"] = {"enabled": True, "keys": [{"kid": "k1", "private_key": private_key_pem("ed25519", "k1")}]}
+    for docs in (documents(render(chart, values)), documents(render(chart, ci_values("existing-secret")))):
+        pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+        volume = next(v for v in pod["volumes"] if v["name"] == "secrets")["secret"]
+        assert volume["defaultMode"] == KEY_FILE_MODE
+        assert volume["items"] and all(item["mode"] == KEY_FILE_MODE for item in volume["items"]), volume["items"]
+
+
+@pytest.mark.parametrize(
+    ("values", "budget"),
+    [
+        ({"replicaCount": 1}, {"maxUnavailable": 1}),
+        ({"replicaCount": 1, "pdb": {"minAvailable": "100%"}}, {"maxUnavailable": 1}),
+        ({"autoscaling": {"enabled": True, "minReplicas": 1}}, {"maxUnavailable": 1}),
+        ({}, {"minAvailable": 1}),
+        ({"replicaCount": 3, "pdb": {"minAvailable": 2}}, {"minAvailable": 2}),
+        ({"replicaCount": 4, "pdb": {"minAvailable": "50%"}}, {"minAvailable": "50%"}),
+    ],
+)
+def test_the_disruption_budget_lets_a_node_drain(chart: Any, values: dict[str, Any], budget: dict[str, Any]) -> None:
+    spec = one(documents(render(chart, values)), "PodDisruptionBudget")["spec"]
+    assert {k: v for k, v in spec.items() if k != "selector"} == budget
+
+
+def test_a_single_replica_says_its_budget_allows_eviction(chart: Any) -> None:
+    notes = render(chart, {"replicaCount": 1})[NOTES]
+    assert "one replica: the PodDisruptionBudget allows its eviction (maxUnavailable: 1)" in notes
+    assert "PodDisruptionBudget" not in render(chart, {})[NOTES]
+
+
+def test_the_api_listens_on_its_own_port_with_its_own_service_port(chart: Any) -> None:
+    docs = documents(render(chart, ci_values("cluster")))
+    config = yaml.safe_load(one(docs, "ConfigMap")["data"]["config.yaml"])
+    assert config["listen"]["grpc"] == "0.0.0.0:9191"
+    assert config["listen"]["api"] == "0.0.0.0:9193"
+    container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]}["api"] == 9193
+    (api,) = [p for p in one(docs, "Service")["spec"]["ports"] if p["name"] == "api"]
+    assert api == {"name": "api", "port": 9193, "targetPort": "api", "protocol": "TCP", "appProtocol": "grpc"}
+    # Off: no listener, no port.
+    docs = documents(render(chart, ci_values("default")))
+    assert yaml.safe_load(one(docs, "ConfigMap")["data"]["config.yaml"])["listen"]["api"] == ""
+    assert "api" not in {p["name"] for p in one(docs, "Service")["spec"]["ports"]}
+
+
+def test_the_api_port_admits_only_its_own_callers(chart: Any) -> None:
+    values = copy.deepcopy(ci_values("cluster"))
+    values["networkPolicy"] = {"enabled": True, "from": ISTIO, "apiFrom": LOGIN}
+    rules = ingress_rules(chart, values)
+    assert admitted(rules, 9191) == ISTIO
+    assert admitted(rules, 9193) == LOGIN
+    values["networkPolicy"] = {"enabled": True, "from": ISTIO}
+    with pytest.raises(helm.HelmRenderError) as caught:
+        render(chart, values)
+    assert "api.enabled with networkPolicy.enabled needs networkPolicy.apiFrom" in str(caught.value)
+
+
+def test_each_worker_has_its_own_api_port(chart: Any) -> None:
+    values = copy.deepcopy(ci_values("sentinel"))
+    values["api"] = {"enabled": True, "token": "an-api-bearer-token-of-enough-length"}
+    values["networkPolicy"] = {"enabled": True, "from": ISTIO, "apiFrom": LOGIN}
+    docs = documents(render(chart, values))
+    service_ports = {p["name"]: p["port"] for p in one(docs, "Service")["spec"]["ports"]}
+    assert service_ports["api"] == 9193
+    assert service_ports["api-1"] == 9194
+    rules = one(docs, "NetworkPolicy")["spec"]["ingress"]
+    assert admitted(rules, 9194) == LOGIN
+    assert admitted(rules, 9192) == ISTIO  # worker 1's gRPC port
+
+
+def test_the_minimal_install_warns_that_every_pod_reaches_it(chart: Any) -> None:
+    notes = render(chart, {})[NOTES]
+    assert "networkPolicy.enabled is false: every pod in the cluster can reach ports 9191, 9192 and 9090" in notes
+    assert "networkPolicy.enabled is false" not in render(chart, ci_values("default"))[NOTES]
+
+
+def test_the_new_listen_and_forward_auth_keys_reach_the_config(chart: Any) -> None:
+    docs = documents(render(chart, ci_values("cluster")))
+    config = yaml.safe_load(one(docs, "ConfigMap")["data"]["config.yaml"])
+    assert config["listen"]["idle_timeout"] == "30s"
+    assert config["listen"]["max_connections"] == 500
+    assert config["forward_auth"] == {"trusted_hops": 1, "proxy": "ingress-nginx"}
+    defaults = yaml.safe_load(one(documents(render(chart, {})), "ConfigMap")["data"]["config.yaml"])
+    assert defaults["listen"]["idle_timeout"] == "1m"
+    assert defaults["listen"]["max_connections"] == 1000
+    assert defaults["forward_auth"] == {"trusted_hops": 0, "proxy": "any"}
 
 
 # --- bad values fail with the chart's own message -----------------------------------------------------------
@@ -684,6 +883,33 @@ def test_sidecar_mode_with_assertions_and_workers(chart: Any) -> None:
         ({"workers": 0}, "workers must be between 1 and 64 (got 0)"),
         ({"workers": 2}, "workers 2: listen.grpcPort 9191..9192 and listen.httpPort 9192..9193 collide"),
         ({"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}, "autoscaling.maxReplicas must be"),
+        (
+            {"existingSecret": "mine", "redis": {"url": "redis://u:p/w@h:6379/0"}},
+            'existingSecret is set and redis.url holds credentials ("@"): leave them out of redis.url and put the '
+            "password in the existing Secret's redis-password",
+        ),
+        (
+            {"replicaCount": 2, "pdb": {"minAvailable": 2}},
+            "pdb.minAvailable 2 leaves no pod of the 2 replicas evictable, so every node drain would block: "
+            "set it below 2 (or a percentage below 100%)",
+        ),
+        (
+            {"autoscaling": {"enabled": True, "minReplicas": 3}, "pdb": {"minAvailable": 5}},
+            "pdb.minAvailable 5 leaves no pod of the 3 replicas evictable",
+        ),
+        ({"pdb": {"minAvailable": "100%"}}, "pdb.minAvailable 100% leaves no pod of the 2 replicas evictable"),
+        (
+            {"api": {"enabled": True, "token": "an-api-bearer-token-of-enough-length"}, "listen": {"apiPort": 9191}},
+            "workers 1: listen.grpcPort 9191..9191 and listen.apiPort 9191..9191 collide",
+        ),
+        (
+            {
+                "workers": 2,
+                "listen": {"httpPort": 9292, "apiPort": 9089},
+                "api": {"enabled": True, "token": "an-api-bearer-token-of-enough-length"},
+            },
+            "workers 2: listen.apiPort 9089..9090 and listen.adminPort 9090..9090 collide",
+        ),
         ({"assertion": {"enabled": True}}, "assertion.enabled needs at least one key in assertion.keys"),
         (
             {"assertion": {"enabled": True, "keys": [{"kid": "k1"}]}},
@@ -746,6 +972,17 @@ def test_bad_values_fail_with_the_charts_message(chart: Any, values: dict[str, A
         ({"assertion": {"keys": [{"kid": "k1", "private_key": "not a PEM"}]}}, "/assertion/keys/0/private_key"),
         ({"assertion": {"keys": [{"private_key": "x"}]}}, "/assertion/keys/0"),
         ({"networkPolicy": {"jwksFrom": {}}}, "/networkPolicy/jwksFrom"),
+        ({"networkPolicy": {"apiFrom": {}}}, "/networkPolicy/apiFrom"),
+        ({"listen": {"apiPort": 0}}, "/listen/apiPort"),
+        ({"listen": {"max_connections": 0}}, "/listen/max_connections"),
+        ({"listen": {"max_connections": 100001}}, "/listen/max_connections"),
+        ({"listen": {"idle_timeout": True}}, "/listen/idle_timeout"),
+        ({"forward_auth": {"trusted_hops": 11}}, "/forward_auth/trusted_hops"),
+        ({"forward_auth": {"trusted_hops": -1}}, "/forward_auth/trusted_hops"),
+        ({"forward_auth": {"proxy": "haproxy"}}, "/forward_auth/proxy"),
+        ({"forward_auth": {"hops": 1}}, "/forward_auth"),
+        ({"pdb": {"minAvailable": "half"}}, "/pdb/minAvailable"),
+        ({"pdb": {"minAvailable": -1}}, "/pdb/minAvailable"),
     ],
 )
 def test_the_schema_rejects(chart: Any, values: dict[str, Any], where: str) -> None:

@@ -8,11 +8,15 @@
 - Semantic checks: the Istio provider fails closed with a short timeout and a 503, the CUSTOM policy names a
   provider that exists and leaves only health paths out, and the Lua filter that strips identity headers is
   run in a real Envoy.
+- The Linkerd per-pod Envoy runs in a real Envoy in front of the e2e stack's real sidecar and echo app: routes that
+  skip ext_authz pass no client identity header (x-user-*, x-session-*, "_" spellings), checked routes carry
+  only the sidecar's.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import subprocess
 from collections.abc import Iterator
@@ -23,6 +27,7 @@ import pytest
 import yaml
 
 from sidecar.demo import processes
+from tests.support import servers
 
 REPO = Path(__file__).resolve().parents[2]
 MESH = REPO / "mesh-config"
@@ -227,18 +232,133 @@ def test_linkerd_envoy_fails_closed_and_calls_the_central_sidecar() -> None:
     assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
 
 
-def test_linkerd_envoy_routes_without_ext_authz_strip_identity_headers() -> None:
+def test_linkerd_envoy_strips_identity_headers_first_with_the_istio_filters_code() -> None:
     config = yaml.safe_load(_linkerd_bootstrap())
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     assert hcm["common_http_protocol_options"]["headers_with_underscores_action"] == "DROP_HEADER"
+    first = hcm["http_filters"][0]
+    assert first["name"] == "envoy.filters.http.lua", "the strip must run before ext_authz and on every route"
+    _, istio_code = _strip_filter()
+    assert first["typed_config"]["default_source_code"]["inline_string"] == istio_code
     routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
-    unchecked = [r for r in routes if r.get("typed_per_filter_config", {}).get("envoy.filters.http.ext_authz")]
-    assert {r["match"]["path"] for r in unchecked} == HEALTH_PATHS
-    for route in unchecked:
-        assert set(IDENTITY_HEADERS) <= set(route["request_headers_to_remove"]), route["match"]
+    assert not [r for r in routes if "envoy.filters.http.lua" in r.get("typed_per_filter_config", {})], (
+        "no route may turn the strip off"
+    )
     # Everything else goes through ext_authz: the catch-all route has no per-route override.
     assert routes[-1]["match"] == {"prefix": "/"}
     assert "typed_per_filter_config" not in routes[-1]
+
+
+# Client-sent headers of the identity namespace (as a WSGI app reads them, "_" and "-" alike) and ones that
+# only look alike; the first set must never reach the app unless the sidecar set it.
+SPOOFED = [
+    ("X-User-Id", "admin"),
+    ("x-user-roles", "admin"),
+    ("x-user-assertion", "eyJhbGciOiJub25lIn0.e30."),
+    ("x-user-tenant", "other-tenant"),
+    ("X-Session-Id", "s"),
+    ("x-session-foo", "1"),
+    ("x-user-id", "second"),
+    ("x_user_email", "a@example.com"),
+    ("X_Session_Whatever", "1"),
+]
+LOOKALIKES = [("x-userland", "kept"), ("x-request-id", "kept"), ("x-sessionless", "kept")]
+
+
+def _identity_namespace(names: set[str]) -> set[str]:
+    return {n for n in names if n.lower().replace("_", "-").startswith(("x-user-", "x-session-"))}
+
+
+def _unchecked_paths(config: dict[str, Any]) -> list[str]:
+    """The exact paths of the routes that skip ext_authz (the sidecar is never asked there)."""
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    skipped = [r for r in routes if r.get("typed_per_filter_config", {}).get("envoy.filters.http.ext_authz")]
+    return [r["match"]["path"] for r in skipped]
+
+
+def _local_linkerd_bootstrap(
+    listen_port: int, sidecar_port: int, app_port: int, *, underscores: str | None = None
+) -> dict[str, Any]:
+    """The shipped Linkerd bootstrap moved onto loopback: its listener, admin, the sidecar and the app on the given
+    ports; ``underscores`` overrides headers_with_underscores_action (to test the strip without that safety net)."""
+    config: dict[str, Any] = yaml.safe_load(_linkerd_bootstrap())
+    config["admin"]["address"]["socket_address"]["port_value"] = processes.free_port()
+    listener = config["static_resources"]["listeners"][0]
+    listener["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": listen_port}
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    if underscores is not None:
+        hcm["common_http_protocol_options"]["headers_with_underscores_action"] = underscores
+    ports = {"session_sidecar": sidecar_port, "app": app_port}
+    for cluster in config["static_resources"]["clusters"]:
+        endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        endpoint["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": ports[cluster["name"]]}
+    return config
+
+
+@pytest.fixture(scope="module", params=["as shipped", "underscores allowed"])
+def linkerd_envoy(
+    request: pytest.FixtureRequest, envoy: str, stack: servers.Stack, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[int]:
+    """The Linkerd per-pod Envoy in a real Envoy, asking the e2e stack's real sidecar, in front of its echo app."""
+    port = processes.free_port()
+    underscores = "ALLOW" if request.param == "underscores allowed" else None
+    bootstrap = _local_linkerd_bootstrap(port, stack.grpc_port, stack.echo_port, underscores=underscores)
+    workdir = tmp_path_factory.mktemp("linkerd-envoy")
+    config = workdir / "envoy.yaml"
+    config.write_text(yaml.safe_dump(bootstrap, sort_keys=False))
+    server = servers.Server("envoy (linkerd)", workdir / "envoy.log")
+    server.attach(processes.start_envoy(config, log_path=server.log))
+    try:
+        server.wait_listening(port)
+        yield port
+    finally:
+        server.stop()
+
+
+def _through(port: int, path: str, headers: list[tuple[str, str]]) -> tuple[int, dict[str, list[str]]]:
+    """GET ``path`` through Envoy on ``port``; the status and, when the echo app answered, the headers it saw."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest("GET", path, skip_accept_encoding=True)
+        for name, value in headers:
+            conn.putheader(name, value)
+        conn.endheaders()
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    if response.status != 200:
+        return response.status, {}
+    seen: dict[str, list[str]] = json.loads(body)["headers"]
+    return response.status, seen
+
+
+@pytest.mark.parametrize("path", sorted(HEALTH_PATHS))
+def test_linkerd_envoy_health_routes_strip_the_whole_identity_namespace(linkerd_envoy: int, path: str) -> None:
+    assert path in _unchecked_paths(yaml.safe_load(_linkerd_bootstrap()))
+    status, seen = _through(linkerd_envoy, path, [*SPOOFED, *LOOKALIKES])
+    assert status == 200
+    assert not _identity_namespace(set(seen)), seen
+    assert {"x-userland", "x-request-id", "x-sessionless"} <= set(seen)
+
+
+def test_linkerd_envoy_every_route_without_ext_authz_is_a_tested_health_path() -> None:
+    assert set(_unchecked_paths(yaml.safe_load(_linkerd_bootstrap()))) == HEALTH_PATHS
+
+
+def test_linkerd_envoy_checked_route_carries_only_the_sidecars_identity(
+    linkerd_envoy: int, stack: servers.Stack
+) -> None:
+    session = stack.create_session("alice", email="alice@example.com", roles=("dev",))
+    status, seen = _through(linkerd_envoy, "/api/orders", [*SPOOFED, ("Cookie", f"SESSION={session['token']}")])
+    assert status == 200
+    assert seen["x-user-id"] == ["alice"]
+    assert seen["x-user-email"] == ["alice@example.com"]
+    assert seen["x-user-roles"] == ["dev"]
+    assert _identity_namespace(set(seen)) == {"x-user-id", "x-user-email", "x-user-roles", "x-session-id"}
+    status, _ = _through(linkerd_envoy, "/api/orders", SPOOFED)
+    assert status == 401, "no session: the spoofed identity must not be let through"
 
 
 def test_linkerd_deployment_fronts_the_app_with_envoy() -> None:
@@ -482,22 +602,9 @@ def _seen_headers(port: int, path: str, headers: list[tuple[str, str]]) -> set[s
 
 @pytest.mark.parametrize("path", sorted(HEALTH_PATHS | {"/api/orders"}))
 def test_istio_strip_filter_removes_spoofed_identity_headers(lua_envoy: int, path: str) -> None:
-    seen = _seen_headers(
-        lua_envoy,
-        path,
-        [
-            ("X-User-Id", "admin"),
-            ("x-user-roles", "admin"),
-            ("X-Session-Id", "s"),
-            ("x-user-id", "second"),
-            ("x_user_email", "a@example.com"),
-            ("X_Session_Whatever", "1"),
-            ("x-userland", "kept"),
-            ("x-request-id", "kept"),
-        ],
-    )
-    assert not {h for h in seen if h.replace("_", "-").startswith(("x-user-", "x-session-"))}, seen
-    assert {"x-userland", "x-request-id"} <= seen
+    seen = _seen_headers(lua_envoy, path, [*SPOOFED, *LOOKALIKES])
+    assert not _identity_namespace(seen), seen
+    assert {"x-userland", "x-request-id", "x-sessionless"} <= seen
 
 
 def test_istio_strip_filter_prefixes_match_the_sidecar_defaults() -> None:
@@ -554,3 +661,7 @@ def test_istio_strip_filter_also_removes_a_client_sent_assertion() -> None:
     prefixes = re.search(r"local prefixes = \{(.*?)\}", code)
     assert prefixes
     assert AssertionConfig().header.startswith(tuple(re.findall(r'"([^"]+)"', prefixes.group(1))))
+    # Named on its own too, so narrowing the prefixes cannot let a replayed assertion through.
+    names = re.search(r"local names = \{(.*?)\}", code)
+    assert names
+    assert AssertionConfig().header in re.findall(r'\["([^"]+)"\] = true', names.group(1))

@@ -70,6 +70,23 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* "true" when redis.url holds "@": credentials (user:password@), whose password may hold unencoded "/", "?",
+"#" or "@" so that no pattern finds where it ends. The whole URL then goes into the Secret, never the ConfigMap. */}}
+{{- define "session-sidecar.redisUrlInSecret" -}}
+{{- if contains "@" (toString .Values.redis.url) }}true{{ end }}
+{{- end }}
+
+{{/* redis.url for humans (NOTES): everything from "//" to the last "@" masked, so a password with unencoded
+"/", "?", "#" or "@" is hidden too. */}}
+{{- define "session-sidecar.redisUrlMasked" -}}
+{{- regexReplaceAll "//.*@" (include "session-sidecar.redisUrl" .) "//***@" }}
+{{- end }}
+
+{{/* The replicas a disruption budget has to fit: autoscaling.minReplicas, else replicaCount. */}}
+{{- define "session-sidecar.minReplicas" -}}
+{{- if .Values.autoscaling.enabled }}{{ .Values.autoscaling.minReplicas | int }}{{ else }}{{ .Values.replicaCount | int }}{{ end }}
+{{- end }}
+
 {{/* Every bad combination of values, each with a clear message. Included by every template. */}}
 {{- define "session-sidecar.validate" -}}
 {{- $v := .Values }}
@@ -97,6 +114,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- fail "redis.failure_policy stale needs cache.enabled: true (the last known identities live in the cache)" }}
 {{- end }}
 {{- $inline := include "session-sidecar.hasInlineSecrets" . }}
+{{- if and $v.existingSecret (include "session-sidecar.redisUrlInSecret" .) }}
+{{- fail "existingSecret is set and redis.url holds credentials (\"@\"): leave them out of redis.url and put the password in the existing Secret's redis-password" }}
+{{- end }}
 {{- if and $v.existingSecret $inline }}
 {{- fail "existingSecret is set: leave token.keys, session.encryption_keys, redis.password, redis.sentinel_password, api.token and assertion.keys[].private_key empty (put them in the existing Secret)" }}
 {{- end }}
@@ -132,10 +152,32 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if or (lt (int $v.workers) 1) (gt (int $v.workers) 64) }}
 {{- fail (printf "workers must be between 1 and 64 (got %v)" $v.workers) }}
 {{- end }}
-{{- if and (gt (int $v.workers) 1) $v.listen.httpEnabled }}
-{{- $g := int $v.listen.grpcPort }}{{- $h := int $v.listen.httpPort }}{{- $n := int $v.workers }}
-{{- if and (lt $h (add $g $n)) (lt $g (add $h $n)) }}
-{{- fail (printf "workers %d: listen.grpcPort %d..%d and listen.httpPort %d..%d collide (worker i uses port + i); move listen.httpPort or set listen.httpEnabled: false" $n $g (sub (add $g $n) 1) $h (sub (add $h $n) 1)) }}
+{{- /* Worker i listens on each port + i (admin: worker 0 only); no two listeners may share a port. */}}
+{{- $n := int $v.workers }}
+{{- $ranges := list (list "grpcPort" (int $v.listen.grpcPort) $n "") }}
+{{- if $v.listen.httpEnabled }}{{ $ranges = append $ranges (list "httpPort" (int $v.listen.httpPort) $n " or set listen.httpEnabled: false") }}{{ end }}
+{{- if $v.api.enabled }}{{ $ranges = append $ranges (list "apiPort" (int $v.listen.apiPort) $n "") }}{{ end }}
+{{- $ranges = append $ranges (list "adminPort" (int $v.listen.adminPort) 1 "") }}
+{{- range $i, $a := $ranges }}
+{{- range $j, $b := $ranges }}
+{{- if and (lt $i $j) (lt (index $b 1) (add (index $a 1) (index $a 2))) (lt (index $a 1) (add (index $b 1) (index $b 2))) }}
+{{- fail (printf "workers %d: listen.%s %d..%d and listen.%s %d..%d collide (worker i uses port + i, admin worker 0 only); move listen.%s%s" $n (index $a 0) (index $a 1) (sub (add (index $a 1) (index $a 2)) 1) (index $b 0) (index $b 1) (sub (add (index $b 1) (index $b 2)) 1) (index $b 0) (index $b 3)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if eq $v.mode "central" }}
+{{- if and $v.networkPolicy.enabled (empty $v.networkPolicy.from) }}
+{{- fail "networkPolicy.enabled needs networkPolicy.from: the peers that call ext_authz (the mesh proxies, an ingress); an empty from would admit no one, and every request of the mesh would be denied (set networkPolicy.enabled: false to admit every pod instead)" }}
+{{- end }}
+{{- if and $v.networkPolicy.enabled $v.api.enabled (empty $v.networkPolicy.apiFrom) }}
+{{- fail "api.enabled with networkPolicy.enabled needs networkPolicy.apiFrom: the peers that call the SessionService API (your login services); the ext_authz callers of networkPolicy.from do not get it" }}
+{{- end }}
+{{- if $v.pdb.enabled }}
+{{- $replicas := int (include "session-sidecar.minReplicas" .) }}
+{{- $min := $v.pdb.minAvailable }}
+{{- if and (gt $replicas 1) (or (eq (toString $min) "100%") (and (kindIs "float64" $min) (ge (int $min) $replicas)) (and (kindIs "int" $min) (ge (int $min) $replicas)) (and (kindIs "int64" $min) (ge (int $min) $replicas))) }}
+{{- fail (printf "pdb.minAvailable %v leaves no pod of the %d replicas evictable, so every node drain would block: set it below %d (or a percentage below 100%%)" $min $replicas $replicas) }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- if and $v.autoscaling.enabled (lt (int $v.autoscaling.maxReplicas) (int $v.autoscaling.minReplicas)) }}
@@ -148,9 +190,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $v := .Values }}
 {{- $host := include "session-sidecar.host" . }}
 {{- $cfg := dict }}
-{{- $_ := set $cfg "listen" (dict "grpc" (printf "%s:%v" $host $v.listen.grpcPort) "http" (ternary (printf "%s:%v" $host $v.listen.httpPort) "" $v.listen.httpEnabled) "admin" (printf "%s:%v" $host $v.listen.adminPort)) }}
+{{- $listen := dict "grpc" (printf "%s:%v" $host $v.listen.grpcPort) "http" (ternary (printf "%s:%v" $host $v.listen.httpPort) "" $v.listen.httpEnabled) "admin" (printf "%s:%v" $host $v.listen.adminPort) }}
+{{- /* The API on its own port: whoever may call ext_authz on listen.grpc does not reach it. */}}
+{{- $_ := set $listen "api" (ternary (printf "%s:%v" $host $v.listen.apiPort) "" $v.api.enabled) }}
+{{- $_ := set $listen "idle_timeout" $v.listen.idle_timeout }}
+{{- $_ := set $listen "max_connections" $v.listen.max_connections }}
+{{- $_ := set $cfg "listen" $listen }}
 {{- $redis := pick $v.redis "key_prefix" "timeout" "failure_policy" "stale_for" "wait_replicas" "wait_timeout" "max_connections" "username" "sentinel_username" "tls_ca_file" "tls_cert_file" "tls_key_file" "tls_verify" }}
+{{- if not (include "session-sidecar.redisUrlInSecret" .) }}
 {{- $_ := set $redis "url" (include "session-sidecar.redisUrl" .) }}
+{{- end }}
 {{- $_ := set $cfg "redis" $redis }}
 {{- $_ := set $cfg "cookie" $v.cookie }}
 {{- $_ := set $cfg "session" (omit $v.session "encryption_keys") }}
@@ -171,6 +220,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- $_ := set $assertion "keys" $keys }}
 {{- $_ := set $cfg "assertion" $assertion }}
+{{- $_ := set $cfg "forward_auth" $v.forward_auth }}
 {{- toYaml $cfg }}
 {{- end }}
 
@@ -196,6 +246,7 @@ nothing is mounted. */}}
 {{- if .Values.api.enabled }}
 - key: api-token
   path: api-token
+  mode: 288
 {{- end }}
 {{- if .Values.assertion.enabled }}
 {{- range .Values.assertion.keys }}
@@ -211,7 +262,7 @@ nothing is mounted. */}}
 {{- $v := .Values }}
 {{- $secret := include "session-sidecar.secretName" . }}
 {{- $optional := ternary true false (not (empty $v.existingSecret)) -}}
-{{- range $item := list (list "SIDECAR_TOKEN__KEYS" "token-keys" $v.token.keys) (list "SIDECAR_SESSION__ENCRYPTION_KEYS" "encryption-keys" $v.session.encryption_keys) (list "SIDECAR_REDIS__PASSWORD" "redis-password" $v.redis.password) (list "SIDECAR_REDIS__SENTINEL_PASSWORD" "redis-sentinel-password" $v.redis.sentinel_password) }}
+{{- range $item := list (list "SIDECAR_TOKEN__KEYS" "token-keys" $v.token.keys) (list "SIDECAR_SESSION__ENCRYPTION_KEYS" "encryption-keys" $v.session.encryption_keys) (list "SIDECAR_REDIS__PASSWORD" "redis-password" $v.redis.password) (list "SIDECAR_REDIS__SENTINEL_PASSWORD" "redis-sentinel-password" $v.redis.sentinel_password) (list "SIDECAR_REDIS__URL" "redis-url" (include "session-sidecar.redisUrlInSecret" .)) }}
 {{- if or $optional (index $item 2) }}
 - name: {{ index $item 0 }}
   valueFrom:
@@ -243,6 +294,11 @@ ports:
     containerPort: {{ add $v.listen.httpPort $i }}
     protocol: TCP
   {{- end }}
+  {{- if $v.api.enabled }}
+  - name: api{{ $suffix }}
+    containerPort: {{ add $v.listen.apiPort $i }}
+    protocol: TCP
+  {{- end }}
 {{- end }}
   - name: admin
     containerPort: {{ $v.listen.adminPort }}
@@ -265,6 +321,8 @@ env:
 readinessProbe:
   grpc:
     port: {{ $v.listen.grpcPort }}
+    {{- /* "" stays SERVING while the store is down; this name follows the store (sidecar/app.py). */}}
+    service: envoy.service.auth.v3.Authorization
   {{- toYaml $v.probes.readiness | nindent 2 }}
 livenessProbe:
   grpc:
@@ -303,8 +361,9 @@ volumeMounts:
 - name: secrets
   secret:
     secretName: {{ include "session-sidecar.secretName" $ }}
-    {{- /* 0440 for the assertion keys: root-owned, group fsGroup (podSecurityContext), readable by the
-    non-root sidecar and nobody else. */}}
+    {{- /* 0440 for every file (API token, assertion keys): root-owned, group fsGroup (podSecurityContext),
+    readable by the non-root sidecar and nobody else. */}}
+    defaultMode: 288
     items:
       {{- . | nindent 6 }}
 {{- end }}
@@ -327,5 +386,5 @@ volumeMounts:
 {{- $v := .Values }}
 {{- $assertionKeys := false }}
 {{- if $v.assertion.enabled }}{{ range $v.assertion.keys }}{{ if .private_key }}{{ $assertionKeys = true }}{{ end }}{{ end }}{{ end }}
-{{- if or $v.token.keys $v.session.encryption_keys $v.redis.password $v.redis.sentinel_password $v.api.token $assertionKeys }}true{{ end }}
+{{- if or $v.token.keys $v.session.encryption_keys $v.redis.password $v.redis.sentinel_password $v.api.token $assertionKeys (include "session-sidecar.redisUrlInSecret" .) }}true{{ end }}
 {{- end }}
