@@ -14,8 +14,8 @@ import binascii
 import ipaddress
 import os
 import re
+import stat
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -82,6 +82,79 @@ class _Problems(ValueError):
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
         super().__init__("; ".join(message for _, message in problems))
+
+
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_SECRET_FILE_BYTES = 64 * 1024  # a password, an API token, a PEM key, a CA bundle
+MAX_ROUTES = 10_000
+
+
+class _Unreadable(ValueError):
+    """A file the config names cannot be used; the message says why, without the path or any of the content."""
+
+
+def _read_bounded(path: str, limit: int) -> bytes:
+    """The bytes of the regular file ``path``, at most ``limit`` of them.
+
+    Anything else is refused before it is read: a device (``/dev/zero`` would be read until memory runs out), a
+    FIFO (opened without blocking, so a FIFO with no writer cannot hang the load), a socket, a directory, or a file
+    larger than ``limit`` (also one that grows past it while being read).
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise _Unreadable(exc.strerror or exc.__class__.__name__) from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise _Unreadable("it is a directory")
+        if not stat.S_ISREG(info.st_mode):
+            raise _Unreadable("it is not a regular file (a device, FIFO or socket)")
+        too_large = _Unreadable(f"it is larger than {_size(limit)}")
+        if info.st_size > limit:
+            raise too_large
+        chunks: list[bytes] = []
+        remaining = limit + 1
+        while remaining > 0:
+            chunk = os.read(fd, remaining)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        if remaining <= 0:
+            raise too_large
+        return b"".join(chunks)
+    except OSError as exc:
+        raise _Unreadable(exc.strerror or exc.__class__.__name__) from None
+    finally:
+        os.close(fd)
+
+
+def _size(limit: int) -> str:
+    return f"{limit // (1024 * 1024)} MiB" if limit % (1024 * 1024) == 0 else f"{limit // 1024} KiB"
+
+
+_PATH_LIKE = re.compile(r"(?:/|\./|\.\./|~/)[^\s]{0,1020}")
+
+
+def _shown_path(path: str) -> str:
+    """A file key's value as a message may show it: quoted when it reads as a path, else not at all (a secret
+    pasted where its file's path belongs must not be echoed back)."""
+    if _PATH_LIKE.fullmatch(path) and not _has_control(path) and "-----" not in path:
+        return repr(path)
+    return "the file it names"
+
+
+def _read_secret_file(path: str) -> str:
+    """A secret file's text (UTF-8, surrounding whitespace stripped); raises ``_Unreadable`` naming the file only
+    when its name reads as a path."""
+    try:
+        return _read_bounded(path, MAX_SECRET_FILE_BYTES).decode("utf-8").strip()
+    except _Unreadable as exc:
+        raise _Unreadable(f"cannot read {_shown_path(path)}: {exc}") from None
+    except UnicodeDecodeError:
+        raise _Unreadable(f"cannot read {_shown_path(path)}: it is not UTF-8 text") from None
 
 
 def _has_control(text: str) -> bool:
@@ -173,6 +246,27 @@ class ListenConfig(_Section):
 # --- redis --------------------------------------------------------------------------------------------------
 
 
+def _misplaced_userinfo(url: str) -> bool:
+    """True when an ``@`` follows the end of the URL's authority (the first ``/``, ``?`` or ``#`` after ``://``):
+    a password holding one of those characters unencoded, which no URL reader splits where the writer meant.
+
+    Without ``://`` any ``@`` counts: such a value is no URL, and whatever precedes the ``@`` may be a password.
+    """
+    _, sep, rest = url.partition("://")
+    if not sep:
+        return "@" in url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    return "@" in rest[end:]
+
+
+def _url_for_message(url: str) -> str:
+    """``url`` as an error message may show it: quoted with its password redacted, or not at all when the
+    redaction could not find the user info for certain."""
+    if _misplaced_userinfo(url):
+        return "(not shown: it may hold a password)"
+    return repr(redact_url(url))
+
+
 class RedisConfig(_Section):
     url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "sidecar:"
@@ -215,17 +309,20 @@ class RedisConfig(_Section):
                 problems.append(((source,), f"give either redis.{secret} or redis.{source}, not both"))
                 continue
             try:
-                value = Path(path).read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError) as exc:
-                problems.append(((source,), f"cannot read {path!r}: {exc.__class__.__name__}"))
+                value = _read_secret_file(path)
+            except _Unreadable as exc:
+                problems.append(((source,), str(exc)))
                 continue
             if not value:
-                problems.append(((source,), f"{path!r} is empty"))
+                problems.append(((source,), f"{_shown_path(path)} is empty"))
             object.__setattr__(self, secret, value)
         for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
             path = getattr(self, name)
-            if path and not Path(path).is_file():
-                problems.append(((name,), f"{path!r} is not a readable file"))
+            if path:
+                try:
+                    _read_bounded(path, MAX_SECRET_FILE_BYTES)
+                except _Unreadable as exc:
+                    problems.append(((name,), f"cannot read {_shown_path(path)}: {exc}"))
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             problems.append((("tls_key_file",), "tls_cert_file and tls_key_file go together"))
         if problems:
@@ -237,29 +334,39 @@ class RedisConfig(_Section):
     def _url(cls, value: str) -> str:
         if _has_control(value) or any(ch.isspace() for ch in value):
             raise ValueError("must not contain whitespace or control characters")
+        if _misplaced_userinfo(value) or "#" in value:
+            # Every reader (urlsplit, redis-py, the redaction) would end the user info (or a password parameter) at
+            # that character and take the rest of the password for a host, port, path or fragment: refuse the URL,
+            # and never print it. A Redis URL has no use for a fragment.
+            raise ValueError(
+                "a user name or password holds an unencoded '/', '?' or '#' (or the URL has an '@' after its "
+                "host, or a '#'): percent-encode them in the URL (/ %2F, ? %3F, # %23, @ %40) or use "
+                "redis.password_file"
+            )
+        shown = _url_for_message(value)
         scheme, sep, rest = value.partition("://")
         if scheme not in _REDIS_SCHEMES or not sep:
             schemes = ", ".join(f"{s}://" for s in _REDIS_SCHEMES)
-            raise ValueError(f"unsupported URL {redact_url(value)!r} (use {schemes})")
+            raise ValueError(f"unsupported URL {shown} (use {schemes})")
         if scheme in ("redis+sentinel", "redis+cluster"):
             # Several hosts: urlsplit cannot read them; the connection module checks each host:port.
             if not rest.split("/", 1)[0].rpartition("@")[2]:
-                raise ValueError(f"{redact_url(value)!r} has no host")
+                raise ValueError(f"{shown} has no host")
             return value
         try:
             parts = urlsplit(value)
         except ValueError as exc:
-            raise ValueError(f"{redact_url(value)!r} is not a valid URL ({exc})") from None
+            raise ValueError(f"{shown} is not a valid URL ({exc})") from None
         if parts.scheme == "unix":
             if not parts.path:
                 raise ValueError("a unix:// URL needs a socket path, e.g. unix:///run/redis.sock")
         elif not parts.hostname:
-            raise ValueError(f"{redact_url(value)!r} has no host")
+            raise ValueError(f"{shown} has no host")
         elif parts.scheme in ("redis", "rediss"):
             try:
                 parts.port  # noqa: B018 - parsing the port is the check
             except ValueError:
-                raise ValueError(f"{redact_url(value)!r} has an invalid port") from None
+                raise ValueError(f"{shown} has an invalid port") from None
         return value
 
     @field_validator("key_prefix")
@@ -397,7 +504,7 @@ class DenyConfig(_Section):
     def _login_url(cls, value: str) -> str:
         if value == "":
             return value
-        bad = _has_control(value) or any(ch.isspace() for ch in value)
+        bad = _has_control(value) or any(ch.isspace() for ch in value) or _misplaced_userinfo(value)
         try:
             parts = urlsplit(value)
         except ValueError:
@@ -405,7 +512,8 @@ class DenyConfig(_Section):
         else:
             bad = bad or parts.scheme not in ("http", "https") or not parts.netloc or not parts.hostname
         if bad:
-            raise ValueError(f'must be "" or an absolute http(s) URL, e.g. https://login.example.com/ (got {value!r})')
+            shown = _url_for_message(value)
+            raise ValueError(f'must be "" or an absolute http(s) URL, e.g. https://login.example.com/ (got {shown})')
         return value
 
 
@@ -462,19 +570,21 @@ def _signing_key(value: Any, exact: int | None = None) -> Any:
     kid, sep, secret = value.partition(":")
     if not sep:
         raise ValueError("must be 'KID:SECRET' (no ':' found)")
+    # Neither part is ever echoed: an entry written back to front (SECRET:KID) has its secret where the id goes,
+    # and the key path (token.keys[1]) names the entry well enough.
     if not _KID.fullmatch(kid):
-        raise ValueError(f"invalid key id {kid[:20]!r}: 1-16 characters of A-Z a-z 0-9 _ -")
+        raise ValueError("invalid key id: 1-16 characters of A-Z a-z 0-9 _ - before the ':' (KID:SECRET)")
     if not _BASE64URL.fullmatch(secret) or len(secret.rstrip("=")) % 4 == 1:
-        raise ValueError(f"the secret of key {kid!r} is not base64url")
+        raise ValueError("the secret (after the ':') is not base64url")
     try:
         raw = base64.urlsafe_b64decode(secret.rstrip("=") + "=" * (-len(secret.rstrip("=")) % 4))
     except (binascii.Error, ValueError):
-        raise ValueError(f"the secret of key {kid!r} is not base64url") from None
+        raise ValueError("the secret (after the ':') is not base64url") from None
     if exact is not None and len(raw) != exact:
-        raise ValueError(f"the secret of key {kid!r} is {len(raw)} bytes; exactly {exact} are required (AES-256)")
+        raise ValueError(f"the secret is {len(raw)} bytes; exactly {exact} are required (AES-256)")
     if len(raw) < _MIN_SECRET_BYTES:
         raise ValueError(
-            f"the secret of key {kid!r} is {len(raw)} bytes; at least {_MIN_SECRET_BYTES} are required "
+            f"the secret is {len(raw)} bytes; at least {_MIN_SECRET_BYTES} are required "
             "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
         )
     return SigningKey(kid=kid, secret=raw)
@@ -495,12 +605,12 @@ class TokenConfig(_Section):
 
 
 def _unique_kids(value: tuple[SigningKey, ...]) -> tuple[SigningKey, ...]:
-    seen: set[str] = set()
+    first: dict[str, int] = {}
     problems: list[Problem] = []
     for i, key in enumerate(value):
-        if key.kid in seen:
-            problems.append(((i,), f"duplicate key id {key.kid!r}"))
-        seen.add(key.kid)
+        if key.kid in first:
+            problems.append(((i,), f"duplicate key id (the same as entry {first[key.kid]})"))
+        first.setdefault(key.kid, i)
     if problems:
         raise _Problems(problems)
     return value
@@ -517,6 +627,14 @@ class ApiConfig(_Section):
     # Read from token_file at load time; never printed.
     token: str = Field(default="", repr=False, exclude=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _token_only_from_its_file(cls, data: Any) -> Any:
+        # A token written in the config would sit in a ConfigMap and in `config check` error paths: files only.
+        if isinstance(data, dict) and "token" in data:
+            raise _Problems([(("token",), "unknown key (the token is read from api.token_file)")])
+        return data
+
     @model_validator(mode="after")
     def _read_token(self) -> ApiConfig:
         if not self.enabled:
@@ -526,9 +644,9 @@ class ApiConfig(_Section):
                 [(("token_file",), "is required when api.enabled is true (a file holding the bearer token)")]
             )
         try:
-            token = Path(self.token_file).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise _Problems([(("token_file",), f"cannot read {self.token_file!r}: {exc.__class__.__name__}")]) from None
+            token = _read_secret_file(self.token_file)
+        except _Unreadable as exc:
+            raise _Problems([(("token_file",), str(exc))]) from None
         if len(token) < _MIN_API_TOKEN_CHARS or any(ch.isspace() or not ch.isprintable() for ch in token):
             raise _Problems(
                 [(("token_file",), f"must hold one token of at least {_MIN_API_TOKEN_CHARS} printable characters")]
@@ -567,31 +685,30 @@ class AssertionKey(_Section):
     @classmethod
     def _kid(cls, value: str) -> str:
         if not _ASSERTION_KID.fullmatch(value):
-            raise ValueError(f"invalid key id {value[:70]!r}: 1-64 characters of A-Z a-z 0-9 _ . -")
+            raise ValueError("invalid key id: 1-64 characters of A-Z a-z 0-9 _ . -")
         return value
 
     @model_validator(mode="after")
     def _read_key(self) -> AssertionKey:
         where = (("private_key_file",),)
+        shown = _shown_path(self.private_key_file)
         try:
-            pem = Path(self.private_key_file).read_bytes()
-        except OSError as exc:
-            raise _Problems([(where[0], f"cannot read {self.private_key_file!r}: {exc.__class__.__name__}")]) from None
+            pem = _read_bounded(self.private_key_file, MAX_SECRET_FILE_BYTES)
+        except _Unreadable as exc:
+            raise _Problems([(where[0], f"cannot read {shown}: {exc}")]) from None
         try:
             key = load_pem_private_key(pem, password=None)
         except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
             reason = "it is encrypted (use an unencrypted PKCS#8 key)" if "encrypted" in str(exc) else "not a PEM key"
             if isinstance(exc, UnsupportedAlgorithm):
                 reason = "its algorithm or curve is not supported (use EC P-256 or Ed25519)"
-            raise _Problems([(where[0], f"{self.private_key_file!r} is not a usable private key: {reason}")]) from None
+            raise _Problems([(where[0], f"{shown} is not a usable private key: {reason}")]) from None
         if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
             algorithm = "ES256"
         elif isinstance(key, ed25519.Ed25519PrivateKey):
             algorithm = "EdDSA"
         else:
-            raise _Problems(
-                [(where[0], f"{self.private_key_file!r} must hold an EC P-256 (ES256) or Ed25519 (EdDSA) private key")]
-            )
+            raise _Problems([(where[0], f"{shown} must hold an EC P-256 (ES256) or Ed25519 (EdDSA) private key")])
         object.__setattr__(self, "private_key_pem", pem)
         object.__setattr__(self, "algorithm", algorithm)
         return self
@@ -754,6 +871,14 @@ class Config(_Section):
     assertion: AssertionConfig = Field(default_factory=AssertionConfig)
     forward_auth: ForwardAuthConfig = Field(default_factory=ForwardAuthConfig)
 
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _bounded_routes(cls, value: Any) -> Any:
+        # Checked before any route is validated: 200,000 routes took a minute and a gigabyte to refuse.
+        if isinstance(value, list | tuple) and len(value) > MAX_ROUTES:
+            raise ValueError(f"at most {MAX_ROUTES:,} routes (got {len(value):,}); use prefixes that cover more paths")
+        return value
+
     @field_validator("routes")
     @classmethod
     def _distinct_routes(cls, value: tuple[RouteConfig, ...]) -> tuple[RouteConfig, ...]:
@@ -800,7 +925,11 @@ class Config(_Section):
 # --- loading ------------------------------------------------------------------------------------------------
 
 
-class _StrictLoader(yaml.SafeLoader):
+# libyaml's parser when PyYAML has it: the pure-Python one took 44 s for a 1 MiB file of routes, libyaml 5 s.
+_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _StrictLoader(_SafeLoader):  # type: ignore[misc,valid-type]
     """SafeLoader that rejects a key repeated in one mapping (PyYAML would silently keep the last)."""
 
 
@@ -822,9 +951,9 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 
 def _read_file(path: str) -> dict[str, Any]:
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read the config file: {exc.strerror or exc}"]) from None
+        text = _read_bounded(path, MAX_CONFIG_BYTES).decode("utf-8")
+    except _Unreadable as exc:
+        raise ConfigError([f"{path}: cannot read the config file: {exc}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: the config file is not UTF-8 text"]) from None
     try:
@@ -844,7 +973,7 @@ def _read_file(path: str) -> dict[str, Any]:
 
 def _parse_yaml_value(raw: str) -> Any:
     try:
-        return yaml.safe_load(raw)
+        return yaml.load(raw, Loader=_SafeLoader)  # noqa: S506 - SafeLoader or its libyaml twin
     except yaml.YAMLError:
         return raw
 

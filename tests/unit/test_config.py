@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,16 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from sidecar.config import Config, RouteConfig, SigningKey, load_config, redacted
+from sidecar.config import (
+    MAX_CONFIG_BYTES,
+    MAX_ROUTES,
+    MAX_SECRET_FILE_BYTES,
+    Config,
+    RouteConfig,
+    SigningKey,
+    load_config,
+    redacted,
+)
 from sidecar.errors import BadInput, ConfigError
 
 SECRET_BYTES = bytes(range(32))
@@ -413,13 +423,13 @@ def test_config_error_is_bad_input_with_every_problem_in_its_message(tmp_path: P
         ("routes: [{prefix: /a, roles: ['']}]", "routes[0].roles[0]: must not be empty"),
         ("routes: [{prefix: /a}, {prefix: /a}]", "routes[1].prefix: duplicate of routes[0].prefix"),
         # token
-        ("token: {keys: ['k1:c2hvcnQ']}", "token.keys[0]: the secret of key 'k1' is 5 bytes; at least 32"),
+        ("token: {keys: ['k1:c2hvcnQ']}", "token.keys[0]: the secret is 5 bytes; at least 32"),
         ("token: {keys: ['nocolon']}", "token.keys[0]: must be 'KID:SECRET'"),
-        ("token: {keys: [':" + SECRET + "']}", "token.keys[0]: invalid key id ''"),
+        ("token: {keys: [':" + SECRET + "']}", "token.keys[0]: invalid key id: 1-16 characters"),
         ("token: {keys: ['waytoolongkeyid_17:" + SECRET + "']}", "token.keys[0]: invalid key id"),
-        ("token: {keys: ['k1:not+base64/']}", "token.keys[0]: the secret of key 'k1' is not base64url"),
+        ("token: {keys: ['k1:not+base64/']}", "token.keys[0]: the secret (after the ':') is not base64url"),
         ("token: {keys: [{kid: k1}]}", "token.keys[0]: must be a 'KID:SECRET' string"),
-        (f"token: {{keys: ['a:{SECRET}', 'a:{OTHER}']}}", "token.keys[1]: duplicate key id 'a'"),
+        (f"token: {{keys: ['a:{SECRET}', 'a:{OTHER}']}}", "token.keys[1]: duplicate key id (the same as entry 0)"),
         # log
         ("log: {level: trace}", "log.level: must be one of debug, info, warning, error"),
     ],
@@ -804,3 +814,134 @@ def test_derived_assertion_key_fields_cannot_be_set(tmp_path: Path, key_files: d
 )
 def test_bad_log_and_budget_settings_are_named(tmp_path: Path, text: str, expected: str) -> None:
     assert only_problem(write(tmp_path, text + "\n")).startswith(expected)
+
+
+# --- issue #16: secrets past redaction, bounded inputs ------------------------------------------------------
+
+LEAK = "S3cr3tPa55w0rdXyZ"  # the secret text no output may contain (and long enough not to occur by chance)
+LEAK_KEY = base64.urlsafe_b64encode(LEAK.encode() * 2).decode().rstrip("=")  # a base64url secret, 34 bytes
+
+
+def leaky_configs(tmp_path: Path) -> list[tuple[str, dict[str, str]]]:
+    """(what, environment) pairs: a malformed value of every secret-bearing key, each holding LEAK."""
+    pasted_pem = "-----BEGIN PRIVATE KEY-----" + LEAK
+    return [
+        ("sentinel URL with a '/' in the password", {"SIDECAR_REDIS__URL": f"redis+sentinel://u:{LEAK}/x@h:26379/m"}),
+        ("redis URL with a '/' in the password", {"SIDECAR_REDIS__URL": f"redis://u:{LEAK}/x@h:6379/0"}),
+        ("rediss URL with a '?' in the password", {"SIDECAR_REDIS__URL": f"rediss://u:{LEAK}?x@h:6379/0"}),
+        ("cluster URL with a '#' in the password", {"SIDECAR_REDIS__URL": f"redis+cluster://u:{LEAK}#x@h:7000"}),
+        ("URL without a scheme", {"SIDECAR_REDIS__URL": f"u:{LEAK}@h:6379"}),
+        ("URL with an unknown scheme", {"SIDECAR_REDIS__URL": f"http://u:{LEAK}@h:6379"}),
+        ("query password with a '#'", {"SIDECAR_REDIS__URL": f"redis://h:6379/0?password=a#{LEAK}"}),
+        ("URL with a bad port", {"SIDECAR_REDIS__URL": f"redis://u:{LEAK}@h:port/0"}),
+        ("token key back to front", {"SIDECAR_TOKEN__KEYS": f"{LEAK_KEY}:k1"}),
+        ("short token key back to front", {"SIDECAR_TOKEN__KEYS": f"{LEAK[:16]}:k1"}),
+        ("token key not base64url", {"SIDECAR_TOKEN__KEYS": f"k1:{LEAK}+/"}),
+        ("token key too short", {"SIDECAR_TOKEN__KEYS": f"k1:{LEAK}"}),
+        ("token key without a colon", {"SIDECAR_TOKEN__KEYS": LEAK_KEY}),
+        ("encryption key back to front", {"SIDECAR_SESSION__ENCRYPTION_KEYS": f"{LEAK_KEY}:e1"}),
+        ("encryption key of the wrong length", {"SIDECAR_SESSION__ENCRYPTION_KEYS": f"e1:{LEAK_KEY}"}),
+        ("password pasted as its file", {"SIDECAR_REDIS__PASSWORD_FILE": LEAK}),
+        ("sentinel password pasted as its file", {"SIDECAR_REDIS__SENTINEL_PASSWORD_FILE": LEAK}),
+        ("password and its file both given", {"SIDECAR_REDIS__PASSWORD": LEAK, "SIDECAR_REDIS__PASSWORD_FILE": "/x"}),
+        ("API token pasted as its file", {"SIDECAR_API__ENABLED": "true", "SIDECAR_API__TOKEN_FILE": LEAK}),
+        ("API token written in the config", {"SIDECAR_API__TOKEN": LEAK}),
+        ("PEM pasted as the assertion key file", {"SIDECAR_ASSERTION__KEYS": f"k1:{pasted_pem}"}),
+        ("PEM pasted as the assertion key id", {"SIDECAR_ASSERTION__KEYS": f"{pasted_pem}:/tmp/k.pem"}),
+        ("TLS key pasted as its file", {"SIDECAR_REDIS__TLS_KEY_FILE": LEAK, "SIDECAR_REDIS__TLS_CERT_FILE": LEAK}),
+        ("login URL with credentials", {"SIDECAR_DENY__LOGIN_URL": f"https://u:{LEAK}/x@login.example.com"}),
+    ]
+
+
+def test_no_problem_message_echoes_a_malformed_secret(tmp_path: Path) -> None:
+    for what, environ in leaky_configs(tmp_path):
+        found = problems_of(environ=environ)
+        assert found, what
+        assert not any(LEAK in problem or LEAK[:16] in problem for problem in found), (what, found)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://u:S3cr3t%2FPa55@h:26379/m",
+        "redis://u:S3cr3t%2FPa55@h:6379/0",
+        "redis://u:p@ss@h:6379/0",  # an unencoded '@' ends where the last one does, for every reader
+    ],
+)
+def test_a_percent_encoded_password_is_accepted_and_redacted(url: str) -> None:
+    shown = redacted(load_config(environ={"SIDECAR_REDIS__URL": url}))["redis"]["url"]  # type: ignore[index]
+    assert "<redacted>" in shown and "S3cr3t" not in shown and "ss@" not in shown
+
+
+def test_a_url_whose_password_holds_a_slash_is_refused_with_advice(tmp_path: Path) -> None:
+    problem = only_problem(environ={"SIDECAR_REDIS__URL": "redis+sentinel://u:S3cr3t/Pa55@h:26379/m"})
+    assert problem.startswith("redis.url: a user name or password holds an unencoded '/', '?' or '#'")
+    assert "%2F" in problem and "S3cr3t" not in problem
+
+
+def test_a_path_that_reads_as_a_path_is_still_named(tmp_path: Path) -> None:
+    missing = str(tmp_path / "redis-pass")
+    problem = only_problem(environ={"SIDECAR_REDIS__PASSWORD_FILE": missing})
+    assert problem.startswith(f"redis.password_file: cannot read {missing!r}: No such file or directory")
+
+
+def fifo(tmp_path: Path) -> str:
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo", "directory"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "SIDECAR_CONFIG",
+        "SIDECAR_REDIS__PASSWORD_FILE",
+        "SIDECAR_REDIS__SENTINEL_PASSWORD_FILE",
+        "SIDECAR_API__TOKEN_FILE",
+        "SIDECAR_ASSERTION__KEYS",
+        "SIDECAR_REDIS__TLS_CA_FILE",
+    ],
+)
+def test_a_file_that_is_not_a_regular_file_is_refused_before_it_is_read(tmp_path: Path, key: str, special: str) -> None:
+    path = {"/dev/zero": "/dev/zero", "fifo": fifo(tmp_path), "directory": str(tmp_path)}[special]
+    environ = {key: f"k1:{path}" if key == "SIDECAR_ASSERTION__KEYS" else path}
+    environ |= {"SIDECAR_API__ENABLED": "true", "SIDECAR_ASSERTION__ENABLED": "true"}
+    if key != "SIDECAR_API__TOKEN_FILE":
+        token = tmp_path / "token"
+        token.write_text("t" * 40)
+        environ["SIDECAR_API__TOKEN_FILE"] = str(token)
+    if key != "SIDECAR_ASSERTION__KEYS":
+        environ["SIDECAR_ASSERTION__ENABLED"] = "false"
+    problem = only_problem(environ=environ)  # a FIFO with no writer would block here; /dev/zero never end
+    reason = "it is a directory" if special == "directory" else "it is not a regular file"
+    assert "cannot read" in problem and reason in problem, problem
+
+
+@pytest.mark.parametrize(
+    ("key", "limit"),
+    [("SIDECAR_CONFIG", MAX_CONFIG_BYTES), ("SIDECAR_REDIS__PASSWORD_FILE", MAX_SECRET_FILE_BYTES)],
+)
+def test_a_file_larger_than_its_bound_is_refused(tmp_path: Path, key: str, limit: int) -> None:
+    big = tmp_path / "big"
+    big.write_bytes(b"#" * (limit + 1))
+    problem = only_problem(environ={key: str(big)})
+    assert "cannot read" in problem and "it is larger than" in problem
+
+
+def test_a_file_at_its_bound_is_read(tmp_path: Path) -> None:
+    exact = tmp_path / "sidecar.yaml"
+    exact.write_bytes(b"# padding\n" * (MAX_CONFIG_BYTES // 10) + b"#" * (MAX_CONFIG_BYTES % 10))
+    assert exact.stat().st_size == MAX_CONFIG_BYTES
+    assert load_config(str(exact), environ={}) == Config()
+
+
+def test_more_routes_than_the_bound_are_refused_before_any_is_validated() -> None:
+    routes = "[" + ",".join(f"{{prefix: /r{i}}}" for i in range(MAX_ROUTES + 1)) + "]"
+    problem = only_problem(environ={"SIDECAR_ROUTES": routes})
+    assert problem.startswith(f"routes: at most {MAX_ROUTES:,} routes (got {MAX_ROUTES + 1:,})")
+
+
+def test_routes_up_to_the_bound_load() -> None:
+    routes = "[" + ",".join(f"{{prefix: /r{i}}}" for i in range(MAX_ROUTES)) + "]"
+    assert len(load_config(environ={"SIDECAR_ROUTES": routes}).routes) == MAX_ROUTES
