@@ -9,7 +9,14 @@ script:
                                            expires at min(seen + idle, abs)
   ``<prefix>{<tag>}:u:<ui>``             sorted set of the user's token hashes by creation time; ``ui`` is a
                                            hash of the user id, so key names do not reveal users
-  ``<prefix>keyring``                    the shared token key when ``token.keys`` is not configured
+  ``<prefix>{<tag>}:r:<request id>``     the result of a write a replay of the same call cannot see (a deletion,
+                                           an eviction), kept OUTCOME_TTL_MS: redis-py retries a command that timed
+                                           out, and its first attempt may have run all the same
+  ``<prefix>keyring``                    the shared token key when ``token.keys`` is not configured (no TTL:
+                                           ``eviction_warning`` says when the server's policy may evict it)
+
+No script walks a whole index: each touches a fixed batch of entries (PRUNE_BATCH, EVICT_BATCH, SCAN_BATCH), and
+listing or revoking a user's sessions takes as many script calls as the index needs.
 
 The plain ``seen``/``idle``/``abs`` fields drive the TTL and the throttled touch inside the scripts; the sidecar
 decides liveness from the sealed copy of idle and absolute expiry, so editing the plain fields cannot stretch a
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -37,6 +45,16 @@ from sidecar.core.tokens import SessionKey, user_tag
 from sidecar.errors import CorruptRecord, StoreTimeout, StoreUnavailable
 from sidecar.store.connect import RedisClient, RedisSettings, open_client
 
+# Every script does bounded work whatever a user's history: at most a fixed batch of index entries per call
+# (PRUNE_BATCH, EVICT_BATCH, SCAN_BATCH below); a whole index is walked only by several calls from Python.
+PRUNE_BATCH = 10  # create: the oldest entries checked, and as many more sampled at random
+EVICT_BATCH = 10  # create: at most this many evicted per call when the user is over max_per_user
+SCAN_BATCH = 100  # list, revoke_session, revoke_user: index entries per script call
+# A write is retried after a timeout (connect.RETRIES) and its first attempt may have run all the same; a write
+# whose effect a replay cannot see (a deletion, an eviction) leaves its result under ``<prefix>{tag}:r:<request
+# id>`` for this long, and a replay answers it instead of acting again.
+OUTCOME_TTL_MS = 60_000
+
 # KEYS: session. ARGV: now_ms, touch_fraction, touch_max_ms. Returns {d, seen} as stored before any touch.
 _RESOLVE = """
 local v = redis.call('HMGET', KEYS[1], 'd', 'seen', 'idle', 'abs')
@@ -50,34 +68,59 @@ end
 return {v[1], v[2] or ''}
 """
 
-# Every script that deletes or moves a session publishes the token hashes on the invalidation channel (the last
-# ARGV), so per-process caches on every replica drop them at once.
+# Every script that deletes or moves a session publishes the token hashes on the invalidation channel, so
+# per-process caches on every replica drop them at once.
 
-# KEYS: session, index. ARGV: d, sid, created, seen, idle, abs (ms), ui, digest, max, session prefix, now, channel.
+# KEYS: session, index, outcome. ARGV: d, sid, created, seen, idle, abs (ms), ui, digest, max, session prefix, now,
+# channel, prune batch, evict batch, outcome ttl. Returns how many were evicted, -1 when the key holds another session.
 _CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  -- The token is new and random: the same key with the same handle is this very create, run before.
+  if redis.call('HGET', KEYS[1], 'sid') == ARGV[2] then return tonumber(redis.call('GET', KEYS[3]) or '0') end
+  return -1
+end
 local seen, idle, abs, now = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[11])
 redis.call('HSET', KEYS[1], 'd', ARGV[1], 'sid', ARGV[2], 'created', ARGV[3], 'seen', ARGV[4],
            'idle', ARGV[5], 'abs', ARGV[6], 'ui', ARGV[7])
 redis.call('PEXPIREAT', KEYS[1], math.min(seen + idle, abs))
-for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  if redis.call('EXISTS', ARGV[10] .. member) == 0 then redis.call('ZREM', KEYS[2], member) end
+-- Dead entries leave the index a few per write: the oldest (past their absolute expiry first) and a random sample
+-- (idle-expired ones anywhere), so the index stays near its live size at a fixed cost per create.
+local batch = tonumber(ARGV[13])
+local function prune(members)
+  for _, member in ipairs(members) do
+    if redis.call('EXISTS', ARGV[10] .. member) == 0 then redis.call('ZREM', KEYS[2], member) end
+  end
 end
+prune(redis.call('ZRANGE', KEYS[2], 0, batch - 1))
+prune(redis.call('ZRANDMEMBER', KEYS[2], batch))
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[8])
 local evicted, max = 0, tonumber(ARGV[9])
-while max > 0 and redis.call('ZCARD', KEYS[2]) > max do
-  local oldest = redis.call('ZPOPMIN', KEYS[2])
-  evicted = evicted + redis.call('DEL', ARGV[10] .. oldest[1])
-  redis.call('PUBLISH', ARGV[12], oldest[1])
+if max > 0 then
+  local over = math.min(redis.call('ZCARD', KEYS[2]) - max, tonumber(ARGV[14]))
+  if over > 0 then
+    for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, over)) do
+      if evicted < over and member ~= ARGV[8] then
+        redis.call('ZREM', KEYS[2], member)
+        evicted = evicted + redis.call('DEL', ARGV[10] .. member)
+        redis.call('PUBLISH', ARGV[12], member)
+      end
+    end
+  end
 end
+if evicted > 0 then redis.call('SET', KEYS[3], evicted, 'PX', ARGV[15]) end
 if redis.call('PTTL', KEYS[2]) < abs - now then redis.call('PEXPIREAT', KEYS[2], abs) end
 return evicted
 """
 
-# KEYS: old session, new session, index. ARGV: d, now, old digest, new digest, channel.
+# KEYS: old session, new session, index. ARGV: d, now, old digest, new digest, channel, sid.
 _ROTATE = """
 local f = redis.call('HMGET', KEYS[1], 'sid', 'created', 'idle', 'abs', 'ui')
-if not f[1] or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if not f[1] then
+  -- The new token is new and random: its key holding this handle means this very rotation ran before.
+  if redis.call('HGET', KEYS[2], 'sid') == ARGV[6] then return 1 end
+  return 0
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local now, idle, abs = tonumber(ARGV[2]), tonumber(f[3]), tonumber(f[4])
 if now >= abs then return 0 end
 redis.call('DEL', KEYS[1])
@@ -90,42 +133,82 @@ redis.call('PUBLISH', ARGV[5], ARGV[3])
 return 1
 """
 
-# KEYS: session. ARGV: index prefix, digest, channel.
+# KEYS: session, outcome. ARGV: index prefix, digest, channel, outcome ttl.
 _REVOKE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
 local ui = redis.call('HGET', KEYS[1], 'ui')
 local deleted = redis.call('DEL', KEYS[1])
 if ui then redis.call('ZREM', ARGV[1] .. ui, ARGV[2]) end
 redis.call('PUBLISH', ARGV[3], ARGV[2])
+if deleted == 1 then redis.call('SET', KEYS[2], 1, 'PX', ARGV[4]) end
 return deleted
 """
 
-# KEYS: index. ARGV: session prefix, channel.
+# KEYS: index, outcome. ARGV: session prefix, channel, batch, outcome ttl. Deletes the oldest ``batch`` entries'
+# sessions; returns {deleted, entries left}.
 _REVOKE_USER = """
-local deleted = 0
-for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  deleted = deleted + redis.call('DEL', ARGV[1] .. member)
-  redis.call('PUBLISH', ARGV[2], member)
+local saved = redis.call('GET', KEYS[2])
+if saved then
+  local deleted, left = string.match(saved, '^(%d+):(%d+)$')
+  return {tonumber(deleted), tonumber(left)}
 end
-redis.call('DEL', KEYS[1])
-return deleted
+local deleted, popped = 0, redis.call('ZPOPMIN', KEYS[1], tonumber(ARGV[3]))
+for i = 1, #popped, 2 do
+  deleted = deleted + redis.call('DEL', ARGV[1] .. popped[i])
+  redis.call('PUBLISH', ARGV[2], popped[i])
+end
+local left = redis.call('ZCARD', KEYS[1])
+redis.call('SET', KEYS[2], deleted .. ':' .. left, 'PX', ARGV[4])
+return {deleted, left}
 """
 
-# KEYS: index. ARGV: session prefix, session id, channel.
-_REVOKE_SESSION = """
-for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  if redis.call('HGET', ARGV[1] .. member, 'sid') == ARGV[2] then
+# A scan of the index from a cursor: the last member a call saw and its score. The next call starts right after
+# that member, or, when it left the index meanwhile, at the first entry of its score (a few entries seen twice,
+# none skipped, whatever else changed in between). Defines ``batch`` (the entries, with scores) and ``done``.
+_SCAN_FROM = """
+local start, n = 0, tonumber(ARGV[4])
+if ARGV[2] ~= '' then
+  local rank = redis.call('ZRANK', KEYS[1], ARGV[2])
+  if rank then start = rank + 1 else start = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. ARGV[3]) end
+end
+local batch = redis.call('ZRANGE', KEYS[1], start, start + n - 1, 'WITHSCORES')
+local done = #batch < 2 * n and 1 or 0
+local last, last_score = batch[#batch - 1] or '', batch[#batch] or ''
+"""
+
+# KEYS: index, outcome. ARGV: session prefix, cursor member, cursor score, batch, session id, channel, outcome ttl.
+# Returns {1} when it revoked the session, {0, done, last member, last score} when not in this batch.
+_REVOKE_SESSION = (
+    """
+if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
+"""
+    + _SCAN_FROM
+    + """
+for i = 1, #batch, 2 do
+  local member = batch[i]
+  local sid = redis.call('HGET', ARGV[1] .. member, 'sid')
+  if sid == ARGV[5] then
     redis.call('ZREM', KEYS[1], member)
-    redis.call('PUBLISH', ARGV[3], member)
-    return redis.call('DEL', ARGV[1] .. member)
+    redis.call('PUBLISH', ARGV[6], member)
+    redis.call('DEL', ARGV[1] .. member)
+    redis.call('SET', KEYS[2], 1, 'PX', ARGV[7])
+    return {1}
+  elseif not sid then
+    redis.call('ZREM', KEYS[1], member)
   end
 end
-return 0
+return {0, done, last, last_score}
 """
+)
 
-# KEYS: index. ARGV: session prefix. Returns {digest, d, seen, ...} for live sessions, oldest first.
-_LIST = """
-local out = {}
-for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+# KEYS: index. ARGV: session prefix, cursor member, cursor score, batch. Returns {done, last member, last score,
+# digest, d, seen, ...} for this batch's live sessions, oldest first; drops dead entries on the way.
+_LIST = (
+    _SCAN_FROM
+    + """
+local out = {done, last, last_score}
+for i = 1, #batch, 2 do
+  local member = batch[i]
   local v = redis.call('HMGET', ARGV[1] .. member, 'd', 'seen')
   if v[1] then
     table.insert(out, member); table.insert(out, v[1]); table.insert(out, v[2] or '')
@@ -135,6 +218,15 @@ for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
 end
 return out
 """
+)
+
+
+ScriptArg = bytes | str | int
+
+_EVICTION_ADVICE = (
+    "set token.keys in production (the ring in {0} is then unused), or set maxmemory-policy to noeviction or a "
+    "volatile-* policy"
+)
 
 
 def _text(value: object) -> str:
@@ -260,11 +352,17 @@ class RedisStore:
     # --- errors ------------------------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _errors(self) -> AsyncIterator[None]:
+    async def _errors(self, write: str | None = None) -> AsyncIterator[None]:
+        """Store errors as StoreError; ``write`` names the write under way, whose outcome a timeout leaves unknown."""
         try:
             yield
         except RedisTimeoutError as exc:
-            raise StoreTimeout(f"{self._description}: timed out ({exc})") from None
+            if write is None:
+                raise StoreTimeout(f"{self._description}: timed out ({exc})") from None
+            raise StoreTimeout(
+                f"{self._description}: timed out ({exc}); outcome unknown: the {write} may or may not have been "
+                "applied (repeating it is safe)"
+            ) from None
         except AuthenticationError as exc:
             raise StoreUnavailable(f"{self._description}: authentication failed ({exc})") from None
         except (RedisConnectionError, OSError) as exc:
@@ -273,6 +371,10 @@ class RedisStore:
             raise StoreUnavailable(f"{self._description}: refused the command ({exc})") from None
         except RedisError as exc:
             raise StoreUnavailable(f"{self._description}: {exc}") from None
+
+    def _outcome_key(self, tag: str) -> str:
+        """Where a write leaves its result for a replay of the same call (a fresh id per call, not per attempt)."""
+        return f"{self._prefix}{{{tag}}}:r:{secrets.token_hex(12)}"
 
     async def _replicated(self, key_name: str) -> None:
         """Make a revocation durable across a failover: wait for a replica's acknowledgement, when any exist.
@@ -316,7 +418,7 @@ class RedisStore:
 
     async def create(self, key: SessionKey, record: SessionRecord, max_per_user: int = 0) -> int:
         session_key = self._session_key(key)
-        args: list[Any] = [
+        args: list[ScriptArg] = [
             self._seal(key, record),
             record.session_id,
             _ms(record.created_at),
@@ -329,70 +431,159 @@ class RedisStore:
             self._session_prefix(key.tag),
             _ms(record.created_at),
             self.invalidation_channel,
+            PRUNE_BATCH,
+            EVICT_BATCH,
+            OUTCOME_TTL_MS,
         ]
-        async with self._errors():
-            evicted = int(await self._create(keys=[session_key, self._index_key(record.user_id)], args=args))
+        keys = [session_key, self._index_key(record.user_id), self._outcome_key(key.tag)]
+        async with self._errors("session create"):
+            evicted = int(await self._create(keys=keys, args=args))
         if evicted < 0:
             raise StoreUnavailable(f"{self._description}: a session with this key already exists")
         return evicted
 
     async def rotate(self, old: SessionKey, new: SessionKey, record: SessionRecord, now: float) -> bool:
         keys = [self._session_key(old), self._session_key(new), self._index_key(record.user_id)]
-        async with self._errors():
-            moved = bool(
-                await self._rotate(
-                    keys=keys,
-                    args=[self._seal(new, record), _ms(now), old.digest, new.digest, self.invalidation_channel],
-                )
-            )
+        args: list[ScriptArg] = [
+            self._seal(new, record),
+            _ms(now),
+            old.digest,
+            new.digest,
+            self.invalidation_channel,
+            record.session_id,
+        ]
+        async with self._errors("session rotation"):
+            moved = bool(await self._rotate(keys=keys, args=args))
             if moved:
                 await self._replicated(keys[1])
         return moved
 
     async def revoke(self, key: SessionKey) -> bool:
         session_key = self._session_key(key)
-        async with self._errors():
-            deleted = bool(
-                await self._revoke(
-                    keys=[session_key],
-                    args=[self._index_prefix(key.tag), key.digest, self.invalidation_channel],
-                )
-            )
+        args: list[ScriptArg] = [self._index_prefix(key.tag), key.digest, self.invalidation_channel, OUTCOME_TTL_MS]
+        async with self._errors("revocation"):
+            deleted = bool(await self._revoke(keys=[session_key, self._outcome_key(key.tag)], args=args))
             await self._replicated(session_key)
         return deleted
 
     async def revoke_session(self, user_id: str, session_id: str) -> bool:
-        prefix = self._session_prefix(user_tag(user_id))
-        async with self._errors():
-            deleted = bool(
-                await self._revoke_session(
-                    keys=[self._index_key(user_id)], args=[prefix, session_id, self.invalidation_channel]
-                )
-            )
-            await self._replicated(self._index_key(user_id))
-        return deleted
+        tag, index = user_tag(user_id), self._index_key(user_id)
+        prefix, outcome = self._session_prefix(tag), self._outcome_key(tag)
+        last, last_score = "", ""
+        async with self._errors("revocation"):
+            while True:
+                args: list[ScriptArg] = [
+                    prefix,
+                    last,
+                    last_score,
+                    SCAN_BATCH,
+                    session_id,
+                    self.invalidation_channel,
+                    OUTCOME_TTL_MS,
+                ]
+                found = await self._revoke_session(keys=[index, outcome], args=args)
+                if int(found[0]) == 1:
+                    await self._replicated(index)
+                    return True
+                if int(found[1]) == 1:
+                    return False
+                last, last_score = _text(found[2]), _text(found[3])
 
     async def revoke_user(self, user_id: str) -> int:
-        prefix = self._session_prefix(user_tag(user_id))
-        async with self._errors():
-            deleted = int(
-                await self._revoke_user(keys=[self._index_key(user_id)], args=[prefix, self.invalidation_channel])
-            )
-            await self._replicated(self._index_key(user_id))
+        """Batches of SCAN_BATCH, oldest first, until the index is empty. Sessions created meanwhile go too; a user
+        whose sessions are created as fast as they are revoked gets an error after twice the rounds it needed."""
+        tag, index = user_tag(user_id), self._index_key(user_id)
+        prefix = self._session_prefix(tag)
+        deleted, rounds, limit = 0, 0, 0
+        try:
+            async with self._errors("revocation of the user's sessions"):
+                while True:
+                    args: list[ScriptArg] = [prefix, self.invalidation_channel, SCAN_BATCH, OUTCOME_TTL_MS]
+                    done, left = await self._revoke_user(keys=[index, self._outcome_key(tag)], args=args)
+                    deleted += int(done)
+                    rounds += 1
+                    if int(left) == 0:
+                        break
+                    if rounds == 1:
+                        limit = 2 * (1 + -(-int(left) // SCAN_BATCH)) + 10
+                    elif rounds >= limit:
+                        raise StoreUnavailable(
+                            f"{self._description}: sessions of this user are being created as fast as they are "
+                            f"revoked; {deleted} revoked so far, {left} left: revoke the user again"
+                        )
+                await self._replicated(index)
+        except StoreTimeout as exc:
+            raise StoreTimeout(f"{exc}; {deleted} revoked before that") from None
         return deleted
 
     async def list_user(self, user_id: str) -> list[SessionRecord]:
-        prefix = self._session_prefix(user_tag(user_id))
+        tag, index = user_tag(user_id), self._index_key(user_id)
+        prefix = self._session_prefix(tag)
+        records: dict[str, SessionRecord] = {}  # by token hash: a scan may see an entry twice
+        last, last_score = "", ""
         async with self._errors():
-            flat = await self._list(keys=[self._index_key(user_id)], args=[prefix])
-        records = []
-        for i in range(0, len(flat), 3):
-            with contextlib.suppress(CorruptRecord):
-                records.append(self._open(prefix + _text(flat[i]), flat[i + 1], flat[i + 2]))
-        return records
+            while True:
+                flat = await self._list(keys=[index], args=[prefix, last, last_score, SCAN_BATCH])
+                for i in range(3, len(flat), 3):
+                    digest = _text(flat[i])
+                    with contextlib.suppress(CorruptRecord):
+                        records[digest] = self._open(prefix + digest, flat[i + 1], flat[i + 2])
+                if int(flat[0]) == 1:
+                    break
+                last, last_score = _text(flat[1]), _text(flat[2])
+        return list(records.values())
+
+    @property
+    def keyring_key(self) -> str:
+        return f"{self._prefix}keyring"
+
+    async def eviction_warning(self) -> str | None:
+        """One line to log when the server's ``maxmemory-policy`` may evict the shared key ring, else None.
+
+        The ring (``<prefix>keyring``, used when ``token.keys`` is not set) has no TTL, so only ``allkeys-*`` policies
+        can evict it; losing it logs every user out once a replica mints a new key. ``noeviction`` and ``volatile-*``
+        are fine. Servers that refuse CONFIG GET (ACLs, managed Redis) get a line saying it could not be checked.
+        app.py calls it once at startup when ``token.keys`` is not set (``if (text := await store.eviction_warning()):
+        log.warning(text)``); it never raises and never stops the sidecar.
+        """
+        what, advice = f"{self._description}: maxmemory-policy", _EVICTION_ADVICE.format(self.keyring_key)
+        try:
+            policies = await self._eviction_policies()
+        except RedisTimeoutError as exc:
+            return f"{what} could not be checked (timed out: {exc}); {advice}"
+        except (RedisError, OSError) as exc:
+            return f"{what} could not be checked ({exc}); {advice}"
+        if not policies:
+            return f"{what} could not be checked (CONFIG GET answered nothing); {advice}"
+        evicting = sorted({p for p in policies if not (p == "noeviction" or p.startswith("volatile-"))})
+        if not evicting:
+            return None
+        return (
+            f"{what} is {', '.join(evicting)}: the server may evict keys without a TTL, such as the shared token key "
+            f"ring {self.keyring_key}, which logs every user out once a new key is minted; {advice}"
+        )
+
+    async def _eviction_policies(self) -> list[str]:
+        """The policy of every primary (in a Cluster each may differ)."""
+        client = self._client
+        if isinstance(client, RedisCluster):
+            answer = await client.config_get("maxmemory-policy", target_nodes=RedisCluster.PRIMARIES)
+        else:
+            answer = await client.config_get("maxmemory-policy")
+        found: list[str] = []
+
+        def collect(value: object) -> None:  # one node answers {name: value}, several {node: {name: value}}
+            if isinstance(value, dict):
+                for inner in value.values():
+                    collect(inner)
+            else:
+                found.append(_text(value).strip().lower())
+
+        collect(answer)
+        return found
 
     async def shared_secret(self, proposal: str) -> str:
-        key = f"{self._prefix}keyring"
+        key = self.keyring_key
         async with self._errors():
             previous = await self._client.set(key, proposal, nx=True, get=True)
         return proposal if previous is None else _text(previous)

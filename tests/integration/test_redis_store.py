@@ -4,14 +4,17 @@ replica acknowledgement, and an unreachable server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import redis.asyncio as aioredis
@@ -23,13 +26,18 @@ from sidecar.core.request import RequestView
 from sidecar.core.sealing import Sealer
 from sidecar.core.session import MAX_VALUE_LENGTH, SessionRecord, new_session
 from sidecar.core.tokens import ENTROPY_BYTES, SessionKey, mint_token, session_key, token_key, user_tag
-from sidecar.errors import BadInput, CorruptRecord, StoreUnavailable
+from sidecar.demo import processes
+from sidecar.demo.processes import free_port
+from sidecar.errors import BadInput, CorruptRecord, StoreTimeout, StoreUnavailable
 from sidecar.sessions import KeyRingSource
-from sidecar.store.redis import RedisStore, user_index_id
+from sidecar.store.connect import RedisSettings
+from sidecar.store.redis import EVICT_BATCH, SCAN_BATCH, RedisStore, user_index_id
 from tests.support import servers
 from tests.support.edge import RING, SETTINGS
 
 pytestmark = pytest.mark.integration
+
+T = TypeVar("T")
 
 OLD_KEY = ("e-old", b"o" * 32)
 NEW_KEY = ("e-new", b"n" * 32)
@@ -363,3 +371,291 @@ def test_unsupported_url_scheme_is_bad_input() -> None:
 )
 def test_redact_url_hides_passwords_only(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+# --- bounded script work, whatever a user's history ----------------------------------------------------------
+
+INDEX_ENTRIES = 100_000
+SCRIPT_BUDGET_US = 2_000  # per script call, as the server itself times it
+
+
+@dataclass
+class OwnValkey:
+    """A Valkey of this module's own, which its tests stall (DEBUG SLEEP), reconfigure and fill."""
+
+    server: servers.Server
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+@pytest.fixture(scope="module")
+def own_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnValkey]:
+    workdir = tmp_path_factory.mktemp("own-valkey")
+    server, port = servers.Server("own-valkey", workdir / "own-valkey.log"), free_port()
+    try:
+        server.attach(
+            processes.start_redis_compatible(
+                processes.valkey_binary(), port, workdir / "data", server.log,
+                extra_args=("--enable-debug-command", "local"),
+            )
+        )  # fmt: skip
+        server.wait_listening(port)
+        yield OwnValkey(server, port)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def own_raw(own_valkey: OwnValkey) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(own_valkey.url)
+    yield client
+    await client.aclose()
+
+
+async def fill_index(store: RedisStore, raw: aioredis.Redis, prefix: str, user: str, count: int) -> None:
+    """``count`` live sessions of ``user`` written straight into Redis, as a long login history would leave them;
+    a hundred share each creation millisecond, so the index holds runs of equal scores."""
+    template_key = key_for(user)
+    template = plain_session(user)
+    await store.create(template_key, template)
+    fields = await raw.hgetall(f"{prefix}{{{template_key.tag}}}:s:{template_key.digest}")
+    template_sid = template.session_id.encode()
+    assert fields[b"d"].startswith(b"p1.") and fields[b"d"].count(template_sid) == 1
+    index = f"{prefix}{{{user_tag(user)}}}:u:{user_index_id(user)}"
+    await raw.delete(index, f"{prefix}{{{template_key.tag}}}:s:{template_key.digest}")
+    created = int(fields[b"created"]) - count
+    for start in range(0, count, 5_000):
+        pipe = raw.pipeline(transaction=False)
+        members: dict[str, int] = {}
+        for i in range(start, min(start + 5_000, count)):
+            digest = f"{i:064x}"
+            name = f"{prefix}{{{template_key.tag}}}:s:{digest}"
+            sid = f"bulk-{i}".encode()
+            pipe.hset(name, mapping={**fields, b"sid": sid, b"d": fields[b"d"].replace(template_sid, sid)})
+            pipe.pexpire(name, 600_000)
+            members[digest] = created + i // 100
+        pipe.zadd(index, members)
+        await pipe.execute()
+    await raw.pexpire(index, 600_000)
+
+
+async def script_cost(raw: aioredis.Redis, action: Awaitable[T]) -> tuple[T, tuple[int, float]]:
+    """What ``action`` returned, and how many script calls it made with their mean server time in µs (INFO commandstats:
+    the server's own clock, so client-side load does not count; a mean, so one preempted call does not decide)."""
+    await raw.config_resetstat()
+    result = await action
+    stats = (await raw.info("commandstats")).get("cmdstat_evalsha", {"calls": 0, "usec_per_call": 0.0})
+    return result, (int(stats["calls"]), float(stats["usec_per_call"]))
+
+
+async def test_every_script_does_bounded_work_on_a_user_with_100k_index_entries(
+    own_valkey: OwnValkey, own_raw: aioredis.Redis
+) -> None:
+    prefix = f"big-{secrets.token_hex(4)}:"
+    user = "heavy-" + secrets.token_hex(3)
+    store = RedisStore.from_url(own_valkey.url, prefix, timeout=5.0)
+    try:
+        await fill_index(store, own_raw, prefix, user, INDEX_ENTRIES)
+        await store.create(key_for("warm-up"), plain_session("warm-up"))  # loads the create script
+        costs: dict[str, tuple[int, float]] = {}
+
+        async def creates(count: int) -> None:
+            for _ in range(count):
+                assert await store.create(key_for(user), plain_session(user)) == 0
+
+        _, costs["create"] = await script_cost(own_raw, creates(20))
+        # 100,021 entries against a cap of 100,000: a bounded batch goes now, the rest with the next creates.
+        capped = store.create(key_for(user), plain_session(user), max_per_user=INDEX_ENTRIES)
+        evicted, costs["create over the cap"] = await script_cost(own_raw, capped)
+        assert evicted == EVICT_BATCH
+        listed, costs["list"] = await script_cost(own_raw, store.list_user(user))
+        assert len(listed) == INDEX_ENTRIES + 21 - EVICT_BATCH
+        assert [r.session_id for r in listed[:2]] == [f"bulk-{EVICT_BATCH}", f"bulk-{EVICT_BATCH + 1}"]  # oldest first
+        assert len({r.session_id for r in listed}) == len(listed)
+        newest = listed[-1].session_id  # the last entry a scan reaches
+        revoked, costs["revoke session"] = await script_cost(own_raw, store.revoke_session(user, newest))
+        assert revoked is True
+        count, costs["revoke user"] = await script_cost(own_raw, store.revoke_user(user))
+        assert count == len(listed) - 1
+        assert await store.list_user(user) == []
+
+        for operation in ("list", "revoke session", "revoke user"):
+            assert costs[operation][0] > INDEX_ENTRIES // SCAN_BATCH, costs  # in bounded batches
+        assert all(per_call < SCRIPT_BUDGET_US for _, per_call in costs.values()), costs
+    finally:
+        await own_raw.delete(*[k async for k in own_raw.scan_iter(f"{prefix}*", count=10_000)] or ["-"])
+        await store.close()
+
+
+# --- writes retried after a timeout ------------------------------------------------------------------------
+
+STORE_TIMEOUT = 0.2  # the store's per-attempt timeout in these tests; a write is sent up to 3 times
+
+
+@contextlib.asynccontextmanager
+async def stalled(url: str, seconds: float) -> AsyncIterator[None]:
+    """The server sleeps (DEBUG SLEEP: it answers nobody) for ``seconds`` from just before the body runs; the stall
+    is over on exit."""
+    staller = aioredis.from_url(url, socket_timeout=seconds + 10)
+    await staller.ping()
+    stall = asyncio.create_task(staller.execute_command("DEBUG", "SLEEP", seconds))
+    try:
+        await asyncio.sleep(0.02)  # the server is asleep
+        yield
+    finally:
+        await stall
+        await staller.aclose()
+
+
+@pytest.fixture
+async def stallable(own_valkey: OwnValkey, prefix: str) -> AsyncIterator[RedisStore]:
+    s = RedisStore.from_url(own_valkey.url, prefix, timeout=STORE_TIMEOUT, sealer=Sealer((NEW_KEY,)))
+    # Every script loaded first: a stalled first call would otherwise be answered NOSCRIPT, not run.
+    user, first, second = "warm-up", key_for("warm-up"), key_for("warm-up")
+    await s.create(first, plain_session(user))
+    await s.rotate(first, second, plain_session(user), time.time())
+    await s.revoke(second)
+    await s.revoke_session(user, "none")
+    await s.list_user(user)
+    await s.revoke_user(user)
+    yield s
+    await s.close()
+
+
+# Long enough that the first two attempts time out, short enough that the third one gets its answer.
+RETRIED_STALL = 2.2 * STORE_TIMEOUT
+
+
+async def test_create_retried_after_a_timeout_is_one_session_and_succeeds(
+    stallable: RedisStore, own_valkey: OwnValkey, own_raw: aioredis.Redis, prefix: str
+) -> None:
+    user = "ivy-" + secrets.token_hex(3)
+    key = key_for(user)
+    record = plain_session(user)
+    async with stalled(own_valkey.url, RETRIED_STALL):
+        assert await stallable.create(key, record) == 0  # not "a session with this key already exists"
+    assert await stallable.get(key) == record
+    assert [r.session_id for r in await stallable.list_user(user)] == [record.session_id]
+
+
+async def test_create_retried_after_a_timeout_reports_what_the_first_attempt_evicted(
+    stallable: RedisStore, own_valkey: OwnValkey
+) -> None:
+    user = "ivo-" + secrets.token_hex(3)
+    for _ in range(2):
+        await stallable.create(key_for(user), plain_session(user))
+    async with stalled(own_valkey.url, RETRIED_STALL):
+        assert await stallable.create(key_for(user), plain_session(user), max_per_user=1) == 2
+
+
+async def test_rotate_retried_after_a_timeout_reports_the_move(stallable: RedisStore, own_valkey: OwnValkey) -> None:
+    user = "jay-" + secrets.token_hex(3)
+    old, new, record = key_for(user), key_for(user), plain_session(user)
+    await stallable.create(old, record)
+    async with stalled(own_valkey.url, RETRIED_STALL):
+        assert await stallable.rotate(old, new, record, time.time()) is True
+    assert await stallable.get(old) is None
+    moved = await stallable.get(new)
+    assert moved is not None and moved.session_id == record.session_id
+
+
+async def test_revoke_retried_after_a_timeout_reports_the_revocation(
+    stallable: RedisStore, own_valkey: OwnValkey
+) -> None:
+    key = key_for("kim")
+    await stallable.create(key, plain_session("kim"))
+    async with stalled(own_valkey.url, RETRIED_STALL):
+        assert await stallable.revoke(key) is True
+    assert await stallable.get(key) is None
+
+
+async def test_revoke_session_retried_after_a_timeout_reports_the_revocation(
+    stallable: RedisStore, own_valkey: OwnValkey
+) -> None:
+    user = "lea-" + secrets.token_hex(3)
+    record = plain_session(user)
+    await stallable.create(key_for(user), record)
+    async with stalled(own_valkey.url, RETRIED_STALL):
+        assert await stallable.revoke_session(user, record.session_id) is True
+    assert await stallable.list_user(user) == []
+
+
+async def test_revoke_user_retried_after_a_timeout_counts_what_it_deleted(
+    stallable: RedisStore, own_valkey: OwnValkey
+) -> None:
+    user = "max-" + secrets.token_hex(3)
+    keys = [key_for(user) for _ in range(5)]
+    for key in keys:
+        await stallable.create(key, plain_session(user))
+    async with stalled(own_valkey.url, RETRIED_STALL):
+        assert await stallable.revoke_user(user) == 5  # not 0
+    for key in keys:
+        assert await stallable.get(key) is None
+
+
+async def test_a_write_whose_every_attempt_timed_out_says_its_outcome_is_unknown_and_happens_once(
+    stallable: RedisStore, own_valkey: OwnValkey
+) -> None:
+    user = "ned-" + secrets.token_hex(3)
+    key = key_for(user)
+    record = plain_session(user)
+    async with stalled(own_valkey.url, 8 * STORE_TIMEOUT):
+        with pytest.raises(StoreTimeout, match="outcome unknown"):
+            await stallable.create(key, record)
+    # Every attempt reached the server and ran once the stall ended: one session, the one asked for.
+    assert [r.session_id for r in await stallable.list_user(user)] == [record.session_id]
+    assert await stallable.get(key) == record
+
+
+async def test_a_read_that_timed_out_is_a_plain_timeout(stallable: RedisStore, own_valkey: OwnValkey) -> None:
+    async with stalled(own_valkey.url, 8 * STORE_TIMEOUT):
+        with pytest.raises(StoreTimeout, match="timed out") as raised:
+            await stallable.get(key_for("ola"))
+    assert "outcome" not in str(raised.value)
+
+
+# --- the eviction policy the shared key ring needs -------------------------------------------------------
+
+EVICTING = ["allkeys-lru", "allkeys-lfu", "allkeys-random"]
+SAFE = ["noeviction", "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl"]
+
+
+@pytest.mark.parametrize("policy", EVICTING + SAFE)
+async def test_eviction_warning_names_policies_that_can_evict_the_key_ring(
+    own_valkey: OwnValkey, own_raw: aioredis.Redis, prefix: str, policy: str
+) -> None:
+    store = RedisStore.from_url(own_valkey.url, prefix, timeout=2.0)
+    try:
+        await own_raw.config_set("maxmemory-policy", policy)
+        warning = await store.eviction_warning()
+    finally:
+        await own_raw.config_set("maxmemory-policy", "noeviction")
+        await store.close()
+    if policy in SAFE:
+        assert warning is None
+    else:
+        assert warning is not None
+        assert f"maxmemory-policy is {policy}" in warning
+        assert f"{prefix}keyring" in warning and "token.keys" in warning and "noeviction" in warning
+        assert "\n" not in warning
+
+
+async def test_eviction_warning_says_when_config_is_refused(
+    own_valkey: OwnValkey, own_raw: aioredis.Redis, prefix: str
+) -> None:
+    user, password = "no-config-" + secrets.token_hex(3), secrets.token_urlsafe(16)
+    await own_raw.acl_setuser(user, enabled=True, passwords=[f"+{password}"], commands=["+@all", "-config"], keys=["*"],
+                              channels=["*"])  # fmt: skip
+    store = RedisStore.connect(RedisSettings(url=own_valkey.url, timeout=2.0, username=user, password=password), prefix)
+    try:
+        await store.ping()
+        warning = await store.eviction_warning()
+    finally:
+        await store.close()
+        await own_raw.acl_deluser(user)
+    assert warning is not None
+    assert "could not be checked" in warning and "maxmemory-policy" in warning
+    assert password not in warning
