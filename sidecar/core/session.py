@@ -123,11 +123,19 @@ def identity_bytes(user_id: str, email: str | None, roles: tuple[str, ...], attr
 def validate_identity(
     user_id: str, email: str | None, roles: tuple[str, ...], attributes: Mapping[str, str]
 ) -> list[str]:
-    """Every problem with an identity that is about to become (or came back as) header values.
+    """Every problem with an identity that is about to be stored (and become header values)."""
+    problems = _identity_problems(user_id, email, roles, attributes)
+    # Only once every part is within its own bounds (so this costs little): the parts together must fit too.
+    if not problems and (size := identity_bytes(user_id, email, roles, attributes)) > MAX_IDENTITY_BYTES:
+        problems.append(f"the identity takes {size} bytes stored, more than {MAX_IDENTITY_BYTES}")
+    return problems
 
-    Counts are checked before items, and the items of an over-long list are not looked at one by one: the work is
-    bounded whatever the caller (or the store) hands in.
-    """
+
+def _identity_problems(
+    user_id: str, email: str | None, roles: tuple[str, ...], attributes: Mapping[str, str]
+) -> list[str]:
+    """Every problem with the parts of an identity. Counts are checked before items, and the items of an over-long
+    list are not looked at one by one: the work is bounded whatever the caller (or the store) hands in."""
     problems: list[str] = []
     if (p := header_value_problem(user_id)) is not None:
         problems.append(f"user id {p}")
@@ -147,9 +155,6 @@ def validate_identity(
                 problems.append(f"attribute name {shown(key)} {p}")
             if (p := header_value_problem(value)) is not None:
                 problems.append(f"attribute {shown(key)} {p}")
-    # Only once every part is within its own bounds (so this costs little): the parts together must fit too.
-    if not problems and (size := identity_bytes(user_id, email, roles, attributes)) > MAX_IDENTITY_BYTES:
-        problems.append(f"the identity takes {size} bytes stored, more than {MAX_IDENTITY_BYTES}")
     return problems
 
 
@@ -301,7 +306,8 @@ def from_json(raw: bytes | str) -> SessionRecord:
         idle_timeout=_seconds(data, "idle"),
         absolute_expires_at=_seconds(data, "abs"),
     )
-    problems = validate_identity(record.user_id, record.email, record.roles, record.attributes)
+    # The record's size is bounded already (MAX_RECORD_BYTES): its parts are checked, not their stored sum again.
+    problems = _identity_problems(record.user_id, record.email, record.roles, record.attributes)
     if header_value_problem(record.session_id) is not None:
         problems.append("session id is not header-safe")
     if not all(0 <= t <= MAX_TIMESTAMP for t in (record.created_at, record.last_seen_at, record.absolute_expires_at)):
