@@ -3,8 +3,9 @@
 Someone with write access to Redis replaced a session's value with a 3 MB record of 200,000 attributes. Decoding
 it blocked the sidecar's event loop for most of a second on every request with that token (a refused record is not
 cached), so Envoy's 0.25 s ext_authz timeout turned other clients' requests, public routes included, into 503s.
-The record must be refused by its size before it is decoded, each such decision taking under 5 ms (as the sidecar
-measured it: the decision log's duration_ms), while public routes and other sessions keep answering.
+The record must be refused by its size before it is decoded, and the refusal remembered: the first decision reads
+the value from the store once; every later one takes under 5 ms (as the sidecar measured it: the decision log's
+duration_ms). Public routes and other sessions keep answering meanwhile.
 """
 
 from __future__ import annotations

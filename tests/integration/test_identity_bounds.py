@@ -137,7 +137,7 @@ async def test_sessions_planted_with_megabytes_are_skipped_by_list_user_and_data
     for token in tokens:
         key = session_key(token)
         name = f"{prefix_of(tmp_path)}{{{key.tag}}}:s:{key.digest}"
-        record = json.loads((await store.client.hget(name, "d"))[3:])  # type: ignore[index]
+        record = json.loads((await store.client.hget(name, "d"))[3:])
         record["attrs"] = {"n" * 400_000: "v"}
         await store.client.hset(name, "d", b"p1." + json.dumps(record).encode())
     started = time.perf_counter()
