@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import re
@@ -232,21 +233,28 @@ def test_linkerd_envoy_fails_closed_and_calls_the_central_sidecar() -> None:
     assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
 
 
+def _route_filters(route: dict[str, Any]) -> dict[str, Any]:
+    filters: dict[str, Any] = route.get("typed_per_filter_config", {})
+    return filters
+
+
 def test_linkerd_envoy_strips_identity_headers_first_with_the_istio_filters_code() -> None:
     config = yaml.safe_load(_linkerd_bootstrap())
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     assert hcm["common_http_protocol_options"]["headers_with_underscores_action"] == "DROP_HEADER"
     first = hcm["http_filters"][0]
-    assert first["name"] == "envoy.filters.http.lua", "the strip must run before ext_authz and on every route"
+    assert first["name"] == "envoy.filters.http.lua", "the strip must run before ext_authz"
     _, istio_code = _strip_filter()
     assert first["typed_config"]["default_source_code"]["inline_string"] == istio_code
     routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
-    assert not [r for r in routes if "envoy.filters.http.lua" in r.get("typed_per_filter_config", {})], (
-        "no route may turn the strip off"
-    )
-    # Everything else goes through ext_authz: the catch-all route has no per-route override.
+    for route in routes:
+        strip_off = _route_filters(route).get("envoy.filters.http.lua", {}).get("disabled") is True
+        authz_off = "envoy.filters.http.ext_authz" in _route_filters(route)
+        # Only where the sidecar is asked (its allow removes the namespace) may the strip be skipped.
+        assert not (strip_off and authz_off), route["match"]
+    # Everything else goes through ext_authz: the catch-all route does not turn it off.
     assert routes[-1]["match"] == {"prefix": "/"}
-    assert "typed_per_filter_config" not in routes[-1]
+    assert "envoy.filters.http.ext_authz" not in _route_filters(routes[-1])
 
 
 # Client-sent headers of the identity namespace (as a WSGI app reads them, "_" and "-" alike) and ones that
@@ -296,15 +304,11 @@ def _local_linkerd_bootstrap(
     return config
 
 
-@pytest.fixture(scope="module", params=["as shipped", "underscores allowed"])
-def linkerd_envoy(
-    request: pytest.FixtureRequest, envoy: str, stack: servers.Stack, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[int]:
+@contextlib.contextmanager
+def _running_linkerd_envoy(stack: servers.Stack, workdir: Path, underscores: str | None = None) -> Iterator[int]:
     """The Linkerd per-pod Envoy in a real Envoy, asking the e2e stack's real sidecar, in front of its echo app."""
     port = processes.free_port()
-    underscores = "ALLOW" if request.param == "underscores allowed" else None
     bootstrap = _local_linkerd_bootstrap(port, stack.grpc_port, stack.echo_port, underscores=underscores)
-    workdir = tmp_path_factory.mktemp("linkerd-envoy")
     config = workdir / "envoy.yaml"
     config.write_text(yaml.safe_dump(bootstrap, sort_keys=False))
     server = servers.Server("envoy (linkerd)", workdir / "envoy.log")
@@ -314,6 +318,22 @@ def linkerd_envoy(
         yield port
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module", params=["as shipped", "underscores allowed"])
+def linkerd_envoy(
+    request: pytest.FixtureRequest, envoy: str, stack: servers.Stack, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[int]:
+    """As shipped, and with underscores in header names allowed: the strip must not lean on DROP_HEADER."""
+    underscores = "ALLOW" if request.param == "underscores allowed" else None
+    with _running_linkerd_envoy(stack, tmp_path_factory.mktemp("linkerd-envoy"), underscores) as port:
+        yield port
+
+
+@pytest.fixture(scope="module")
+def shipped_linkerd_envoy(envoy: str, stack: servers.Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    with _running_linkerd_envoy(stack, tmp_path_factory.mktemp("linkerd-envoy-shipped")) as port:
+        yield port
 
 
 def _through(port: int, path: str, headers: list[tuple[str, str]]) -> tuple[int, dict[str, list[str]]]:
@@ -348,16 +368,16 @@ def test_linkerd_envoy_every_route_without_ext_authz_is_a_tested_health_path() -
 
 
 def test_linkerd_envoy_checked_route_carries_only_the_sidecars_identity(
-    linkerd_envoy: int, stack: servers.Stack
+    shipped_linkerd_envoy: int, stack: servers.Stack
 ) -> None:
     session = stack.create_session("alice", email="alice@example.com", roles=("dev",))
-    status, seen = _through(linkerd_envoy, "/api/orders", [*SPOOFED, ("Cookie", f"SESSION={session['token']}")])
+    status, seen = _through(shipped_linkerd_envoy, "/api/orders", [*SPOOFED, ("Cookie", f"SESSION={session['token']}")])
     assert status == 200
     assert seen["x-user-id"] == ["alice"]
     assert seen["x-user-email"] == ["alice@example.com"]
     assert seen["x-user-roles"] == ["dev"]
     assert _identity_namespace(set(seen)) == {"x-user-id", "x-user-email", "x-user-roles", "x-session-id"}
-    status, _ = _through(linkerd_envoy, "/api/orders", SPOOFED)
+    status, _ = _through(shipped_linkerd_envoy, "/api/orders", SPOOFED)
     assert status == 401, "no session: the spoofed identity must not be let through"
 
 
