@@ -43,10 +43,15 @@ class EdgeSettings:
     # The configured identity header names: every allow names those it does not set for removal, so they are
     # stripped even where the sidecar never saw them (Envoy's allowed_headers may leave them out).
     identity_names: tuple[str, ...] = field(init=False)
+    # strip_prefixes and their underscore spellings (x_user_id): an upstream framework that maps "_" to "-" (CGI,
+    # WSGI, PHP) would read x_user_id as X-User-Id, so a client-sent one is removed like the dashed one.
+    spoof_prefixes: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         names = (self.user_id_header, self.email_header, self.roles_header, self.session_header, self.assertion_header)
         object.__setattr__(self, "identity_names", tuple(dict.fromkeys(name for name in names if name)))
+        spellings = (form for prefix in self.strip_prefixes for form in (prefix, prefix.replace("-", "_")))
+        object.__setattr__(self, "spoof_prefixes", tuple(dict.fromkeys(spellings)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +96,7 @@ def inspect(settings: EdgeSettings, request: RequestView) -> Inspection:
     changed = False
     if tokens and settings.strip_upstream:
         cookie_header, changed = without_cookie(cookie_lines, settings.cookie_name)
-    prefixes, policy = settings.strip_prefixes, settings.policy
+    prefixes, policy = settings.spoof_prefixes, settings.policy
     spoofable = tuple(dict.fromkeys(name for name, _ in request.headers if name.startswith(prefixes)))
     return Inspection(
         route=policy.match(request.path)

@@ -354,6 +354,13 @@ def test_anonymous_allow_on_public_route_still_strips_an_unresolved_session_cook
     assert result.headers_to_remove == ("x-user-id", "x-user-email", "x-user-roles", "x-session-id")
 
 
+@pytest.mark.parametrize("name", ["x_user_id", "x_user_email", "x_session_whatever", "X_USER_ROLES"])
+def test_underscore_spellings_of_the_identity_prefixes_are_removed_too(name: str) -> None:
+    request = _request("/app", (name.lower(), "mallory"))
+    result = _assert_disjoint(decide(SETTINGS, request, inspect(SETTINGS, request), FULL))
+    assert name.lower() in result.headers_to_remove
+
+
 def test_every_allow_removes_the_configured_identity_names_it_does_not_set_even_unsent() -> None:
     # Envoy's allowed_headers may keep a client's X-User-Id from the sidecar: it is named for removal anyway.
     settings = replace(SETTINGS, user_id_header="x-principal", assertion_header="x-assertion")
