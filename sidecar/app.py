@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from prometheus_client import CollectorRegistry
+from redis.exceptions import RedisClusterException, RedisError
 
 from sidecar import logs
 from sidecar.admin import AdminServer
@@ -50,6 +51,9 @@ SHUTDOWN_GRACE_SECONDS = 5.0
 METRICS_REFRESH_SECONDS = 1.0
 # The CLI is not on a request path: give a slow store a fair chance before calling it unreachable.
 CLI_STORE_TIMEOUT = 3.0
+# redis-py errors the store may let through unmapped: RedisClusterException (a Cluster with no reachable node) is
+# not a RedisError. Caught where a traceback would otherwise reach the operator.
+UNMAPPED_STORE_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
 
 
 def edge_settings(config: Config) -> EdgeSettings:
@@ -334,7 +338,7 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> N
         running.push_async_callback(store_health.stop)
         await start_observability(config, running, registry, path, lambda: store_health.ready)
 
-        with contextlib.suppress(StoreError, TimeoutError):
+        with contextlib.suppress(StoreError, TimeoutError, *UNMAPPED_STORE_ERRORS):
             # Warm the key ring so the first request does not pay for it; a store down now is retried lazily.
             async with asyncio.timeout(max(config.redis.timeout, 1.0)):
                 await path.keys.ring()

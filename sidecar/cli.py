@@ -24,7 +24,7 @@ from sidecar import app, workers
 from sidecar.config import Config, load_config, redacted
 from sidecar.core.durations import parse_duration
 from sidecar.core.session import describe
-from sidecar.errors import BadInput, ConfigError, RuntimeFailure, StoreTimeout
+from sidecar.errors import BadInput, ConfigError, RuntimeFailure, StoreTimeout, StoreUnavailable
 from sidecar.sessions import SessionManager
 
 T = TypeVar("T")
@@ -42,6 +42,8 @@ def _with_manager(config: Config, action: Callable[[SessionManager], Awaitable[T
                 return await action(app.session_manager(config, store))
         except TimeoutError:
             raise StoreTimeout(f"redis.url: the store did not answer within {app.CLI_STORE_TIMEOUT * 2:.0f}s") from None
+        except app.UNMAPPED_STORE_ERRORS as exc:
+            raise StoreUnavailable(f"redis.url: the store is unreachable ({exc})") from None
         finally:
             await store.close()
 
@@ -146,7 +148,123 @@ def cmd_session_list(args: argparse.Namespace) -> int:
 def cmd_config_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     sys.stdout.write(yaml.safe_dump(redacted(config), sort_keys=False))
+    sys.stdout.write(mesh_snippets(config))
     return EXIT_OK
+
+
+# What a denial may show the client (Envoy always passes status, content-length, www-authenticate and location).
+_CLIENT_HEADERS = ("content-type", "cache-control", "www-authenticate", "location", "retry-after")
+
+
+def _identity_names(config: Config) -> list[str]:
+    """The header names an allow sets upstream: headers.* and, when enabled, assertion.header."""
+    headers = config.headers
+    names = [headers.user_id, headers.email, headers.roles, headers.session]
+    if config.assertion.enabled:
+        names.append(config.assertion.header)
+    return names
+
+
+def _request_headers(config: Config) -> list[str]:
+    """What the sidecar reads of the client request besides method, path, host and authorization.
+
+    The identity names are sent so the sidecar sees (and removes) a client's forged copies. The headers naming an
+    original request (X-Forwarded-Uri, X-Original-*) are never listed: behind Envoy a client could set them, and
+    the request line already is the original request.
+    """
+    names = ["cookie", "accept", "sec-fetch-mode", "x-forwarded-proto"]
+    if config.forward_auth.trusted_hops:
+        names.append("x-forwarded-for")  # read only to count invalid tokens per client address
+    return names + _identity_names(config)
+
+
+def _upstream_headers(config: Config) -> list[str]:
+    return _identity_names(config) + (["cookie"] if config.cookie.strip_upstream else [])
+
+
+def _authz_timeout(config: Config) -> str:
+    # Above the sidecar's own store deadline, so a slow store is answered by the sidecar's 503, not by the timeout.
+    return f"{max(0.25, round(config.redis.timeout + 0.1, 3)):g}s"
+
+
+def _http_target(config: Config) -> tuple[str, int]:
+    host, _, port = config.listen.http.rpartition(":")
+    if host in ("0.0.0.0", "[::]"):
+        host = "127.0.0.1"
+    return host, int(port)
+
+
+def envoy_http_snippet(config: Config) -> dict[str, object]:
+    """The envoy.filters.http.ext_authz settings of HTTP mode for ``config`` (mesh-config/envoy/envoy-http.yaml)."""
+    host, port = _http_target(config)
+    prefixes = list(config.headers.strip_prefixes)
+    upstream = [{"exact": name} for name in _upstream_headers(config)] + [{"prefix": p} for p in prefixes]
+    return {
+        "http_service": {
+            "server_uri": {
+                "uri": f"http://{host}:{port}",
+                "cluster": "session_sidecar_http",
+                "timeout": _authz_timeout(config),
+            },
+            "authorization_response": {
+                "allowed_upstream_headers": {"patterns": upstream},
+                "dynamic_metadata_from_headers": {"patterns": [{"prefix": "x-authz-"}]},
+                "allowed_client_headers": {"patterns": [{"exact": name} for name in _CLIENT_HEADERS]},
+            },
+        },
+        "allowed_headers": {
+            "patterns": [{"exact": name} for name in _request_headers(config)] + [{"prefix": p} for p in prefixes]
+        },
+        "encode_raw_headers": True,
+        "failure_mode_allow": False,
+        "status_on_error": {"code": 503},
+        "clear_route_cache": False,
+        "validate_mutations": True,
+    }
+
+
+def istio_http_snippet(config: Config) -> dict[str, object]:
+    """The meshConfig.extensionProviders entry of HTTP mode that matches ``config`` (mesh-config/istio/)."""
+    _, port = _http_target(config)
+    prefixes = [f"{p}*" for p in config.headers.strip_prefixes]
+    return {
+        "extensionProviders": [
+            {
+                "name": "session-sidecar-http",
+                "envoyExtAuthzHttp": {
+                    "service": "session-sidecar.local",
+                    "port": port,
+                    "timeout": _authz_timeout(config),
+                    "failOpen": False,
+                    "statusOnError": "503",
+                    "includeRequestHeadersInCheck": _request_headers(config) + prefixes,
+                    "headersToUpstreamOnAllow": _upstream_headers(config) + prefixes,
+                    "headersToDownstreamOnDeny": list(_CLIENT_HEADERS),
+                },
+            }
+        ]
+    }
+
+
+def _commented(title: str, data: dict[str, object]) -> str:
+    body = yaml.safe_dump(data, sort_keys=False)
+    return f"#\n# {title}\n" + "".join(f"#   {line}\n" for line in body.splitlines())
+
+
+def mesh_snippets(config: Config) -> str:
+    """The HTTP-mode header lists for Envoy and Istio that match ``config``, as YAML comments (so ``config check``
+    output stays one YAML document)."""
+    if not config.listen.http:
+        return "#\n# listen.http is empty: HTTP ext_authz is off (the gRPC mode needs no header lists).\n"
+    return _commented(
+        "Envoy HTTP ext_authz for this config: the typed_config of envoy.filters.http.ext_authz "
+        "(mesh-config/envoy/envoy-http.yaml)",
+        envoy_http_snippet(config),
+    ) + _commented(
+        "Istio HTTP ext_authz for this config: meshConfig (mesh-config/istio/mesh-config.yaml); service "
+        "session-sidecar.local is per-pod mode (serviceentry.yaml), use the Service's name in central mode",
+        istio_http_snippet(config),
+    )
 
 
 KEY_ALGORITHMS = ("ES256", "EdDSA")
@@ -258,7 +376,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except ConfigError as exc:
-        sys.stderr.write(f"session-sidecar: {len(exc.problems)} configuration problem(s):\n")
+        if len(exc.problems) == 1:
+            sys.stderr.write(f"session-sidecar: configuration problem: {exc.problems[0]}\n")
+            return EXIT_BAD_INPUT
+        sys.stderr.write(f"session-sidecar: {len(exc.problems)} configuration problems:\n")
         for problem in exc.problems:
             sys.stderr.write(f"  {problem}\n")
         return EXIT_BAD_INPUT

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import json
+import os
+import resource
+import signal
 import socket
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import yaml
+
+from sidecar.demo import processes
+from sidecar.demo.processes import free_port, wait_for_port
+from tests.unit.test_config import LEAK, leaky_configs
 
 pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*args: str, env: dict[str, str] | None = None, config: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -231,3 +242,154 @@ def test_keygen_to_stdout_prints_only_the_pem() -> None:
     assert result.stdout.startswith("-----BEGIN PRIVATE KEY-----\n")
     assert result.stdout.endswith("-----END PRIVATE KEY-----\n")
     assert isinstance(load_pem_private_key(result.stdout.encode(), password=None), ed25519.Ed25519PrivateKey)
+
+
+# ------------------------------------------------------------------------------------------- issue #16: secrets
+
+
+def limited(memory_bytes: int = 2 << 30) -> None:
+    """preexec_fn: cap the child's address space, so a runaway read ends in a MemoryError, not a swapped machine."""
+    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+
+
+def run_limited(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    full_env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", **env}
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", *args],
+        capture_output=True, text=True, env=full_env, timeout=timeout, check=False, preexec_fn=limited,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("what", "environ"), leaky_configs(Path("/nonexistent")), ids=lambda v: str(v)[:40])
+def test_config_check_and_serve_never_print_a_malformed_secret(what: str, environ: dict[str, str]) -> None:
+    for command in (("config", "check"), ("serve",)):
+        result = run(*command, env=environ)
+        assert_clean_error(result, 2)
+        for output in (result.stdout, result.stderr):
+            assert LEAK not in output and LEAK[:16] not in output, (what, command, output)
+
+
+def start_serve(port: int, redis_url: str, **extra: str) -> subprocess.Popen[str]:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": "/tmp",
+        "SIDECAR_REDIS__URL": redis_url,
+        "SIDECAR_LISTEN__GRPC": f"127.0.0.1:{port}",
+        "SIDECAR_LISTEN__HTTP": "",
+        "SIDECAR_LISTEN__ADMIN": "",
+        **extra,
+    }
+    argv = [sys.executable, "-m", "sidecar", "serve"]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_serve_logs_never_show_a_url_password(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"redis://app:{LEAK}%2Fx@127.0.0.1:{closed_port()}/0"
+    proc = start_serve(port, url, SIDECAR_LOG__LEVEL="debug")
+    try:
+        wait_for_port("127.0.0.1", port, 20.0, proc=proc)
+        checked = run("config", "check", env={"SIDECAR_REDIS__URL": url})
+        assert checked.returncode == 0 and "app:<redacted>@127.0.0.1" in checked.stdout
+        assert LEAK not in checked.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    assert "redis://app:<redacted>@" in err  # the store's failures were logged, with the URL redacted
+    assert LEAK not in out and LEAK not in err
+
+
+# ------------------------------------------------------------------------------------ issue #16: bounded inputs
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["SIDECAR_CONFIG", "SIDECAR_REDIS__PASSWORD_FILE", "SIDECAR_API__TOKEN_FILE", "SIDECAR_ASSERTION__KEYS"],
+)
+def test_a_file_at_dev_zero_is_one_clear_line(key: str) -> None:
+    env = {key: "k1:/dev/zero" if key == "SIDECAR_ASSERTION__KEYS" else "/dev/zero"}
+    env |= {"SIDECAR_API__ENABLED": "true"} if key == "SIDECAR_API__TOKEN_FILE" else {}
+    env |= {"SIDECAR_ASSERTION__ENABLED": "true"} if key == "SIDECAR_ASSERTION__KEYS" else {}
+    result = run_limited("config", "check", env=env)
+    assert_clean_error(result, 2, "/dev/zero", "it is not a regular file")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_fifo_as_the_config_path_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "config.fifo"
+    os.mkfifo(fifo)
+    result = run_limited("config", "check", "--config", str(fifo), env={}, timeout=30)  # it used to block forever
+    assert_clean_error(result, 2, str(fifo), "it is not a regular file")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def routes_yaml(count: int) -> str:
+    return "routes:\n" + "".join(f"  - {{prefix: /r{i}, roles: [a, b]}}\n" for i in range(count))
+
+
+def test_an_8_mb_config_of_200k_routes_is_refused_quickly(tmp_path: Path) -> None:
+    path = tmp_path / "huge.yaml"
+    path.write_text(routes_yaml(200_000))
+    assert path.stat().st_size > 7_000_000
+    started = time.monotonic()
+    result = run_limited("config", "check", "--config", str(path), env={}, timeout=30)  # it took 53 s and 1.1 GB
+    assert_clean_error(result, 2, "it is larger than 1 MiB")
+    assert len(result.stderr.splitlines()) == 1
+    assert time.monotonic() - started < 30
+
+
+def test_a_config_within_the_size_bound_with_too_many_routes_is_refused_in_bounded_time(tmp_path: Path) -> None:
+    path = tmp_path / "many.yaml"
+    text = routes_yaml(40_000)
+    path.write_text(text[: 1024 * 1024].rsplit("\n", 1)[0] + "\n")
+    result = run_limited("config", "check", "--config", str(path), env={}, timeout=30)  # measured: 5 s on a busy box
+    assert_clean_error(result, 2, "routes: at most 10,000 routes")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_an_unreachable_redis_cluster_is_one_line_and_exit_1() -> None:
+    result = run("session", "list", "bob", env={"SIDECAR_REDIS__URL": f"redis+cluster://127.0.0.1:{closed_port()}"})
+    assert_clean_error(result, 1, "redis.url", "unreachable")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+# -------------------------------------------------------------------- issue #11 part 2: mesh snippets in config check
+
+
+def test_config_check_prints_envoy_and_istio_header_lists_with_the_configured_names(tmp_path: Path) -> None:
+    config = tmp_path / "sidecar.yaml"
+    config.write_text(
+        "headers: {user_id: x-auth-user, email: x-auth-email, roles: x-auth-roles, session: x-auth-session,\n"
+        "          strip_prefixes: [x-auth-]}\n"
+        "forward_auth: {trusted_hops: 1}\n"
+    )
+    result = run("config", "check", config=config)
+    assert result.returncode == 0, result.stderr
+    effective = yaml.safe_load(result.stdout)  # the snippets are comments: the output is still the config alone
+    assert effective["headers"]["user_id"] == "x-auth-user"
+    for needle in ("exact: x-auth-user", "prefix: x-auth-", "exact: x-forwarded-for", "- x-auth-user", "- x-auth-*",
+                   "includeRequestHeadersInCheck", "headersToUpstreamOnAllow", "allowed_upstream_headers"):  # fmt: skip
+        assert needle in result.stdout, needle
+    snippets = result.stdout[result.stdout.index("# Envoy HTTP ext_authz") :]
+    assert "x-user-" not in snippets and "x-session-" not in snippets  # the configured names, not the defaults
+
+
+def test_the_printed_envoy_snippet_is_a_valid_ext_authz_filter(tmp_path: Path) -> None:
+    envoy = processes.envoy_binary()
+    result = run("config", "check", env={"SIDECAR_HEADERS__USER_ID": "x-user-ident"})
+    assert result.returncode == 0, result.stderr
+    envoy_block = result.stdout.split("# Envoy HTTP ext_authz", 1)[1].split("# Istio", 1)[0]
+    snippet = yaml.safe_load("\n".join(line[4:] for line in envoy_block.splitlines()[1:] if line.startswith("#   ")))
+    bootstrap = yaml.safe_load((ROOT / "mesh-config" / "envoy" / "envoy-http.yaml").read_text())
+    hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    ext_authz = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.ext_authz")
+    typed = ext_authz["typed_config"]
+    ext_authz["typed_config"] = {"@type": typed["@type"], "transport_api_version": "V3", **snippet}
+    assert {"exact": "x-user-ident"} in snippet["allowed_headers"]["patterns"]
+    path = tmp_path / "envoy.yaml"
+    path.write_text(yaml.safe_dump(bootstrap))
+    validated = subprocess.run(
+        [envoy, "--mode", "validate", "-c", str(path), "--disable-hot-restart", "--log-level", "error"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert validated.returncode == 0, validated.stderr
