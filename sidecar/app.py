@@ -342,6 +342,7 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> N
             # Warm the key ring so the first request does not pay for it; a store down now is retried lazily.
             async with asyncio.timeout(max(config.redis.timeout, 1.0)):
                 await path.keys.ring()
+        await warn_if_the_key_ring_may_be_evicted(config, path.store)
 
         def hangup() -> None:
             if reload is None:
@@ -357,6 +358,17 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> N
         await until_signalled(hangup)
         log.info("shutting down: draining in-flight checks for up to %.0fs", SHUTDOWN_GRACE_SECONDS)
         await health.enter_graceful_shutdown()
+
+
+async def warn_if_the_key_ring_may_be_evicted(config: Config, store: RedisStore) -> None:
+    """Log a warning when the server's maxmemory-policy may evict the shared token key ring (only used when
+    token.keys is not set): that would log every user out. Never fails the start."""
+    if config.token.keys:
+        return
+    with contextlib.suppress(TimeoutError, *UNMAPPED_STORE_ERRORS):
+        async with asyncio.timeout(max(config.redis.timeout, 1.0)):
+            if warning := await store.eviction_warning():
+                log.warning("%s", warning)
 
 
 async def start_observability(

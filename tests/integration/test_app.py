@@ -424,3 +424,42 @@ def test_served_http_listener_reads_the_forwarded_headers_of_the_configured_prox
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=15)
+
+
+@pytest.mark.parametrize(("token_keys", "warned"), [(False, True), (True, False)])
+def test_serve_warns_when_the_store_may_evict_the_shared_key_ring(
+    tmp_path: Path, token_keys: bool, warned: bool
+) -> None:
+    store = servers.start_valkey_server(tmp_path / "evicting")
+    try:
+        client = redis.Redis.from_url(store.url)
+        client.config_set("maxmemory-policy", "allkeys-lru")
+        client.close()
+        port = free_port()
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "SIDECAR_REDIS__URL": store.url,
+            "SIDECAR_LISTEN__GRPC": f"127.0.0.1:{port}",
+            "SIDECAR_LISTEN__HTTP": "",
+            "SIDECAR_LISTEN__ADMIN": "",
+            "SIDECAR_LOG__FORMAT": "text",
+        }
+        if token_keys:
+            env["SIDECAR_TOKEN__KEYS"] = "k1:" + base64.urlsafe_b64encode(b"k" * 32).decode()
+        log = tmp_path / "serve.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "sidecar", "serve"], env=env, stderr=out, text=True)
+        try:
+            wait_for_port("127.0.0.1", port, 15.0, proc=proc)
+            # The check runs right after the listeners start: wait for its line (or, when none is due, a while).
+            deadline = time.monotonic() + (15.0 if warned else 2.0)
+            while "maxmemory-policy" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=15)
+        err = log.read_text()
+        assert ("maxmemory-policy is allkeys-lru" in err) is warned, err
+        assert "Traceback" not in err
+    finally:
+        store.stop()
