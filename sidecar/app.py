@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisClusterException, RedisError
 
 from sidecar import logs
-from sidecar.admin import AdminServer
+from sidecar.admin import AdminServer, raise_open_files_limit
 from sidecar.api import servicer as session_api
 from sidecar.api.auth import BearerTokenInterceptor
 from sidecar.assertions import AssertionIssuer
@@ -303,6 +303,10 @@ def request_path(config: Config, metrics: Metrics, running: contextlib.AsyncExit
 async def serve(config: Config, reload: Callable[[], Config] | None = None) -> None:
     """Serve until SIGTERM/SIGINT. ``reload`` re-reads the configuration on SIGHUP (the assertion keys)."""
     configure_logging(config.log.level, config.log.format)
+    before, after = raise_open_files_limit()
+    if before != after:
+        # Each of listen.http and listen.admin may hold a share of the limit (listen.max_connections at most).
+        log.info("open-files limit raised from %s to %s", before, after)
     # Everything started is stopped in reverse order, on a signal or on a failure to start.
     async with contextlib.AsyncExitStack() as running:
         registry = process_registry()
@@ -324,7 +328,14 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> N
         if api is not None:
             await start_grpc(running, api, "api", config.listen.api)
         log_serving(config)
-        await start_http(running, config.listen.http, path.service, forwarded=forwarded_trust(config))
+        await start_http(
+            running,
+            config.listen.http,
+            path.service,
+            forwarded=forwarded_trust(config),
+            idle_timeout=config.listen.idle_timeout,
+            max_connections=config.listen.max_connections,
+        )
 
         async def readiness_changed(ready: bool) -> None:
             # "" stays SERVING (the process answers, public routes work); the named services follow the store,
@@ -390,7 +401,13 @@ async def start_observability(
         return exposition(registry)
 
     jwks = path.issuer.jwks_json if path.issuer is not None else None
-    admin = AdminServer(ready, metrics=render_metrics, jwks=jwks)
+    admin = AdminServer(
+        ready,
+        metrics=render_metrics,
+        jwks=jwks,
+        idle_timeout=config.listen.idle_timeout,
+        max_connections=config.listen.max_connections,
+    )
     await start_admin(admin, config.listen.admin, jwks is not None)
     running.push_async_callback(admin.stop)
 
@@ -406,13 +423,15 @@ async def start_http(
     service: AuthzService,
     *,
     forwarded: ForwardedTrust = DEFAULT_TRUST,
+    idle_timeout: float = 60.0,
+    max_connections: int = 1000,
 ) -> HttpAuthzServer | None:
     """The HTTP ext_authz / forward-auth listener on ``address`` (``listen.http``; "" disables it), stopped with
     ``running``."""
     if not address:
         log.info("HTTP ext_authz disabled (listen.http is empty)")
         return None
-    server = HttpAuthzServer(service, forwarded=forwarded)
+    server = HttpAuthzServer(service, forwarded=forwarded, idle_timeout=idle_timeout, max_connections=max_connections)
     host, port = split_address(address)
     try:
         await server.start(host, port)

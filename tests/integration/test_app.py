@@ -398,7 +398,7 @@ def http_status(port: int, request: bytes) -> int:
         return int(sock.recv(4096).split(b" ", 2)[1])
 
 
-@pytest.mark.parametrize(("proxy", "status"), [("any", 400), ("nginx", 401)])
+@pytest.mark.parametrize(("proxy", "status"), [("any", 403), ("nginx", 401)])
 def test_served_http_listener_reads_the_forwarded_headers_of_the_configured_proxy(
     valkey_url: str, proxy: str, status: int
 ) -> None:
@@ -415,7 +415,7 @@ def test_served_http_listener_reads_the_forwarded_headers_of_the_configured_prox
     try:
         wait_for_port("127.0.0.1", http_port, 15.0, proc=proc)
         # nginx sets X-Original-Method and never X-Forwarded-Method: behind it, a client's X-Forwarded-Method is not
-        # read (any reads both, and their disagreement is a 400).
+        # read (any reads both, and their disagreement is a 403 forwarded_conflict).
         request = (
             b"GET /forward-auth HTTP/1.1\r\nhost: app\r\nx-original-uri: /a\r\n"
             b"x-original-method: GET\r\nx-forwarded-method: POST\r\n\r\n"
@@ -463,3 +463,44 @@ def test_serve_warns_when_the_store_may_evict_the_shared_key_ring(
         assert "Traceback" not in err
     finally:
         store.stop()
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the peer closes ``sock`` (recv returns b"" or the connection resets) within ``seconds``."""
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+@pytest.mark.parametrize("listener", ["http", "admin"])
+def test_served_listeners_apply_the_configured_connection_cap_and_idle_timeout(valkey_url: str, listener: str) -> None:
+    port, target = free_port(), free_port()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SIDECAR_REDIS__URL": valkey_url,
+        "SIDECAR_LISTEN__GRPC": f"127.0.0.1:{port}",
+        "SIDECAR_LISTEN__HTTP": f"127.0.0.1:{target}" if listener == "http" else "",
+        "SIDECAR_LISTEN__ADMIN": f"127.0.0.1:{target}" if listener == "admin" else "",
+        "SIDECAR_LISTEN__MAX_CONNECTIONS": "2",
+        "SIDECAR_LISTEN__IDLE_TIMEOUT": "1s",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "sidecar", "serve"], env=env, stderr=subprocess.DEVNULL)
+    held: list[socket.socket] = []
+    try:
+        wait_for_port("127.0.0.1", target, 15.0, proc=proc)
+        time.sleep(1.5)  # the probe connection of wait_for_port is gone before the two held ones open
+        held = [socket.create_connection(("127.0.0.1", target), timeout=5) for _ in range(2)]
+        time.sleep(0.3)  # both accepted
+        with socket.create_connection(("127.0.0.1", target), timeout=5) as third:
+            assert closed_within(third, 0.9), "a third connection was not refused (the defaults allow 1000)"
+        # The held ones sent nothing: closed after about 1s of idleness (the default would wait 60s).
+        assert all(closed_within(sock, 10.0) for sock in held)
+    finally:
+        for sock in held:
+            sock.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
