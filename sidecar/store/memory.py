@@ -52,7 +52,10 @@ class MemoryStore:
 
     async def create(self, key: SessionKey, record: SessionRecord, max_per_user: int = 0) -> int:
         self._check()
-        if key in self._records:
+        existing = self._records.get(key)
+        if existing is not None:
+            if existing.session_id == record.session_id:
+                return 0  # this very create, repeated
             raise StoreUnavailable("a session with this key already exists")
         self._records[key] = record
         keys = self._users.setdefault(record.user_id, [])
@@ -67,7 +70,10 @@ class MemoryStore:
 
     async def rotate(self, old: SessionKey, new: SessionKey, record: SessionRecord, now: float) -> bool:
         self._check()
-        if self._live(old) is None or new in self._records:
+        if self._live(old) is None:
+            moved = self._records.get(new)
+            return moved is not None and moved.session_id == record.session_id  # this very rotation, repeated
+        if new in self._records:
             return False
         self._drop(old)
         self._records[new] = replace(record, last_seen_at=now)

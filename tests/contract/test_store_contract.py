@@ -18,11 +18,12 @@ import pytest
 from sidecar.core.sealing import Sealer
 from sidecar.core.session import SessionRecord, new_session
 from sidecar.core.tokens import SessionKey, token_key, user_tag
+from sidecar.errors import StoreUnavailable
 from sidecar.store.base import SessionStore
 from sidecar.store.cache import CachingStore, SessionCache
 from sidecar.store.invalidation import InvalidationListener
 from sidecar.store.memory import MemoryStore
-from sidecar.store.redis import RedisStore
+from sidecar.store.redis import SCAN_BATCH, RedisStore
 
 pytestmark = pytest.mark.integration
 
@@ -287,3 +288,41 @@ async def test_shared_secret_keeps_the_first_proposal(subject: StoreUnderTest) -
 
 async def test_ping_succeeds_on_a_reachable_store(subject: StoreUnderTest) -> None:
     await subject.store.ping()
+
+
+async def test_list_revoke_session_and_revoke_user_reach_past_one_scan_batch(subject: StoreUnderTest) -> None:
+    user, count = a_user(), SCAN_BATCH + 30  # a Redis store needs two script calls for each
+    created = []
+    for _ in range(count):
+        rec = record(subject, user)
+        created.append(rec)
+        await subject.store.create(key_for(user), rec)
+    listed = await subject.store.list_user(user)
+    assert sorted(r.session_id for r in listed) == sorted(r.session_id for r in created)
+    # oldest first, to the millisecond the index orders by
+    assert [round(r.created_at * 1000) for r in listed] == sorted(round(r.created_at * 1000) for r in created)
+    newest = max(created, key=lambda r: r.created_at)
+    assert await subject.store.revoke_session(user, newest.session_id) is True
+    assert await subject.store.revoke_session(user, newest.session_id) is False  # scanned every batch, not found
+    assert await subject.store.revoke_user(user) == count - 1
+    assert await subject.store.list_user(user) == []
+
+
+async def test_repeating_a_create_creates_nothing_more_and_succeeds(subject: StoreUnderTest) -> None:
+    user = a_user()
+    k, rec = key_for(user), record(subject, user)
+    assert await subject.store.create(k, rec) == 0
+    assert await subject.store.create(k, rec) == 0  # e.g. after a StoreTimeout whose attempt had run
+    assert await subject.store.list_user(user) == [rec]
+    with pytest.raises(StoreUnavailable, match="already exists"):
+        await subject.store.create(k, record(subject, user))  # another session under the same key
+
+
+async def test_repeating_a_rotation_that_took_effect_answers_true(subject: StoreUnderTest) -> None:
+    user = a_user()
+    old, new, rec = key_for(user), key_for(user), record(subject, user)
+    await subject.store.create(old, rec)
+    assert await subject.store.rotate(old, new, rec, subject.now()) is True
+    assert await subject.store.rotate(old, new, rec, subject.now()) is True
+    assert await subject.store.rotate(old, key_for(user), rec, subject.now()) is False  # not this rotation
+    assert [r.session_id for r in await subject.store.list_user(user)] == [rec.session_id]
