@@ -11,8 +11,9 @@
         issued = sessions.rotate(issued.token, roles=("dev", "admin"))   # after a privilege change
 
 Errors become the sidecar exception tree: INVALID_ARGUMENT → ``BadInput``, UNAUTHENTICATED → ``ApiAuthError``,
-UNAVAILABLE → ``StoreUnavailable``, DEADLINE_EXCEEDED → ``StoreTimeout``, DATA_LOSS → ``CorruptRecord``, anything
-else → ``RuntimeFailure``. ``get`` and ``rotate`` return None when the token has no live session.
+UNAVAILABLE → ``StoreUnavailable``, DEADLINE_EXCEEDED → ``StoreTimeout`` (for a call that changes sessions its
+message says the outcome is unknown), DATA_LOSS → ``CorruptRecord``, anything else → ``RuntimeFailure``. ``get``
+and ``rotate`` return None when the token has no live session.
 """
 
 from __future__ import annotations
@@ -155,9 +156,18 @@ def rotate_request(token: str, *, email: Any, roles: Any, attributes: Any) -> se
     return request
 
 
-def error_from_status(code: grpc.StatusCode | None, details: str | None) -> SidecarError:
-    """The sidecar exception for a failed SessionService call."""
+# Calls that change sessions: when one times out, the sidecar may have done it all the same.
+WRITES = frozenset({"Create", "Rotate", "Revoke", "RevokeSession", "RevokeUser"})
+
+
+def error_from_status(code: grpc.StatusCode | None, details: str | None, method: str | None = None) -> SidecarError:
+    """The sidecar exception for a failed SessionService call (``method``: its name, when known)."""
     message = details or (code.name if code is not None else "unknown error")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED and method in WRITES:
+        return StoreTimeout(
+            f"SessionService did not answer {method} in time: {message}; outcome unknown: it may or may not have "
+            "taken effect (a Create may have left a session nobody holds a token for, which expires unused)"
+        )
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return BadInput(message)
     if code == grpc.StatusCode.UNAUTHENTICATED:
@@ -214,7 +224,7 @@ class SessionClient:
             code, details = _status(exc)
             if none_when_not_found and code == grpc.StatusCode.NOT_FOUND:
                 return None
-            raise error_from_status(code, details) from None
+            raise error_from_status(code, details, method) from None
 
     def create(
         self,
@@ -316,7 +326,7 @@ class AsyncSessionClient:
             code, details = _status(exc)
             if none_when_not_found and code == grpc.StatusCode.NOT_FOUND:
                 return None
-            raise error_from_status(code, details) from None
+            raise error_from_status(code, details, method) from None
 
     async def create(
         self,

@@ -1,9 +1,14 @@
-"""The pure translation helpers of the SessionService API: client ↔ protos ↔ servicer, errors, the bearer guard."""
+"""The pure translation helpers of the SessionService API: client ↔ protos ↔ servicer, errors, the bearer guard; and
+what the clients say when the sidecar does not answer in time (against an in-process gRPC server on loopback)."""
 
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Iterator
+from concurrent import futures
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 import pytest
@@ -13,7 +18,9 @@ from sidecar.api.auth import BearerTokenInterceptor, bearer_credential
 from sidecar.api.servicer import duration_seconds, session_message, timestamp
 from sidecar.client import (
     KEEP,
+    AsyncSessionClient,
     IssuedSession,
+    SessionClient,
     SessionInfo,
     create_request,
     duration_message,
@@ -32,7 +39,7 @@ from sidecar.errors import (
     StoreTimeout,
     StoreUnavailable,
 )
-from sidecar.session.v1 import session_pb2
+from sidecar.session.v1 import session_pb2, session_pb2_grpc
 
 RECORD = SessionRecord(
     session_id="h4ndle",
@@ -208,3 +215,54 @@ def test_the_interceptor_allows_only_the_exact_token() -> None:
     assert not guard.allows(None)
     with pytest.raises(ValueError):
         BearerTokenInterceptor("")
+
+
+class StalledSessions(session_pb2_grpc.SessionServiceServicer):
+    """A SessionService that answers nothing before the caller's deadline."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def _stall(self, context: grpc.ServicerContext) -> None:
+        self.release.wait(5)
+        context.abort(grpc.StatusCode.UNAVAILABLE, "released")
+
+    def Create(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._stall(context)
+
+    def RevokeUser(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._stall(context)
+
+    def Get(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._stall(context)
+
+
+@pytest.fixture
+def stalled_target() -> Iterator[str]:
+    servicer = StalledSessions()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    session_pb2_grpc.add_SessionServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        servicer.release.set()
+        server.stop(None)
+
+
+def test_a_write_that_timed_out_says_its_outcome_is_unknown(stalled_target: str) -> None:
+    with SessionClient(stalled_target, "api-token", timeout=0.2) as sessions:
+        with pytest.raises(StoreTimeout, match=r"did not answer Create in time.*outcome unknown"):
+            sessions.create("alice")
+        with pytest.raises(StoreTimeout, match=r"did not answer RevokeUser in time.*outcome unknown"):
+            sessions.revoke_user("alice")
+        with pytest.raises(StoreTimeout, match="did not answer in time") as read:
+            sessions.get("s1.token")
+    assert "outcome" not in str(read.value)
+
+
+async def test_the_async_client_says_so_too(stalled_target: str) -> None:
+    async with AsyncSessionClient(stalled_target, "api-token", timeout=0.2) as sessions:
+        with pytest.raises(StoreTimeout, match=r"did not answer Create in time.*outcome unknown"):
+            await sessions.create("alice")
