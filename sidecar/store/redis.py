@@ -49,7 +49,7 @@ from sidecar.store.connect import RedisClient, RedisSettings, open_client
 # (PRUNE_BATCH, EVICT_BATCH, SCAN_BATCH below); a whole index is walked only by several calls from Python.
 PRUNE_BATCH = 10  # create: the oldest entries checked, and as many more sampled at random
 EVICT_BATCH = 10  # create: at most this many evicted per call when the user is over max_per_user
-SCAN_BATCH = 100  # list, revoke_session, revoke_user: index entries per script call
+SCAN_BATCH = 50  # list, revoke_session, revoke_user: index entries per script call
 # A write is retried after a timeout (connect.RETRIES) and its first attempt may have run all the same; a write
 # whose effect a replay cannot see (a deletion, an eviction) leaves its result under ``<prefix>{tag}:r:<request
 # id>`` for this long, and a replay answers it instead of acting again.
