@@ -490,6 +490,32 @@ async def test_every_script_does_bounded_work_on_a_user_with_100k_index_entries(
         await store.close()
 
 
+async def test_revoke_user_outpaced_by_new_sessions_stops_and_says_so(
+    store: RedisStore, raw: aioredis.Redis, prefix: str
+) -> None:
+    user = "pia-" + secrets.token_hex(3)
+    await store.create(key_for(user), plain_session(user))
+    index = f"{prefix}{{{user_tag(user)}}}:u:{user_index_id(user)}"
+    adding = True
+
+    async def login_storm() -> None:  # index entries appear faster than one batch a round trip removes
+        n = 0
+        while adding:
+            await raw.zadd(index, {f"{n + i:064x}": time.time() * 1000 for i in range(4 * SCAN_BATCH)})
+            n += 4 * SCAN_BATCH
+
+    await raw.zadd(index, {f"{i:064x}-early": time.time() * 1000 + 1 for i in range(SCAN_BATCH)})
+    storm = asyncio.create_task(login_storm())
+    try:
+        with pytest.raises(StoreUnavailable, match="as fast as they are revoked; 1 revoked so far"):
+            await asyncio.wait_for(store.revoke_user(user), 30)
+    finally:
+        adding = False
+        await storm
+    assert await store.revoke_user(user) == 0  # the storm over, the next call empties the index
+    assert await raw.exists(index) == 0
+
+
 # --- writes retried after a timeout ------------------------------------------------------------------------
 
 STORE_TIMEOUT = 0.2  # the store's per-attempt timeout in these tests; a write is sent up to 3 times
