@@ -11,6 +11,9 @@ import contextlib
 import dataclasses
 import logging
 import secrets
+import socket
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -214,13 +217,16 @@ def problems() -> Iterator[Problems]:
 
 
 @contextlib.asynccontextmanager
-async def serving(problems: Problems, settings: EdgeSettings = SETTINGS) -> AsyncIterator[Served]:
+async def serving(
+    problems: Problems, settings: EdgeSettings = SETTINGS, *, idle_timeout: float = 60.0, max_connections: int = 1000
+) -> AsyncIterator[Served]:
     """An HttpAuthzServer on a free loopback port over a fresh in-memory store; loop exceptions are problems."""
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(lambda _loop, context: problems.seen.append(str(context.get("message"))))
     store = MemoryStore()
     keys = KeyRingSource(store, RING)
-    server = http.HttpAuthzServer(AuthzService(settings, store, keys, deadline=0.15))
+    service = AuthzService(settings, store, keys, deadline=0.15)
+    server = http.HttpAuthzServer(service, idle_timeout=idle_timeout, max_connections=max_connections)
     await server.start("127.0.0.1", 0)
     manager = SessionManager(store, keys, cookie_name="SESSION", idle_timeout=60, absolute_timeout=3600)
     try:
@@ -643,3 +649,192 @@ async def test_listen_http_is_served_and_stopped_with_the_exit_stack() -> None:
     writer.close()
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", port)
+
+
+# --------------------------------------------------------------------------------------------------- listener limits
+
+
+def head_count(data: bytes) -> int:
+    """Answers in a stream of bodiless responses (each head ends with an empty line)."""
+    return data.count(b"\r\n\r\n")
+
+
+def drain_answers(sock: socket.socket, answers: int) -> int:
+    """Read bodiless answers until ``answers`` arrived or the socket stops; returns how many arrived."""
+    received = b""
+    with contextlib.suppress(OSError):
+        while head_count(received) < answers:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                break
+            received += chunk
+    return head_count(received)
+
+
+async def test_a_5000_request_pipelined_flood_leaves_another_client_answered_within_200_ms(served: Served) -> None:
+    flood = request("/public/flood") * 5000
+
+    def clients() -> tuple[float, int]:
+        with (
+            socket.create_connection(("127.0.0.1", served.port), timeout=20) as flooder,
+            socket.create_connection(("127.0.0.1", served.port), timeout=20) as prober,
+        ):
+            answered: list[int] = []
+            reader = threading.Thread(target=lambda: answered.append(drain_answers(flooder, 5000)))
+            reader.start()
+            flooder.sendall(flood)
+            started = time.monotonic()
+            prober.sendall(request("/public/probe"))
+            answer = prober.recv(4096)
+            latency = time.monotonic() - started
+            reader.join(20)
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            return latency, answered[0] if answered else 0
+
+    latency, answered = await asyncio.to_thread(clients)
+    assert answered == 5000  # every request of the flood is answered, in turn
+    assert latency < 0.2, f"the other client waited {latency * 1000:.0f} ms for its answer"
+
+
+async def test_pipelined_requests_waiting_for_the_store_are_read_only_a_few_ahead_of_their_answers(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issued = await served.manager.create("alice")
+    parsed = 0
+    read_view = http.to_request_view
+
+    def counted(*args: object) -> RequestView:
+        nonlocal parsed
+        parsed += 1
+        return read_view(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(http, "to_request_view", counted)
+    original = served.store.resolve
+
+    async def resolve(*args: object) -> object:
+        await asyncio.sleep(0.001)
+        return await original(*args)  # type: ignore[arg-type]
+
+    served.store.resolve = resolve  # type: ignore[method-assign]
+    reader, writer = await served.connect()
+    try:
+        writer.write(request("/hello", ("cookie", f"SESSION={issued.token}")) * 300)
+        ahead = []
+        for answered in range(1, 301):
+            assert (await read_response(reader)).status == 200
+            ahead.append(parsed - answered)
+    finally:
+        writer.close()
+    bound = http.MAX_IN_FLIGHT + http.FEED_BYTES // 18
+    assert max(ahead) <= bound, f"up to {max(ahead)} requests read and unanswered (bound {bound})"
+
+
+async def test_a_client_that_does_not_read_its_answers_is_not_read_either_until_it_does(
+    problems: Problems, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = dataclasses.replace(SETTINGS, login_url="https://login.example.com/start")
+    answered = 0
+    encoded = http.encode
+
+    def counted(*args: object, **kwargs: bool) -> bytes:
+        nonlocal answered
+        answered += 1
+        return encoded(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(http, "encode", counted)
+    # A browser navigation to a 60 KB path gets a 302 whose Location carries it: 200 of them are ~12 MB of answers.
+    navigation = request("/" + "p" * 60_000, ("accept", "text/html"))
+    async with serving(problems, settings) as running:
+        loop = asyncio.get_running_loop()
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # little room for answers in the kernel
+        client.setblocking(False)
+        await loop.sock_connect(client, ("127.0.0.1", running.port))
+        sender = asyncio.create_task(loop.sock_sendall(client, navigation * 200))
+        try:
+            settled, deadline = -1, time.monotonic() + 5
+            while answered != settled and time.monotonic() < deadline:  # until the sidecar stops answering
+                settled = answered
+                await asyncio.sleep(0.5)
+            # The kernel's send buffer (up to 4 MB here) takes some answers; the rest wait unread and unanswered.
+            assert answered < 120, f"{answered} answers of ~60 KB buffered for a client that reads none"
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            marker, tail, seen = b"HTTP/1.1 302 ", b"", 0
+            async with asyncio.timeout(20):
+                while seen < 200:  # once it reads, it is read and answered again
+                    chunk = await loop.sock_recv(client, 1 << 20)
+                    assert chunk, f"closed after {seen} answers"
+                    window = tail + chunk
+                    seen += window.count(marker)
+                    tail = window[-(len(marker) - 1) :]  # a marker split across reads is counted once
+                await sender
+        finally:
+            sender.cancel()
+            client.close()
+
+
+async def test_a_keep_alive_connection_idle_for_idle_timeout_is_closed_and_an_active_one_is_not(
+    problems: Problems,
+) -> None:
+    async with serving(problems, idle_timeout=0.3) as running:
+        idle_reader, idle_writer = await running.connect()
+        busy_reader, busy_writer = await running.connect()
+        idle_writer.write(request("/public/x"))
+        assert (await read_response(idle_reader)).status == 200
+        started = time.monotonic()
+        for _ in range(8):  # 0.8 s of a request every 0.1 s
+            busy_writer.write(request("/public/x"))
+            assert (await read_response(busy_reader)).status == 200
+            await asyncio.sleep(0.1)
+        assert await closed(idle_reader)
+        assert time.monotonic() - started < 2.0
+        busy_writer.write(request("/public/x"))
+        assert (await read_response(busy_reader)).status == 200
+        for writer in (idle_writer, busy_writer):
+            writer.close()
+
+
+async def test_a_client_that_stops_reading_is_dropped_after_idle_timeout(problems: Problems) -> None:
+    settings = dataclasses.replace(SETTINGS, login_url="https://login.example.com/start")
+    navigation = request("/" + "p" * 60_000, ("accept", "text/html"))
+    async with serving(problems, settings, idle_timeout=0.5) as running:
+        loop = asyncio.get_running_loop()
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.setblocking(False)
+        await loop.sock_connect(client, ("127.0.0.1", running.port))
+        sender = asyncio.create_task(loop.sock_sendall(client, navigation * 100))
+        try:
+            deadline = time.monotonic() + 5
+            while not running.server.connections:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            while running.server.connections:
+                assert time.monotonic() < deadline, "a client that reads nothing is held open"
+                await asyncio.sleep(0.05)
+        finally:
+            sender.cancel()
+            client.close()
+
+
+async def test_connections_over_max_connections_are_closed_at_once_and_the_others_answered(
+    problems: Problems,
+) -> None:
+    async with serving(problems, max_connections=3) as running:
+        held = [await running.connect() for _ in range(3)]
+        for reader, writer in held:
+            writer.write(request("/public/x"))
+            assert (await read_response(reader)).status == 200
+        extra_reader, extra_writer = await running.connect()
+        assert await closed(extra_reader)  # refused: accepted and closed, so it holds no descriptor
+        extra_writer.close()
+        held[0][1].close()
+        deadline = time.monotonic() + 5
+        while running.server.connections > 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        assert (await running.ask("/public/x")).status == 200
+        for reader, writer in held[1:]:
+            writer.write(request("/public/x"))
+            assert (await read_response(reader)).status == 200
+            writer.close()
