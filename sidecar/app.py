@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -36,8 +36,11 @@ from sidecar.errors import ConfigError, RuntimeFailure, StoreError
 from sidecar.health import StoreHealth
 from sidecar.metrics import Metrics, exposition, process_registry
 from sidecar.sessions import KeyRingSource, SessionManager
+from sidecar.sources.base import SessionSource
+from sidecar.sources.cached import CachedSource, LocalEvictions
+from sidecar.sources.native import NativeSource
 from sidecar.store.base import SessionStore
-from sidecar.store.cache import CachingStore, SessionCache
+from sidecar.store.cache import SessionCache
 from sidecar.store.connect import RedisSettings
 from sidecar.store.invalidation import InvalidationListener
 from sidecar.store.metered import MeteredStore
@@ -56,10 +59,12 @@ CLI_STORE_TIMEOUT = 3.0
 UNMAPPED_STORE_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
 
 
-def edge_settings(config: Config) -> EdgeSettings:
+def edge_settings(config: Config, sources: Sequence[SessionSource] = ()) -> EdgeSettings:
+    """The core's settings; ``sources``: their cookies are the session cookies (default: cookie.name's)."""
     headers = config.headers
     return EdgeSettings(
         cookie_name=config.cookie.name,
+        cookie_names=tuple(name for source in sources for name in source.cookie_names),
         strip_upstream=config.cookie.strip_upstream,
         user_id_header=headers.user_id,
         email_header=headers.email,
@@ -183,19 +188,21 @@ async def start_grpc(running: contextlib.AsyncExitStack, server: grpc.aio.Server
     running.push_async_callback(server.stop, SHUTDOWN_GRACE_SECONDS)
 
 
-def session_cache(
-    config: Config, store: RedisStore, reads: SessionStore | None = None
-) -> tuple[CachingStore, InvalidationListener]:
-    """The cache in front of ``reads`` (the store itself unless given, e.g. metered), kept honest by ``store``'s
-    invalidation channel."""
+def native_source(
+    config: Config, store: RedisStore, reads: SessionStore, keys: KeyRingSource
+) -> tuple[CachedSource, InvalidationListener | None]:
+    """The native source reading ``reads`` (the store, or it metered), behind this process's memory: the cache
+    and failure_policy stale's last known identities when cache.enabled (kept honest by ``store``'s invalidation
+    channel, returned to be started), the refused-records memo always."""
+    native = NativeSource(reads, keys, config.cookie.name)
+    if not config.cache.enabled:
+        return CachedSource(native), None
     stale = None
     if config.redis.failure_policy == "stale":
         stale = StaleSessions(max_age=config.redis.stale_for, max_entries=config.cache.max_entries)
-    cache = SessionCache(
-        ttl=config.cache.ttl, max_entries=config.cache.max_entries, max_bytes=config.cache.max_bytes, stale=stale
-    )
-    inner = reads if reads is not None else store
-    return CachingStore(inner, cache), InvalidationListener(store.client, store.invalidation_channel, cache)
+    cache = SessionCache(ttl=config.cache.ttl, max_entries=config.cache.max_entries, max_bytes=config.cache.max_bytes)
+    source = CachedSource(native, cache=cache, stale=stale)
+    return source, InvalidationListener(store.client, store.invalidation_channel, source)
 
 
 class SwappableAssertions:
@@ -262,42 +269,45 @@ async def every(interval: float, action: Callable[[], None]) -> None:
 
 @dataclass
 class RequestPath:
-    """What answers a Check, built from the config: the store (raw and metered), the cache, the service."""
+    """What answers a Check, built from the config: the store (raw and metered), the sources, the service; and
+    ``sessions``, the store the SessionService writes through (its revocations leave this replica's memory at
+    once)."""
 
     metrics: Metrics
     store: RedisStore
     metered: MeteredStore
     sessions: SessionStore
     keys: KeyRingSource
-    cache: SessionCache | None
+    source: CachedSource
     observer: DecisionObserver
     issuer: SwappableAssertions | None
     service: AuthzService
+
+    @property
+    def cache(self) -> SessionCache | None:
+        return self.source.cache
 
 
 def request_path(config: Config, metrics: Metrics, running: contextlib.AsyncExitStack) -> RequestPath:
     store = open_store(config, config.redis.timeout)
     running.push_async_callback(store.close)
     metered = MeteredStore(store, metrics)
-    sessions: SessionStore = metered
-    if config.cache.enabled:
-        sessions, listener = session_cache(config, store, metered)
+    keys = KeyRingSource(store, configured_key_ring(config))
+    source, listener = native_source(config, store, metered, keys)
+    if listener is not None:
         listener.start()
         running.push_async_callback(listener.stop)
-    keys = KeyRingSource(store, configured_key_ring(config))
-    cache = sessions.cache if isinstance(sessions, CachingStore) else None
     observer = DecisionObserver(metrics, sample_allows=config.log.sample_allows, tracker=RepeatedInvalidTokens())
     issuer = assertion_issuer(config)
     service = AuthzService(
-        edge_settings(config),
-        sessions,
-        keys,
+        edge_settings(config, (source,)),
+        sources=(source,),
         deadline=config.redis.timeout,
-        cache=cache,
         observer=observer,
         assertions=issuer,
     )
-    return RequestPath(metrics, store, metered, sessions, keys, cache, observer, issuer, service)
+    sessions = LocalEvictions(metered, source.invalidate)
+    return RequestPath(metrics, store, metered, sessions, keys, source, observer, issuer, service)
 
 
 async def serve(config: Config, reload: Callable[[], Config] | None = None) -> None:

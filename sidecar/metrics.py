@@ -28,6 +28,7 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prometheus_multiprocess
 
+from sidecar.core.reasons import RULES, metric_label
 from sidecar.store.cache import CacheStats
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -36,14 +37,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CHECK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0)
 STORE_BUCKETS = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 
-# Decision reasons are a closed set; anything else (e.g. "missing_roles:admin,ops") is folded to its family so a
-# label can never grow with user or configuration data.
-_REASON_FAMILIES = ("missing_roles",)
-
-
-def reason_label(reason: str) -> str:
-    family = reason.split(":", 1)[0]
-    return family if family in _REASON_FAMILIES or family == reason else "other"
+# The kinds of invalid session cookies the reasons table names (forged, unknown), in its order.
+INVALID_TOKEN_KINDS = tuple(dict.fromkeys(rule.invalid for rule in RULES.values() if rule.invalid is not None))
 
 
 class Metrics:
@@ -124,14 +119,14 @@ class Metrics:
         self._miss = self.cache_lookups.labels("miss")
         self._evicted = self.cache_invalidations.labels("message")
         self._flushed = self.cache_invalidations.labels("flush")
-        self.invalid_token_kinds = {kind: self.invalid_tokens.labels(kind) for kind in ("forged", "unknown")}
+        self.invalid_token_kinds = {kind: self.invalid_tokens.labels(kind) for kind in INVALID_TOKEN_KINDS}
         self._children: dict[tuple[str, int, str], Counter] = {}
 
     def decided(self, outcome: str, status: int, reason: str, seconds: float) -> None:
         key = (outcome, status, reason)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = self.decisions.labels(outcome, str(status), reason_label(reason))
+            child = self._children[key] = self.decisions.labels(outcome, str(status), metric_label(reason))
         child.inc()
         self.check_seconds.observe(seconds)
 

@@ -1,12 +1,14 @@
-"""The authorization service: the core's decision plus the I/O it needs (key ring, store, touch).
+"""The authorization service: the core's decision plus the I/O it needs, asked of an ordered list of sources.
 
 Protocol adapters (gRPC v3, HTTP) translate into ``RequestView`` and out of ``Decision``; nothing here knows
-about Envoy. ``check`` never raises: any failure of the store, its deadline or this code becomes a Deny (503),
-because an exception would surface as a gRPC error that ``failure_mode_allow`` could turn into an allow. Every
-decision, from either entry point, is reported once to the observer (metrics and the decision log).
+about Envoy, nor about any token or record format (the sources do: ``sidecar.sources``). A Check walks:
+``inspect`` (route, session cookies) → each source's candidates, in source order → their lookups, in header order
+→ ``Found`` → ``decide``. What the process can answer from memory is answered in ``begin``, without scheduling
+anything; the rest in ``finish``, reusing what ``begin`` worked out (candidates are verified once per Check).
 
-A stored record the core refuses (corrupt, or over the size bounds) is a 401 naming why, and its key is remembered a
-few seconds (``RefusedRecords``): a client repeating the token is denied without a store read or a decode.
+``check`` never raises: any failure of a store, its deadline or this code becomes a Deny (503), because an
+exception would surface as a gRPC error that ``failure_mode_allow`` could turn into an allow. Every decision,
+from either entry point, is reported once to the observer (metrics and the decision log).
 """
 
 from __future__ import annotations
@@ -14,40 +16,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Protocol
 
 from sidecar.authz.observer import DecisionObserver, Observation
-from sidecar.core.decision import (
-    Allow,
-    Decision,
-    EdgeSettings,
-    Inspection,
-    decide,
-    inspect,
-    tokens_to_try,
-    unavailable,
-)
+from sidecar.core.decision import NO_SESSION, Decision, EdgeSettings, Found, Inspection, decide, inspect, unavailable
+from sidecar.core.reasons import RULES, Reason
 from sidecar.core.request import RequestView
-from sidecar.core.session import RecordTooLarge, SessionRecord, is_live
-from sidecar.core.tokens import SessionKey, session_key
-from sidecar.errors import CorruptRecord, StoreError
+from sidecar.core.session import SessionRecord
+from sidecar.core.tokens import SessionKey
+from sidecar.errors import StoreError
 from sidecar.sessions import KeyRingSource
+from sidecar.sources.base import MAX_CANDIDATES, SessionSource
+from sidecar.sources.cached import CachedSource
+from sidecar.sources.native import NativeSource
 from sidecar.store.base import SessionStore
-from sidecar.store.cache import RefusedRecords, SessionCache
 
 log = logging.getLogger("sidecar.authz")
 _NO_CONTEXT: Mapping[str, str] = MappingProxyType({})  # most routes set no context_extensions: no dict per allow
 
-# Deny reasons of a verified token whose stored record was refused.
-RECORD_TOO_LARGE = "session_record_too_large"  # over the size or count bounds: refused before it was decoded
-RECORD_CORRUPT = "session_invalid"  # does not decode, open or validate: the reason of an unknown token, as before
-
-
-def refusal_reason(error: CorruptRecord) -> str:
-    return RECORD_TOO_LARGE if isinstance(error, RecordTooLarge) else RECORD_CORRUPT
+# The candidates of each source, in source order, as far as ``begin`` got (None: the source could not tell yet).
+AtHand = tuple[tuple[SessionKey, ...] | None, ...]
 
 
 class IdentityAssertions(Protocol):
@@ -60,77 +51,76 @@ class IdentityAssertions(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class _Outcome:
-    decision: Decision
-    record: SessionRecord | None = None  # the session the decision was about, when one resolved
-    invalid: str | None = None  # "forged" (no cookie verified) or "unknown" (verified, but no live session)
-
-
-@dataclass(frozen=True, slots=True)
-class _Resolved:
-    record: SessionRecord | None
-    refused: str | None = None  # why a verified token's record was refused, when one was and none resolved
-
-
-@dataclass(frozen=True, slots=True)
 class Pending:
-    """A check that needs the key ring or the store: what ``begin`` already worked out, for ``finish``."""
+    """A check that needs I/O: what ``begin`` already worked out, for ``finish``."""
 
     request: RequestView
     inspection: Inspection
     started: float  # perf_counter() at arrival, so the latency covers both halves
+    at_hand: AtHand = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _NeedsIO:
+    """``begin`` cannot answer from memory: the candidates it verified on the way."""
+
+    at_hand: AtHand
 
 
 class AuthzService:
     def __init__(
         self,
         settings: EdgeSettings,
-        store: SessionStore,
-        keys: KeyRingSource,
+        store: SessionStore | None = None,
+        keys: KeyRingSource | None = None,
         *,
+        sources: Sequence[SessionSource] = (),
         deadline: float,
         clock: Callable[[], float] = time.time,
-        cache: SessionCache | None = None,
         observer: DecisionObserver | None = None,
         assertions: IdentityAssertions | None = None,
     ) -> None:
+        """``sources``: asked in order. ``store`` and ``keys`` instead: the native source alone over them, with
+        the refused-records memo and no cache (what the adapters' tests and simple embeddings want)."""
+        if store is not None and keys is not None:
+            native = NativeSource(store, keys, settings.cookie_name)
+            sources = (*sources, CachedSource(native, clock=clock))
+        if not sources:
+            raise ValueError("an authorization service needs at least one session source")
         self._settings = settings
-        self._store = store
-        self._keys = keys
+        self._sources = tuple(sources)
         self._deadline = deadline
         self._clock = clock
-        self._cache = cache
-        # Shared with the cache when there is one, so the invalidation channel evicts refused keys too.
-        self._refused = cache.refused if cache is not None else RefusedRecords()
         self._observer = observer
         self._assertions = assertions
 
+    @property
+    def sources(self) -> tuple[SessionSource, ...]:
+        return self._sources
+
     def begin(self, request: RequestView) -> Decision | Pending:
-        """The decision when it needs no I/O (no session cookie, or the first verified token is a cache hit), so an
-        adapter can answer without scheduling anything; else a ``Pending`` check for ``finish``, which reuses what
-        was read here (the request is inspected once)."""
+        """The decision when it needs no I/O (no session cookie, a cached session, a refused record), so an
+        adapter can answer without scheduling anything; else a ``Pending`` check for ``finish``."""
         started = time.perf_counter()
         inspection: Inspection | None = None
         try:
             inspection = inspect(self._settings, request)
-            outcome = self._decide_now(request, inspection)
-            if outcome is None:
-                return Pending(request, inspection, started)
+            found = self._found_now(inspection)
         except Exception:
             log.exception("check failed unexpectedly; denying with 503")
-            outcome = _Outcome(unavailable())
-        self._observe(request, inspection, outcome, started)
-        return outcome.decision
+            return self._answer(request, inspection, None, started)
+        if isinstance(found, _NeedsIO):
+            return Pending(request, inspection, started, found.at_hand)
+        return self._answer(request, inspection, found, started)
 
     async def finish(self, pending: Pending) -> Decision:
-        """The decision of a check ``begin`` could not make alone: the key ring and the store are asked."""
+        """The decision of a check ``begin`` could not make alone: the sources read their stores."""
         try:
-            outcome = await self._check(pending.request, pending.inspection)
+            found = await self._found(pending.inspection, pending.at_hand)
         except Exception:
             log.exception("check failed unexpectedly; denying with 503")
-            outcome = _Outcome(unavailable())
-        self._observe(pending.request, pending.inspection, outcome, pending.started)
-        return outcome.decision
+            return self._answer(pending.request, pending.inspection, None, pending.started)
+        return self._answer(pending.request, pending.inspection, found, pending.started)
 
     async def check(self, request: RequestView) -> Decision:
         step = self.begin(request)
@@ -141,131 +131,108 @@ class AuthzService:
         step = self.begin(request)
         return None if isinstance(step, Pending) else step
 
-    def _observe(self, request: RequestView, inspection: Inspection | None, outcome: _Outcome, started: float) -> None:
-        if self._observer is None:
-            return
-        try:
-            route = inspection.route.prefix if inspection is not None else None
-            seconds = time.perf_counter() - started
-            seen = Observation(outcome.decision, route, outcome.record, outcome.invalid, seconds)
-            self._observer.observe(request, seen)
-        except Exception:  # the answer matters more than its record
-            log.exception("recording a decision failed")
-
-    def _decided(
-        self,
-        request: RequestView,
-        inspection: Inspection,
-        record: SessionRecord | None,
-        *,
-        invalid: str | None = None,
-        refused: str | None = None,
-        store_failed: bool = False,
-    ) -> _Outcome:
-        extra: tuple[tuple[str, str], ...] = ()
-        if record is not None and self._assertions is not None:
-            context = dict(request.context) if request.context else _NO_CONTEXT
-            token = self._assertions.issue(record, request.host, context, self._clock())
-            if token is not None:
-                extra = ((self._assertions.header, token),)
-        invalid_reason = refused or ("session_invalid" if invalid else "session_required")
-        decision = decide(
-            self._settings,
-            request,
-            inspection,
-            record,
-            store_failed=store_failed,
-            invalid_reason=invalid_reason,
-            extra=extra,
-        )
-        return _Outcome(decision, record, invalid)
-
-    def _decide_now(self, request: RequestView, inspection: Inspection) -> _Outcome | None:
+    def _found_now(self, inspection: Inspection) -> Found | _NeedsIO:
+        """What the sources know without I/O, or ``_NeedsIO`` as soon as one needs a read (a later source must not
+        answer for a cookie an earlier one may still resolve)."""
         if not inspection.session_cookies:
-            return self._decided(request, inspection, None)
-        ring = self._keys.cached
-        if ring is None or (self._cache is None and not self._refused):
-            return None  # nothing here could answer: leave the MAC checks to the store path
-        tokens = tokens_to_try(ring, inspection)
-        if not tokens:
-            return None  # maybe a new shared key: check() re-reads it
+            return NO_SESSION
         now = self._clock()
-        first_refused: str | None = None
-        for token in tokens:  # header order, skipping what was refused just now, as the store path does
-            key = session_key(token)
-            refused = self._refused.reason(key, now)
-            if refused is None:
-                return self._cached(request, inspection, key, now)
-            first_refused = first_refused or refused
-        return self._decided(request, inspection, None, invalid="unknown", refused=first_refused)
+        at_hand: list[tuple[SessionKey, ...] | None] = []
+        refused: Reason | None = None
+        tried = 0
+        for source in self._sources:
+            values = inspection.values(source.cookie_names)
+            keys = source.candidates_now(values) if values else ()
+            at_hand.append(keys)
+            if values and not keys:
+                return _NeedsIO(tuple(at_hand))  # not verified yet, or maybe under a key ring read since
+            for key in keys or ():
+                if tried == MAX_CANDIDATES:
+                    break
+                tried += 1
+                known = source.lookup_now(key, now)
+                if known is None:
+                    return _NeedsIO(tuple(at_hand))
+                if isinstance(known, Reason):
+                    refused = refused or known
+                    continue
+                return Found.session(known)
+        return Found(refused or Reason.UNKNOWN)
 
-    def _cached(self, request: RequestView, inspection: Inspection, key: SessionKey, now: float) -> _Outcome | None:
-        """The decision for the first token still to try when the cache holds its live session; else None."""
-        record = self._cache.get(key, now) if self._cache is not None else None
-        if record is None or not is_live(record, now):
-            return None
-        return self._decided(request, inspection, record)
-
-    async def _check(self, request: RequestView, inspection: Inspection) -> _Outcome:
+    async def _found(self, inspection: Inspection, at_hand: AtHand) -> Found:
+        tried: list[tuple[SessionSource, tuple[SessionKey, ...]]] = []
         try:
             async with asyncio.timeout(self._deadline):
-                ring = self._keys.cached or await self._keys.ring()
-                tokens = tokens_to_try(ring, inspection)
-                if not tokens and (fresh := await self._keys.refresh()) is not None:
-                    tokens = tokens_to_try(fresh, inspection)
-                if not tokens:
-                    return self._decided(request, inspection, None, invalid="forged")
-                resolved = await self._resolve(tokens)
+                return await self._look_up(inspection, at_hand, tried)
         except (StoreError, TimeoutError) as exc:
             log.warning("session store failed: %s", exc or "deadline exceeded")
-            stale = self._last_known(inspection)
-            if stale is not None:
-                outcome = self._decided(request, inspection, stale)
-                if isinstance(outcome.decision, Allow):
-                    return replace(outcome, decision=replace(outcome.decision, reason="stale"))
-                return outcome
-            return self._decided(request, inspection, None, store_failed=True)
-        if resolved.record is not None:
-            return self._decided(request, inspection, resolved.record)
-        return self._decided(request, inspection, None, invalid="unknown", refused=resolved.refused)
+            return self._fallback(at_hand, tried)
 
-    def _last_known(self, inspection: Inspection) -> SessionRecord | None:
-        """failure_policy stale: the identity of the first verified token, as last confirmed (never a revoked one)."""
-        stale, ring = self._cache.stale if self._cache is not None else None, self._keys.cached
-        if stale is None or ring is None:
-            return None
-        tokens = tokens_to_try(ring, inspection)
-        record = stale.recall(session_key(tokens[0]), self._clock()) if tokens else None
-        if record is not None:
-            log.info("store unavailable: answering session %s from its last known identity", record.session_id)
-        return record
-
-    async def _resolve(self, tokens: tuple[str, ...]) -> _Resolved:
-        """The first token, in header order, that names a live session (its read also refreshes last-seen); else
-        why the first refused record was refused, if one was."""
-        first_refused: str | None = None
-        for token in tokens:
-            key = session_key(token)
-            found = await self._read(key)
-            if isinstance(found, str):
-                first_refused = first_refused or found
+    async def _look_up(
+        self,
+        inspection: Inspection,
+        at_hand: AtHand,
+        tried: list[tuple[SessionSource, tuple[SessionKey, ...]]],
+    ) -> Found:
+        """The first candidate, sources in order and each in header order, that names a live session; else why
+        none did (the first refusal, if a record was refused). ``tried``: each source's candidates, as found."""
+        refused: Reason | None = None
+        looked_up = 0
+        for index, source in enumerate(self._sources):
+            values = inspection.values(source.cookie_names)
+            if not values:
                 continue
-            now = self._clock()
-            if found is not None and is_live(found, now):
-                if self._cache is not None and self._cache.stale is not None:
-                    self._cache.stale.remember(key, found, now)
-                return _Resolved(found)
-        return _Resolved(None, first_refused)
+            keys = await source.candidates(values, at_hand[index] if index < len(at_hand) else None)
+            tried.append((source, keys))
+            for key in keys:
+                if looked_up == MAX_CANDIDATES:
+                    break
+                looked_up += 1
+                found = await source.lookup(key, self._clock())
+                if isinstance(found, Reason):
+                    refused = refused or found
+                elif found is not None:
+                    return Found.session(found)
+        if not any(keys for _, keys in tried):
+            return Found(Reason.FORGED)
+        return Found(refused or Reason.UNKNOWN)
 
-    async def _read(self, key: SessionKey) -> SessionRecord | str | None:
-        """The record under ``key`` (None: there is none), or why it is refused, now or a moment ago."""
-        refused = self._refused.reason(key, self._clock())
-        if refused is not None:
-            return refused
+    def _fallback(self, at_hand: AtHand, tried: list[tuple[SessionSource, tuple[SessionKey, ...]]]) -> Found:
+        """The store failed: the first candidate's source may still know its identity (failure_policy stale)."""
+        known = tried or [(s, keys) for s, keys in zip(self._sources, at_hand, strict=False) if keys is not None]
+        for source, keys in known:
+            if keys:
+                record = source.fallback(keys[0], self._clock())
+                return Found(Reason.STALE, record) if record is not None else Found(Reason.STORE_UNAVAILABLE)
+        return Found(Reason.STORE_UNAVAILABLE)
+
+    def _answer(
+        self, request: RequestView, inspection: Inspection | None, found: Found | None, started: float
+    ) -> Decision:
+        """The decision for what the lookup found (None: this code failed, a 503), reported to the observer."""
+        decision: Decision
         try:
-            return await self._store.resolve(key, self._clock())
-        except CorruptRecord as exc:
-            log.error("unusable session record %s…: %s", key.digest[:12], exc)
-            refused = refusal_reason(exc)
-            self._refused.refuse(key, refused, self._clock())
-            return refused
+            if inspection is None or found is None:
+                decision = unavailable()
+            else:
+                decision = decide(self._settings, request, inspection, found, self._assertion(request, found))
+        except Exception:
+            log.exception("check failed unexpectedly; denying with 503")
+            decision, found = unavailable(), None
+        if self._observer is not None:
+            try:
+                route = inspection.route.prefix if inspection is not None else None
+                record = found.record if found is not None else None
+                invalid = RULES[found.reason].invalid if found is not None else None
+                seen = Observation(decision, route, record, invalid, time.perf_counter() - started)
+                self._observer.observe(request, seen)
+            except Exception:  # the answer matters more than its record
+                log.exception("recording a decision failed")
+        return decision
+
+    def _assertion(self, request: RequestView, found: Found) -> tuple[tuple[str, str], ...]:
+        if found.record is None or self._assertions is None:
+            return ()
+        context = dict(request.context) if request.context else _NO_CONTEXT
+        token = self._assertions.issue(found.record, request.host, context, self._clock())
+        return ((self._assertions.header, token),) if token is not None else ()

@@ -18,18 +18,17 @@ from urllib.parse import quote
 
 from sidecar.core.cookies import cookie_values, parse_cookie_headers, without_cookie
 from sidecar.core.policy import Route, RoutePolicy, missing_roles
+from sidecar.core.reasons import RULES, Reason
 from sidecar.core.request import RequestView, is_browser_navigation
 from sidecar.core.session import SessionRecord
-from sidecar.core.tokens import KeyRing, verify_token
 
-MAX_TOKENS_TRIED = 3
 COOKIE_HEADER = "cookie"
 REALM = "session-sidecar"
 
 
 @dataclass(frozen=True, slots=True)
 class EdgeSettings:
-    cookie_name: str
+    cookie_name: str  # named in the 401 challenge; the first source's cookie
     strip_upstream: bool
     user_id_header: str
     email_header: str
@@ -40,6 +39,9 @@ class EdgeSettings:
     policy: RoutePolicy
     max_header_bytes: int = 8192  # headers.max_bytes: the most one allow may set upstream
     assertion_header: str = ""  # assertion.header when assertions are signed
+    # Every session source's cookie names, in source order (default: cookie_name alone): their values are the
+    # request's session cookies, and strip_upstream removes them all.
+    cookie_names: tuple[str, ...] = ()
     # The configured identity header names: every allow names those it does not set for removal, so they are
     # stripped even where the sidecar never saw them (Envoy's allowed_headers may leave them out).
     identity_names: tuple[str, ...] = field(init=False)
@@ -52,6 +54,7 @@ class EdgeSettings:
         object.__setattr__(self, "identity_names", tuple(dict.fromkeys(name for name in names if name)))
         spellings = (form for prefix in self.strip_prefixes for form in (prefix, prefix.replace("-", "_")))
         object.__setattr__(self, "spoof_prefixes", tuple(dict.fromkeys(spellings)))
+        object.__setattr__(self, "cookie_names", tuple(dict.fromkeys(self.cookie_names or (self.cookie_name,))))
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +63,7 @@ class Allow:
     headers_to_remove: tuple[str, ...]
     user_id: str | None = None
     session_id: str | None = None
-    reason: str = "session"  # session | public (anonymous, on a public route) | stale (failure_policy: stale)
+    reason: str = RULES[Reason.SESSION].text  # the text of Reason.SESSION, PUBLIC or STALE
 
     @property
     def status(self) -> int:
@@ -79,23 +82,58 @@ Decision = Allow | Deny
 
 
 @dataclass(frozen=True, slots=True)
+class Found:
+    """What the session lookup found: a live session (``SESSION``; ``STALE`` when it is the last known identity
+    of a session the store could not confirm), or why there is none (``NO_SESSION``, ``FORGED``, ``UNKNOWN``,
+    ``RECORD_CORRUPT``, ``RECORD_TOO_LARGE``, ``STORE_UNAVAILABLE``)."""
+
+    reason: Reason
+    record: SessionRecord | None = None
+
+    def __post_init__(self) -> None:
+        if (self.record is not None) != (self.reason in _WITH_RECORD):
+            raise ValueError(f"{self.reason.name} {'needs' if self.record is None else 'takes no'} session record")
+
+    @classmethod
+    def session(cls, record: SessionRecord) -> Found:
+        return cls(Reason.SESSION, record)
+
+
+_WITH_RECORD = frozenset((Reason.SESSION, Reason.STALE))
+NO_SESSION = Found(Reason.NO_SESSION)
+
+
+@dataclass(frozen=True, slots=True)
 class Inspection:
     route: Route
-    session_cookies: tuple[str, ...]  # values of the session cookie, in header order, unverified
+    # (name, value) of every session source's cookie, in header order, unverified
+    session_cookies: tuple[tuple[str, str], ...]
     spoofable_headers: tuple[str, ...]  # client-sent header names under the identity prefixes
     cookie_header: str | None  # the Cookie value the upstream should get (None: remove the header)
     cookie_changed: bool
+
+    def values(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        """The values of the session cookies named ``names`` (one source's), in header order."""
+        return tuple(value for name, value in self.session_cookies if name in names)
 
 
 def inspect(settings: EdgeSettings, request: RequestView) -> Inspection:
     """Read what the request carries that matters: its route rule, session cookies and identity headers."""
     cookie_lines = request.values(COOKIE_HEADER)
     pairs = parse_cookie_headers(cookie_lines) if cookie_lines else []
-    tokens = tuple(cookie_values(pairs, settings.cookie_name))
+    names = settings.cookie_names
+    if len(names) == 1:
+        tokens = tuple((names[0], value) for value in cookie_values(pairs, names[0]))
+    else:
+        tokens = tuple((name, value) for name, value in pairs if name in names)
     cookie_header: str | None = None
     changed = False
     if tokens and settings.strip_upstream:
-        cookie_header, changed = without_cookie(cookie_lines, settings.cookie_name)
+        cookie_header, changed = without_cookie(cookie_lines, names[0])
+        for name in names[1:]:
+            if cookie_header is not None:
+                cookie_header, removed = without_cookie((cookie_header,), name)
+                changed = changed or removed
     prefixes, policy = settings.spoof_prefixes, settings.policy
     spoofable = tuple(dict.fromkeys(name for name, _ in request.headers if name.startswith(prefixes)))
     return Inspection(
@@ -107,17 +145,6 @@ def inspect(settings: EdgeSettings, request: RequestView) -> Inspection:
         cookie_header=cookie_header,
         cookie_changed=changed,
     )
-
-
-def tokens_to_try(ring: KeyRing, inspection: Inspection) -> tuple[str, ...]:
-    """The first MAX_TOKENS_TRIED session cookies whose MAC verifies; forged ones never reach the store."""
-    verified: list[str] = []
-    for token in inspection.session_cookies:
-        if verify_token(ring, token):
-            verified.append(token)
-            if len(verified) == MAX_TOKENS_TRIED:
-                break
-    return tuple(verified)
 
 
 def identity_headers(settings: EdgeSettings, record: SessionRecord) -> list[tuple[str, str]]:
@@ -140,8 +167,10 @@ def allow(
     inspection: Inspection,
     record: SessionRecord | None,
     extra: tuple[tuple[str, str], ...] = (),
+    reason: Reason | None = None,
 ) -> Decision:
-    """Allow with the identity of ``record`` (and ``extra`` headers, e.g. the assertion), or deny with 403 when
+    """Allow with the identity of ``record`` (and ``extra`` headers, e.g. the assertion) for ``reason`` (default
+    SESSION with a record, PUBLIC without), or deny with 403 when
     those would not fit in ``max_header_bytes``: an upstream answering 431 to every request of a session is worse
     than a clear denial naming the reason."""
     added = identity_headers(settings, record) if record is not None else []
@@ -166,7 +195,7 @@ def allow(
         headers_to_remove=tuple(to_remove),
         user_id=record.user_id if record is not None else None,
         session_id=record.session_id if record is not None else None,
-        reason="session" if record is not None else "public",
+        reason=RULES[reason or (Reason.SESSION if record is not None else Reason.PUBLIC)].text,
     )
 
 
@@ -176,6 +205,13 @@ def _json_deny(status: int, error: str, reason: str, extra: tuple[tuple[str, str
     body = json.dumps({"error": error, "reason": reason}, separators=(",", ":")).encode()
     headers = (("content-type", "application/json"), ("cache-control", "no-store"), *extra)
     return Deny(status=status, reason=reason, body=body, headers=headers)
+
+
+def denial(reason: Reason, detail: str = "") -> Deny:
+    """The JSON denial of ``reason``'s row (``detail`` follows its text after ":"); a 401 goes through
+    ``unauthenticated`` instead, which needs the request."""
+    rule = RULES[reason]
+    return _json_deny(rule.status, rule.error, f"{rule.text}:{detail}" if detail else rule.text, rule.headers)
 
 
 def unauthenticated(settings: EdgeSettings, request: RequestView, reason: str) -> Deny:
@@ -206,49 +242,51 @@ def login_redirect(login_url: str, request: RequestView, reason: str) -> Deny:
 
 
 def forbidden(missing: tuple[str, ...]) -> Deny:
-    return _json_deny(403, "forbidden", "missing_roles:" + ",".join(missing))
+    return denial(Reason.MISSING_ROLES, ",".join(missing))
 
 
 def identity_too_large() -> Deny:
-    return _json_deny(403, "forbidden", "identity_too_large")
+    return denial(Reason.IDENTITY_TOO_LARGE)
 
 
 def forwarded_conflict() -> Deny:
     """Forward-auth: the headers naming the original request's method, host or scheme disagree, so a client wrote
-    one of them. 403, not 400: nginx's auth_request passes only 401 and 403 on (anything else becomes a 500)."""
-    return _json_deny(403, "forbidden", "forwarded_conflict")
+    one of them."""
+    return denial(Reason.FORWARDED_CONFLICT)
 
 
 def unavailable() -> Deny:
-    return _json_deny(503, "unavailable", "session_store_unavailable", (("retry-after", "1"),))
+    return denial(Reason.STORE_UNAVAILABLE)
 
 
 def decide(
     settings: EdgeSettings,
     request: RequestView,
     inspection: Inspection,
-    record: SessionRecord | None,
-    *,
-    store_failed: bool = False,
-    invalid_reason: str = "session_required",
+    found: Found | None = None,
     extra: tuple[tuple[str, str], ...] = (),
 ) -> Decision:
-    """The answer for a request once its session (or the lack of one) is known.
+    """The answer for a request once the session lookup has ``found`` what it found (None: nothing was looked
+    up, as NO_SESSION).
 
-    ``record`` is a live session already; ``store_failed`` says the store could not tell, which denies with 503
-    everywhere but on public routes (they stay up, anonymously, when the store is down). ``extra``: headers to set
-    with the identity (the signed assertion).
+    A session (live, or its last known identity) is allowed when it holds the route's roles; without one, a
+    public route is allowed anonymously whatever the lookup found (public routes stay up, anonymously, when the
+    store is down), and any other route is denied for the lookup's reason. ``extra``: headers to set with the
+    identity (the signed assertion).
     """
     if request.conflict:
         return forwarded_conflict()
     route = inspection.route
+    found = found or NO_SESSION
+    record = found.record
     if record is not None:
         missing = missing_roles(route, record.roles)
         if missing:
             return forbidden(missing)
-        return allow(settings, inspection, record, extra)
+        return allow(settings, inspection, record, extra, found.reason)
     if route.public:
         return allow(settings, inspection, None)
-    if store_failed:
-        return unavailable()
-    return unauthenticated(settings, request, invalid_reason)
+    rule = RULES[found.reason]
+    if rule.status == 401:
+        return unauthenticated(settings, request, rule.text)
+    return denial(found.reason)

@@ -6,9 +6,9 @@ The cache serves hits only while the invalidation channel is connected: revoke, 
 published by the store's scripts and evict entries on every replica; a lost channel flushes the cache and
 turns it off until it is back. An epoch counter keeps a read that raced an invalidation from being cached.
 
-Records the store holds but the sidecar refuses (corrupt, or over the size bounds) are never cached; their keys are
-remembered a few seconds in ``RefusedRecords`` instead, so a client repeating such a token costs neither a store
-read nor a decode each time.
+The request path reaches the cache one way: through the source decorator ``sidecar.sources.cached.CachedSource``,
+which also keeps the refused-records memo and the last known identities of failure_policy stale. ``CachingStore``
+below is the same cache seen as a SessionStore; only the store contract suite's cached variants still use it.
 """
 
 from __future__ import annotations
@@ -21,13 +21,8 @@ from dataclasses import dataclass
 from sidecar.core.session import SessionRecord, expires_at, needs_touch, touch_interval, touched
 from sidecar.core.tokens import SessionKey
 from sidecar.store.base import SessionStore
-from sidecar.store.stale import StaleSessions
 
 ENTRY_OVERHEAD_BYTES = 400  # the key, the record object, the LRU links: measured roughly with tracemalloc
-# Long enough that a client hammering one bad token costs one store read and decode per few seconds, short enough
-# that nothing stale outlives a glance; bounded so planting many bad records cannot grow the memo.
-REFUSED_FOR_SECONDS = 5.0
-REFUSED_MAX_ENTRIES = 1024
 
 
 def record_size(record: SessionRecord) -> int:
@@ -46,48 +41,8 @@ class CacheStats:
     flushes: int = 0  # whole-cache drops: the invalidation channel was lost or re-established
 
 
-class RefusedRecords:
-    """Session keys whose stored record was refused, with the reason, for ``ttl`` seconds (LRU, bounded).
-
-    Served whether or not the invalidation channel is live: a refusal stays right whatever was missed. A key's
-    record is written once (a rotation moves the session to a new key, a touch changes only the plain last-seen
-    field), so a refused record cannot turn valid under the same key; a missed revocation only turns a refused
-    token into an unknown one. A revocation that is seen evicts the key all the same.
-    """
-
-    def __init__(self, *, ttl: float = REFUSED_FOR_SECONDS, max_entries: int = REFUSED_MAX_ENTRIES) -> None:
-        self._ttl = ttl
-        self._max_entries = max_entries
-        self._entries: OrderedDict[str, tuple[SessionKey, str, float]] = OrderedDict()
-
-    def refuse(self, key: SessionKey, reason: str, now: float) -> None:
-        self._entries[key.digest] = (key, reason, now + self._ttl)
-        self._entries.move_to_end(key.digest)
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
-
-    def reason(self, key: SessionKey, now: float) -> str | None:
-        """Why ``key``'s record was refused, while that is remembered; else None."""
-        entry = self._entries.get(key.digest)
-        if entry is None or entry[0] != key:
-            return None
-        if now >= entry[2]:
-            del self._entries[key.digest]
-            return None
-        return entry[1]
-
-    def invalidate(self, digests: Iterable[str]) -> None:
-        for digest in digests:
-            self._entries.pop(digest, None)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
 class SessionCache:
-    def __init__(self, *, ttl: float, max_entries: int, max_bytes: int, stale: StaleSessions | None = None) -> None:
-        self.stale = stale  # last known identities (failure_policy: stale), kept honest by the same channel
-        self.refused = RefusedRecords()  # keys whose record was refused, evicted by the same channel
+    def __init__(self, *, ttl: float, max_entries: int, max_bytes: int) -> None:
         self._ttl = ttl
         self._max_entries = max_entries
         self._max_bytes = max_bytes
@@ -97,17 +52,19 @@ class SessionCache:
         self.live = False  # serving hits only while the invalidation channel is connected
         self.hits = self.misses = self.invalidations = self.flushes = 0
 
-    def get(self, key: SessionKey, now: float) -> SessionRecord | None:
+    def get(self, key: SessionKey, now: float, *, count_miss: bool = True) -> SessionRecord | None:
+        """The cached record, or None. ``count_miss=False``: a glance before deciding whether to read the store;
+        the read's own ``get`` counts the miss, so a Check counts one lookup however often it glanced."""
         if not self.live:
             return None
         entry = self._entries.get(key.digest)
         if entry is None or entry[0] != key:
-            self.misses += 1
+            self.misses += count_miss
             return None
         _, record, until, _ = entry
         if now >= until or needs_touch(record, now):
             self._drop(key.digest)
-            self.misses += 1
+            self.misses += count_miss
             return None
         self._entries.move_to_end(key.digest)
         self.hits += 1
@@ -139,9 +96,6 @@ class SessionCache:
         for digest in digests:
             self.invalidations += 1
             self._drop(digest)
-            self.refused.invalidate((digest,))
-            if self.stale is not None:
-                self.stale.invalidate((digest,))
 
     def flush(self) -> None:
         self.epoch += 1
@@ -153,8 +107,6 @@ class SessionCache:
         """Connected (True) or lost (False) invalidation channel: either way nothing cached before is trusted."""
         self.flush()
         self.live = live
-        if self.stale is not None:
-            self.stale.trusted = live
 
     def stats(self) -> CacheStats:
         return CacheStats(self.hits, self.misses, self.invalidations, len(self._entries), self._bytes, self.flushes)

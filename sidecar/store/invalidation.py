@@ -16,13 +16,12 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, runtime_checkable
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from sidecar.store.cache import SessionCache
 from sidecar.store.connect import RedisClient
 
 log = logging.getLogger("sidecar.cache")
@@ -31,12 +30,40 @@ PING_INTERVAL_SECONDS = 0.2
 LIVENESS_TIMEOUT_SECONDS = 0.6
 
 
+class Invalidated(Protocol):
+    """What the channel keeps honest: a cache (``SessionCache``) or a cached source (``CachedSource``)."""
+
+    @property
+    def live(self) -> bool: ...
+
+    def invalidate(self, digests: Iterable[str]) -> None: ...
+
+    def set_live(self, live: bool) -> None:
+        """Every subscription is up (True) or one is lost (False): either way nothing held before is trusted."""
+        ...
+
+
+@runtime_checkable
+class KeepsLastKnown(Protocol):
+    """A target that also keeps last known identities (failure_policy stale), which outlive a lost channel."""
+
+    def resubscribed(self) -> None:
+        """A subscription came back: the store answers, and something may have been published unseen."""
+        ...
+
+    def holds_last_known(self) -> bool: ...
+
+    def forget_last_known(self) -> None:
+        """The channel is lost while the store answers: a revocation may be going unseen."""
+        ...
+
+
 class InvalidationListener:
     def __init__(
         self,
         client: RedisClient,
         channel: str,
-        cache: SessionCache,
+        target: Invalidated,
         *,
         ping_interval: float = PING_INTERVAL_SECONDS,
         liveness_timeout: float = LIVENESS_TIMEOUT_SECONDS,
@@ -44,7 +71,8 @@ class InvalidationListener:
     ) -> None:
         self._client = client
         self._channel = channel
-        self._cache = cache
+        self._target = target
+        self._last_known = target if isinstance(target, KeepsLastKnown) else None
         self._ping_interval = ping_interval
         self._liveness_timeout = liveness_timeout
         self._retry_interval = retry_interval
@@ -60,31 +88,31 @@ class InvalidationListener:
         if message.get("type") == "message":
             data = message.get("data")
             digest = data.decode("ascii", "replace") if isinstance(data, bytes) else str(data)
-            self._cache.invalidate((digest,))
+            self._target.invalidate((digest,))
 
     def _subscribed(self, source: int) -> None:
         self.subscriptions += 1
-        if source in self._ever and self._cache.stale is not None:
+        if source in self._ever and self._last_known is not None:
             # A re-subscription (possibly one the client library made on its own) proves the store answers again
             # and that something may have been published unseen: last known identities are not needed, nor safe.
-            self._cache.stale.clear()
+            self._last_known.resubscribed()
         self._ever.add(source)
         self._up.add(source)
         if len(self._up) == self._sources:
             # Also after a reconnect the client library made on its own: whatever was published while a
             # connection was down is lost, so nothing cached before is trusted.
-            self._cache.set_live(True)
+            self._target.set_live(True)
             self.connected.set()
             log.info("invalidation channel %s subscribed (%d connection(s)): cache on", self._channel, self._sources)
 
     def _lost(self, source: int) -> None:
         self._up.discard(source)
-        if self._cache.live:
+        if self._target.live:
             log.warning("invalidation channel %s lost: cache flushed and off", self._channel)
-            if self._cache.stale is not None and len(self._cache.stale):
+            if self._last_known is not None and self._last_known.holds_last_known():
                 self._checks.add(task := asyncio.get_running_loop().create_task(self._forget_if_store_answers()))
                 task.add_done_callback(self._checks.discard)
-        self._cache.set_live(False)
+        self._target.set_live(False)
         self.connected.clear()
 
     async def _forget_if_store_answers(self) -> None:
@@ -96,8 +124,8 @@ class InvalidationListener:
         except Exception:
             log.info("store unreachable with the invalidation channel: last known identities kept")
             return
-        if self._cache.stale is not None:
-            self._cache.stale.clear()
+        if self._last_known is not None:
+            self._last_known.forget_last_known()
             log.warning("invalidation channel lost while the store answers: last known identities forgotten")
 
     async def _listen_once(self, source: int, open_pubsub: Callable[[], Any]) -> None:

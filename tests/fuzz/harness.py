@@ -42,7 +42,9 @@ from sidecar.core.request import RequestView
 from sidecar.core.session import SessionRecord, new_session
 from sidecar.core.tokens import KeyRing, SessionKey, mint_token, session_key, user_tag
 from sidecar.sessions import KeyRingSource
-from sidecar.store.cache import CachingStore, SessionCache
+from sidecar.sources.cached import CachedSource
+from sidecar.sources.native import NativeSource
+from sidecar.store.cache import SessionCache
 from sidecar.store.memory import MemoryStore
 from tests.support.edge import RING, SETTINGS
 
@@ -395,11 +397,10 @@ class Harness:
         self.store = store = RecordingStore(self.clock)
         self.service = AuthzService(SETTINGS, store, KeyRingSource(store, RING), deadline=5.0, clock=self.clock)
         cache = SessionCache(ttl=86_400, max_entries=1000, max_bytes=10**7)
-        cache.set_live(True)  # as if the invalidation channel were up: the fast path answers from the cache
-        cached = CachingStore(store, cache, self.clock)
-        self.cached = AuthzService(
-            SETTINGS, cached, KeyRingSource(cached, RING), deadline=5.0, clock=self.clock, cache=cache
-        )
+        native = NativeSource(store, KeyRingSource(store, RING), SETTINGS.cookie_name)
+        source = CachedSource(native, cache=cache, clock=self.clock)
+        source.set_live(True)  # as if the invalidation channel were up: the fast path answers from the cache
+        self.cached = AuthzService(SETTINGS, sources=[source], deadline=5.0, clock=self.clock)
         self.run(self._populate(store))
         store.resolved.clear()
         self._errors = _Errors()

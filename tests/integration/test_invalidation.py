@@ -17,11 +17,15 @@ import redis.asyncio as aioredis
 
 from sidecar.core.session import new_session
 from sidecar.core.tokens import SessionKey, token_key, user_tag
-from sidecar.store.cache import CachingStore, SessionCache
+from sidecar.sessions import KeyRingSource
+from sidecar.sources.cached import CachedSource, LocalEvictions
+from sidecar.sources.native import NativeSource
+from sidecar.store.cache import SessionCache
 from sidecar.store.invalidation import InvalidationListener
 from sidecar.store.redis import RedisStore
 from sidecar.store.stale import StaleSessions
 from tests.support import servers
+from tests.support.edge import RING
 
 pytestmark = pytest.mark.integration
 
@@ -29,22 +33,33 @@ pytestmark = pytest.mark.integration
 @dataclass
 class Replica:
     store: RedisStore
-    cache: SessionCache
+    source: CachedSource
     listener: InvalidationListener
 
     @property
-    def cached(self) -> CachingStore:
-        return CachingStore(self.store, self.cache)
+    def cache(self) -> SessionCache:
+        assert self.source.cache is not None
+        return self.source.cache
+
+    @property
+    def writes(self) -> LocalEvictions:
+        """The store as this replica's SessionService writes to it."""
+        return LocalEvictions(self.store, self.source.invalidate)
+
+
+def cached_source(store: RedisStore, stale: StaleSessions | None = None, ttl: float = 30) -> CachedSource:
+    native = NativeSource(store, KeyRingSource(store, RING), "SESSION")
+    return CachedSource(native, cache=SessionCache(ttl=ttl, max_entries=1000, max_bytes=10**6), stale=stale)
 
 
 async def replica(url: str, prefix: str) -> Replica:
     store = RedisStore.from_url(url, prefix, timeout=1.0)
-    cache = SessionCache(ttl=30, max_entries=1000, max_bytes=10**6)
-    listener = InvalidationListener(store.client, store.invalidation_channel, cache, ping_interval=0.2,
+    source = cached_source(store)
+    listener = InvalidationListener(store.client, store.invalidation_channel, source, ping_interval=0.2,
                                     liveness_timeout=0.6, retry_interval=0.1)  # fmt: skip
     listener.start()
     await asyncio.wait_for(listener.connected.wait(), 5)
-    return Replica(store, cache, listener)
+    return Replica(store, source, listener)
 
 
 @pytest.fixture
@@ -66,7 +81,7 @@ def session_for(user: str) -> tuple[SessionKey, object]:
 async def until_gone(r: Replica, key: SessionKey, limit: float = 1.0) -> float:
     """Seconds until the replica's cached read of ``key`` says no session (fails past ``limit``)."""
     started = time.perf_counter()
-    while await r.cached.resolve(key, time.time()) is not None:
+    while await r.source.lookup(key, time.time()) is not None:
         assert time.perf_counter() - started < limit, "revocation not seen by the other replica"
         await asyncio.sleep(0.001)
     return time.perf_counter() - started
@@ -80,19 +95,19 @@ async def test_a_revocation_on_one_replica_is_seen_by_the_other_at_once(
     user = f"u-{secrets.token_hex(3)}"
     key, record = session_for(user)
     await a.store.create(key, record)  # type: ignore[arg-type]
-    assert await b.cached.resolve(key, time.time()) is not None
+    assert await b.source.lookup(key, time.time()) is not None
     hits = b.cache.hits
-    assert await b.cached.resolve(key, time.time()) is not None
+    assert await b.source.lookup(key, time.time()) is not None
     assert b.cache.hits == hits + 1  # served from b's cache, not the store
     if how == "revoke":
-        await a.cached.revoke(key)
+        await a.writes.revoke(key)
     elif how == "revoke_user":
-        await a.cached.revoke_user(user)
+        await a.writes.revoke_user(user)
     elif how == "rotate":
         new_key, _ = session_for(user)
-        assert await a.cached.rotate(key, new_key, record, time.time())  # type: ignore[arg-type]
+        assert await a.writes.rotate(key, new_key, record, time.time())  # type: ignore[arg-type]
     else:
-        await a.cached.revoke_session(user, record.session_id)  # type: ignore[attr-defined]
+        await a.writes.revoke_session(user, record.session_id)  # type: ignore[attr-defined]
     seconds = await until_gone(b, key)
     assert seconds < 0.1
 
@@ -103,7 +118,7 @@ async def test_a_lost_channel_flushes_the_cache_and_it_comes_back(tmp_path: Path
         r = await replica(server.url, "lost:")
         key, record = session_for("carol")
         await r.store.create(key, record)  # type: ignore[arg-type]
-        await r.cached.resolve(key, time.time())
+        await r.source.lookup(key, time.time())
         assert r.cache.stats().entries == 1
         subscriptions = r.listener.subscriptions
         admin = aioredis.from_url(server.url)
@@ -147,8 +162,8 @@ async def test_last_known_identities_survive_a_store_outage_but_not_a_channel_lo
     try:
         store = RedisStore.from_url(server.url, "stale:", timeout=0.3)
         stale = StaleSessions(max_age=30, max_entries=100)
-        cache = SessionCache(ttl=30, max_entries=100, max_bytes=10**6, stale=stale)
-        listener = InvalidationListener(store.client, store.invalidation_channel, cache, ping_interval=0.2,
+        source = cached_source(store, stale)
+        listener = InvalidationListener(store.client, store.invalidation_channel, source, ping_interval=0.2,
                                         liveness_timeout=0.6, retry_interval=0.1)  # fmt: skip
         listener.start()
         await asyncio.wait_for(listener.connected.wait(), 5)
@@ -168,11 +183,11 @@ async def test_last_known_identities_survive_a_store_outage_but_not_a_channel_lo
         # The store itself goes: nobody can revoke, the identity stays usable.
         server.stop()
         deadline = time.monotonic() + 3
-        while cache.live:
+        while source.live:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
         await asyncio.sleep(1.0)  # the store check after the loss has run by now
-        assert stale.recall(key, time.time()) == record
+        assert source.fallback(key, time.time()) == record
         await listener.stop()
         await store.close()
     finally:

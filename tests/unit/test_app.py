@@ -9,10 +9,18 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from sidecar.app import SwappableAssertions, assertion_issuer, forwarded_trust, reload_assertions, session_cache
+from sidecar.app import (
+    SwappableAssertions,
+    assertion_issuer,
+    edge_settings,
+    forwarded_trust,
+    native_source,
+    reload_assertions,
+)
 from sidecar.authz.forwarded import PROXIES, ForwardedTrust
 from sidecar.config import FORWARD_AUTH_PROXIES, Config, load_config
 from sidecar.core.session import SessionRecord
+from sidecar.sessions import KeyRingSource
 from sidecar.store.connect import RedisSettings
 from sidecar.store.redis import RedisStore
 
@@ -83,13 +91,26 @@ def test_other_changed_settings_are_named_as_waiting_for_a_restart(keys: dict[st
     assert kid_of(assertions) == "k2"
 
 
-@pytest.mark.parametrize(("policy", "stale"), [("deny", False), ("stale", True)])
-async def test_the_stale_failure_policy_gives_the_cache_its_last_known_table(policy: str, stale: bool) -> None:
-    config = load_config(environ={"SIDECAR_REDIS__FAILURE_POLICY": policy, "SIDECAR_REDIS__STALE_FOR": "20s"})
+@pytest.mark.parametrize(
+    ("environ", "cache", "stale"),
+    [
+        ({"SIDECAR_REDIS__FAILURE_POLICY": "deny"}, True, False),
+        ({"SIDECAR_REDIS__FAILURE_POLICY": "stale", "SIDECAR_REDIS__STALE_FOR": "20s"}, True, True),
+        ({"SIDECAR_CACHE__ENABLED": "false"}, False, False),
+    ],
+    ids=["deny", "stale", "no_cache"],
+)
+async def test_the_native_source_gets_the_memories_the_config_asks_for(
+    environ: dict[str, str], cache: bool, stale: bool
+) -> None:
+    config = load_config(environ=environ)
     store = RedisStore.connect(RedisSettings(url="redis://127.0.0.1:1/0", timeout=0.1), "t:")
     try:
-        cached, _ = session_cache(config, store)
-        assert (cached.cache.stale is not None) is stale
+        source, listener = native_source(config, store, store, KeyRingSource(store, None))
+        assert (source.cache is not None, listener is not None) == (cache, cache)
+        assert (source.stale is not None) is stale
+        assert source.cookie_names == (config.cookie.name,)
+        assert edge_settings(config, (source,)).cookie_names == (config.cookie.name,)
     finally:
         await store.close()
 

@@ -1,4 +1,5 @@
-"""SessionCache and CachingStore: bounds, expiry, touch timing, invalidation, and the epoch guard."""
+"""SessionCache and CachingStore: bounds, expiry, touch timing, invalidation, the epoch guard, and what counts as a
+lookup."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 
 from sidecar.core.session import SessionRecord, new_session
 from sidecar.core.tokens import SessionKey, user_tag
-from sidecar.store.cache import REFUSED_FOR_SECONDS, CachingStore, RefusedRecords, SessionCache, record_size
+from sidecar.store.cache import CachingStore, SessionCache, record_size
 from sidecar.store.memory import MemoryStore
 
 NOW = 1_800_000_000.0
@@ -99,40 +100,20 @@ def test_bytes_are_bounded() -> None:
     assert stats.entries == 3 and stats.bytes <= size * 3
 
 
+def test_a_glance_counts_a_hit_but_leaves_the_miss_to_the_read_that_follows() -> None:
+    cache = live_cache()
+    assert cache.get(key(1), NOW, count_miss=False) is None
+    assert (cache.hits, cache.misses) == (0, 0)
+    assert cache.get(key(1), NOW) is None
+    cache.put(key(1), rec(), NOW, cache.epoch)
+    assert cache.get(key(1), NOW, count_miss=False) is not None
+    assert (cache.hits, cache.misses) == (1, 1)
+
+
 def test_a_key_with_the_same_digest_but_another_tag_is_a_miss() -> None:
     cache = live_cache()
     cache.put(key(1, "alice"), rec(), NOW, cache.epoch)
     assert cache.get(key(1, "bob"), NOW) is None
-
-
-# --- refused records: remembered briefly, bounded, evicted by invalidation ------------------------------------
-
-
-def test_a_refused_key_is_remembered_with_its_reason_for_a_few_seconds() -> None:
-    refused = RefusedRecords()
-    refused.refuse(key(1), "session_record_too_large", NOW)
-    assert refused.reason(key(1), NOW + REFUSED_FOR_SECONDS - 0.01) == "session_record_too_large"
-    assert refused.reason(key(1), NOW + REFUSED_FOR_SECONDS) is None
-    assert refused.reason(key(2), NOW) is None
-    assert refused.reason(key(1, "bob"), NOW) is None  # same digest, another tag: another key
-
-
-def test_refused_keys_are_bounded_least_recently_refused_first() -> None:
-    refused = RefusedRecords(max_entries=3)
-    for n in range(10):
-        refused.refuse(key(n), "session_invalid", NOW)
-    assert len(refused) == 3
-    assert [n for n in range(10) if refused.reason(key(n), NOW)] == [7, 8, 9]
-
-
-def test_an_invalidation_evicts_a_refused_key_even_while_the_cache_serves_nothing() -> None:
-    cache = SessionCache(ttl=10, max_entries=10, max_bytes=10**6)  # channel not live: no hits served
-    cache.refused.refuse(key(1), "session_record_too_large", NOW)
-    cache.refused.refuse(key(2), "session_record_too_large", NOW)
-    assert cache.refused.reason(key(1), NOW) is not None  # a refusal holds whatever the channel's state
-    cache.invalidate([key(1).digest])
-    assert cache.refused.reason(key(1), NOW) is None
-    assert cache.refused.reason(key(2), NOW) is not None
 
 
 class Clock:

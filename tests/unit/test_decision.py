@@ -11,19 +11,20 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from sidecar.core.decision import (
-    MAX_TOKENS_TRIED,
+    NO_SESSION,
     Allow,
     Decision,
     Deny,
     EdgeSettings,
+    Found,
     Inspection,
     allow,
     decide,
     header_bytes,
     inspect,
-    tokens_to_try,
 )
 from sidecar.core.policy import DEFAULT_ROUTE, Route, RoutePolicy
+from sidecar.core.reasons import Reason
 from sidecar.core.request import RequestView
 from sidecar.core.session import SessionRecord, new_session
 from sidecar.core.tokens import ENTROPY_BYTES, KeyRing, mint_token
@@ -39,7 +40,6 @@ NO_STRIP = replace(SETTINGS, strip_upstream=False)
 
 RING = KeyRing.of([("k1", b"\x01" * 32)])
 FORGER = KeyRing.of([("k1", b"\x02" * 32)])  # same kid, wrong secret
-STRANGER = KeyRing.of([("k9", b"\x01" * 32)])  # unknown kid
 
 NOW = 1_700_000_000.0
 CHROME_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
@@ -50,10 +50,8 @@ def _token(ring: KeyRing = RING) -> str:
     return mint_token(ring, secrets.token_bytes(ENTROPY_BYTES), "abc123")
 
 
-V1, V2, V3, V4 = (_token() for _ in range(4))
+V1 = _token()
 FORGED = _token(FORGER)
-UNKNOWN_KID = _token(STRANGER)
-GARBAGE = "not-a-token"
 
 
 def _session(**overrides: Any) -> SessionRecord:
@@ -76,6 +74,10 @@ NO_EMAIL = _session(email=None)
 NO_ROLES = _session(roles=())
 BARE = _session(email=None, roles=())
 DEV_ONLY = _session(roles=("dev",))
+
+
+def _found(record: SessionRecord | None) -> Found:
+    return Found.session(record) if record is not None else NO_SESSION
 
 
 def _request(
@@ -126,7 +128,9 @@ def test_inspect_finds_session_cookies_across_cookie_lines_in_order(
     headers = [("accept", "*/*")]
     for line in lines:
         headers += [("cookie", line), ("x-other", "1")]
-    assert inspect(SETTINGS, _request("/app", *headers)).session_cookies == expected
+    inspection = inspect(SETTINGS, _request("/app", *headers))
+    assert inspection.session_cookies == tuple(("SESSION", value) for value in expected)
+    assert inspection.values(("SESSION",)) == expected
 
 
 @pytest.mark.parametrize(
@@ -186,30 +190,6 @@ def test_inspect_cookie_rewrite(settings: EdgeSettings, lines: list[str], header
     inspection = inspect(settings, _request("/app", *[("cookie", line) for line in lines]))
     assert inspection.cookie_header == header
     assert inspection.cookie_changed is changed
-
-
-# --------------------------------------------------------------------------------------------------------
-# tokens_to_try
-# --------------------------------------------------------------------------------------------------------
-
-TOKENS_TO_TRY: list[tuple[str, list[str], tuple[str, ...]]] = [
-    ("none", [], ()),
-    ("one_valid", [V1], (V1,)),
-    ("garbage_only", [GARBAGE, "", "s1.k1.x.y"], ()),
-    ("forged_only", [FORGED, UNKNOWN_KID], ()),
-    ("skips_garbage_and_forged", [GARBAGE, FORGED, V1, UNKNOWN_KID, V2], (V1, V2)),
-    ("stops_at_three", [V1, V2, V3, V4], (V1, V2, V3)),
-    ("forged_do_not_use_up_a_slot", [FORGED, V1, GARBAGE, V2, UNKNOWN_KID, V3, V4], (V1, V2, V3)),
-    ("keeps_header_order", [V3, V1, V2], (V3, V1, V2)),
-    ("many_forged_before_valid", [FORGED] * 50 + [V1], (V1,)),
-]
-
-
-@pytest.mark.parametrize(("cookies", "expected"), [c[1:] for c in TOKENS_TO_TRY], ids=[c[0] for c in TOKENS_TO_TRY])
-def test_tokens_to_try_skips_unverified_and_stops_at_three(cookies: list[str], expected: tuple[str, ...]) -> None:
-    assert MAX_TOKENS_TRIED == 3
-    request = _request("/app", ("cookie", "; ".join(f"SESSION={c}" for c in cookies)))
-    assert tokens_to_try(RING, inspect(SETTINGS, request)) == expected
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -319,7 +299,7 @@ def test_allow_sets_identity_and_removes_spoofed_headers(
     assert result.user_id == record.user_id
     assert result.session_id == record.session_id
     # decide() on a route the session may use gives the same answer
-    assert decide(settings, request, inspect(settings, request), record) == result
+    assert decide(settings, request, inspect(settings, request), _found(record)) == result
 
 
 def test_allow_sets_identity_headers_in_a_stable_order() -> None:
@@ -340,7 +320,8 @@ SPOOFED = [
 def test_anonymous_allow_on_public_route_sets_nothing_and_removes_spoofed_headers(store_failed: bool) -> None:
     request = _request("/public/page", ("accept", CHROME_ACCEPT), *SPOOFED)
     inspection = inspect(WITH_LOGIN, request)
-    result = _assert_disjoint(decide(WITH_LOGIN, request, inspection, None, store_failed=store_failed))
+    found = Found(Reason.STORE_UNAVAILABLE) if store_failed else NO_SESSION
+    result = _assert_disjoint(decide(WITH_LOGIN, request, inspection, found))
     assert result.headers_to_set == ()
     assert result.headers_to_remove == ("x-user-id", "x-user-email", "x-user-roles", "x-session-id")
     assert result.user_id is None
@@ -349,7 +330,7 @@ def test_anonymous_allow_on_public_route_sets_nothing_and_removes_spoofed_header
 
 def test_anonymous_allow_on_public_route_still_strips_an_unresolved_session_cookie() -> None:
     request = _request("/public", ("cookie", f"SESSION={FORGED}; theme=dark"), ("x-user-id", "admin"))
-    result = _assert_disjoint(decide(SETTINGS, request, inspect(SETTINGS, request), None))
+    result = _assert_disjoint(decide(SETTINGS, request, inspect(SETTINGS, request), NO_SESSION))
     assert result.headers_to_set == (("cookie", "theme=dark"),)
     assert result.headers_to_remove == ("x-user-id", "x-user-email", "x-user-roles", "x-session-id")
 
@@ -357,18 +338,18 @@ def test_anonymous_allow_on_public_route_still_strips_an_unresolved_session_cook
 @pytest.mark.parametrize("name", ["x_user_id", "x_user_email", "x_session_whatever", "X_USER_ROLES"])
 def test_underscore_spellings_of_the_identity_prefixes_are_removed_too(name: str) -> None:
     request = _request("/app", (name.lower(), "mallory"))
-    result = _assert_disjoint(decide(SETTINGS, request, inspect(SETTINGS, request), FULL))
+    result = _assert_disjoint(decide(SETTINGS, request, inspect(SETTINGS, request), _found(FULL)))
     assert name.lower() in result.headers_to_remove
 
 
 def test_every_allow_removes_the_configured_identity_names_it_does_not_set_even_unsent() -> None:
     # Envoy's allowed_headers may keep a client's X-User-Id from the sidecar: it is named for removal anyway.
     settings = replace(SETTINGS, user_id_header="x-principal", assertion_header="x-assertion")
-    public = decide(settings, _request("/public/x"), inspect(settings, _request("/public/x")), None)
+    public = decide(settings, _request("/public/x"), inspect(settings, _request("/public/x")), NO_SESSION)
     assert isinstance(public, Allow)
     assert public.headers_to_remove == ("x-principal", "x-user-email", "x-user-roles", "x-session-id", "x-assertion")
     request = _request("/app")
-    session = _assert_disjoint(decide(settings, request, inspect(settings, request), FULL))
+    session = _assert_disjoint(decide(settings, request, inspect(settings, request), _found(FULL)))
     assert ("x-principal", FULL.user_id) in session.headers_to_set
     assert session.headers_to_remove == ("x-assertion",)  # the assertion is not signed here: never let one through
 
@@ -376,9 +357,9 @@ def test_every_allow_removes_the_configured_identity_names_it_does_not_set_even_
 def test_allow_reason_says_whether_a_session_or_a_public_route_let_it_through() -> None:
     request = _request("/public/x")
     inspection = inspect(SETTINGS, request)
-    assert _assert_disjoint(decide(SETTINGS, request, inspection, FULL)).reason == "session"
-    assert _assert_disjoint(decide(SETTINGS, request, inspection, None)).reason == "public"
-    assert _assert_disjoint(decide(SETTINGS, request, inspection, None)).status == 200
+    assert _assert_disjoint(decide(SETTINGS, request, inspection, _found(FULL))).reason == "session"
+    assert _assert_disjoint(decide(SETTINGS, request, inspection, NO_SESSION)).reason == "public"
+    assert _assert_disjoint(decide(SETTINGS, request, inspection, NO_SESSION)).status == 200
 
 
 def test_header_bytes_counts_wire_lines_including_non_utf8_bytes() -> None:
@@ -389,7 +370,7 @@ def test_header_bytes_counts_wire_lines_including_non_utf8_bytes() -> None:
 def test_extra_headers_are_set_with_the_identity_and_never_removed() -> None:
     request = _request("/app", ("x-user-assertion", "replayed"))
     extra = (("x-user-assertion", "jwt"),)
-    result = _assert_disjoint(decide(SETTINGS, request, inspect(SETTINGS, request), FULL, extra=extra))
+    result = _assert_disjoint(decide(SETTINGS, request, inspect(SETTINGS, request), _found(FULL), extra=extra))
     assert ("x-user-assertion", "jwt") in result.headers_to_set
     assert "x-user-assertion" not in result.headers_to_remove
 
@@ -397,19 +378,19 @@ def test_extra_headers_are_set_with_the_identity_and_never_removed() -> None:
 def test_identity_headers_over_the_budget_are_a_403_naming_the_reason() -> None:
     request = _request("/app")
     inspection = inspect(SETTINGS, request)
-    exact = header_bytes(_assert_disjoint(decide(SETTINGS, request, inspection, FULL)).headers_to_set)
+    exact = header_bytes(_assert_disjoint(decide(SETTINGS, request, inspection, _found(FULL))).headers_to_set)
     fits = replace(SETTINGS, max_header_bytes=exact)
-    assert isinstance(decide(fits, request, inspection, FULL), Allow)
-    over = decide(replace(SETTINGS, max_header_bytes=exact - 1), request, inspection, FULL)
+    assert isinstance(decide(fits, request, inspection, _found(FULL)), Allow)
+    over = decide(replace(SETTINGS, max_header_bytes=exact - 1), request, inspection, _found(FULL))
     assert isinstance(over, Deny) and (over.status, over.reason) == (403, "identity_too_large")
     assert _json_body(over) == {"error": "forbidden", "reason": "identity_too_large"}
-    with_extra = decide(fits, request, inspection, FULL, extra=(("x-user-assertion", "j"),))
+    with_extra = decide(fits, request, inspection, _found(FULL), extra=(("x-user-assertion", "j"),))
     assert isinstance(with_extra, Deny)
 
 
 def test_public_route_with_a_session_injects_its_identity() -> None:
     request = _request("/public/x", ("cookie", f"SESSION={V1}"), ("x-user-id", "spoof"))
-    result = _assert_disjoint(decide(SETTINGS, request, inspect(SETTINGS, request), FULL))
+    result = _assert_disjoint(decide(SETTINGS, request, inspect(SETTINGS, request), _found(FULL)))
     assert ID_SET in result.headers_to_set
     assert "x-user-id" not in result.headers_to_remove
     assert result.user_id == "u1"
@@ -427,7 +408,7 @@ def test_public_route_with_a_session_injects_its_identity() -> None:
 )
 def test_decide_missing_roles_is_403_naming_them(path: str, record: SessionRecord) -> None:
     request = _request(path, ("sec-fetch-mode", "navigate"))
-    result = decide(WITH_LOGIN, request, inspect(WITH_LOGIN, request), record)
+    result = decide(WITH_LOGIN, request, inspect(WITH_LOGIN, request), _found(record))
     assert isinstance(result, Deny)
     assert result.status == 403, "never a login redirect: the user is already authenticated"
     body = _json_body(result)
@@ -438,14 +419,14 @@ def test_decide_missing_roles_is_403_naming_them(path: str, record: SessionRecor
 
 def test_decide_session_with_required_role_is_allowed() -> None:
     request = _request("/admin/users")
-    _assert_disjoint(decide(SETTINGS, request, inspect(SETTINGS, request), FULL))
+    _assert_disjoint(decide(SETTINGS, request, inspect(SETTINGS, request), _found(FULL)))
 
 
 @pytest.mark.parametrize("path", ["/app", "/admin", "/", "/publicity"], ids=["default", "admin", "root", "lookalike"])
 @pytest.mark.parametrize("settings", [SETTINGS, WITH_LOGIN], ids=["no_login_url", "login_url"])
 def test_decide_store_failure_is_503_without_identity_on_non_public_routes(path: str, settings: EdgeSettings) -> None:
     request = _request(path, ("sec-fetch-mode", "navigate"), ("x-user-id", "spoof"))
-    result = decide(settings, request, inspect(settings, request), None, store_failed=True)
+    result = decide(settings, request, inspect(settings, request), Found(Reason.STORE_UNAVAILABLE))
     assert isinstance(result, Deny)
     assert result.status == 503
     assert _json_body(result)["error"] == "unavailable"
@@ -453,13 +434,19 @@ def test_decide_store_failure_is_503_without_identity_on_non_public_routes(path:
 
 
 @pytest.mark.parametrize(
-    ("reason", "path"),
-    [("session_required", "/app"), ("session_expired", "/admin"), ("session_unknown", "/")],
-    ids=["default_route", "admin_route", "root"],
+    ("found", "reason", "path"),
+    [
+        (NO_SESSION, "session_required", "/app"),
+        (Found(Reason.FORGED), "session_invalid", "/admin"),
+        (Found(Reason.UNKNOWN), "session_invalid", "/"),
+        (Found(Reason.RECORD_CORRUPT), "session_invalid", "/app"),
+        (Found(Reason.RECORD_TOO_LARGE), "session_record_too_large", "/app"),
+    ],
+    ids=["no_session", "forged", "unknown", "record_corrupt", "record_too_large"],
 )
-def test_decide_without_session_is_401_json_with_www_authenticate(reason: str, path: str) -> None:
+def test_decide_without_session_is_401_json_with_www_authenticate(found: Found, reason: str, path: str) -> None:
     request = _request(path, ("accept", "application/json"), ("cookie", f"SESSION={V1}"))
-    result = decide(SETTINGS, request, inspect(SETTINGS, request), None, invalid_reason=reason)
+    result = decide(SETTINGS, request, inspect(SETTINGS, request), found)
     assert isinstance(result, Deny)
     assert result.status == 401
     body = _json_body(result)
@@ -523,7 +510,7 @@ def test_decide_navigation_without_session_redirects_to_login_with_rd(
     login_url: str, request_view: RequestView, location: str
 ) -> None:
     settings = replace(SETTINGS, login_url=login_url)
-    result = decide(settings, request_view, inspect(settings, request_view), None)
+    result = decide(settings, request_view, inspect(settings, request_view), NO_SESSION)
     assert isinstance(result, Deny)
     assert result.status == 302
     locations = [value for name, value in result.headers if name == "location"]
@@ -545,7 +532,7 @@ NOT_REDIRECTED: list[tuple[str, EdgeSettings, list[tuple[str, str]]]] = [
 @pytest.mark.parametrize(("settings", "headers"), [c[1:] for c in NOT_REDIRECTED], ids=[c[0] for c in NOT_REDIRECTED])
 def test_decide_api_request_or_no_login_url_gets_401(settings: EdgeSettings, headers: list[tuple[str, str]]) -> None:
     request = _request("/app", *headers)
-    result = decide(settings, request, inspect(settings, request), None)
+    result = decide(settings, request, inspect(settings, request), NO_SESSION)
     assert isinstance(result, Deny)
     assert result.status == 401
     assert _json_body(result)["error"] == "unauthenticated"
@@ -558,13 +545,69 @@ def test_decide_uses_the_inspection_route() -> None:
     inspection = Inspection(
         route=PUBLIC, session_cookies=(), spoofable_headers=(), cookie_header=None, cookie_changed=False
     )
-    assert isinstance(decide(SETTINGS, request, inspection, None), Allow)
+    assert isinstance(decide(SETTINGS, request, inspection, NO_SESSION), Allow)
 
 
 def test_a_browser_navigation_to_a_non_utf8_path_is_redirected_with_its_bytes_percent_encoded() -> None:
     path = b"/caf\xe9?q=\xff".decode("utf-8", "surrogateescape")
     request = _request(path, ("accept", CHROME_ACCEPT))
-    decision = decide(WITH_LOGIN, request, inspect(WITH_LOGIN, request), None)
+    decision = decide(WITH_LOGIN, request, inspect(WITH_LOGIN, request), NO_SESSION)
     assert isinstance(decision, Deny) and decision.status == 302
     location = dict(decision.headers)["location"]
     assert location.endswith("rd=https%3A%2F%2Fapp.example%2Fcaf%E9%3Fq%3D%FF")
+
+
+# --------------------------------------------------------------------------------------------------------
+# what the lookup found
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_found_carries_a_record_exactly_for_a_session_or_its_last_known_identity() -> None:
+    assert Found(Reason.STALE, FULL).record is FULL
+    with pytest.raises(ValueError, match="STALE needs"):
+        Found(Reason.STALE)
+    with pytest.raises(ValueError, match="UNKNOWN takes no"):
+        Found(Reason.UNKNOWN, FULL)
+
+
+def test_a_last_known_identity_is_allowed_as_stale_and_still_needs_the_routes_roles() -> None:
+    request = _request("/admin/x", ("x-user-id", "spoof"))
+    stale = _assert_disjoint(decide(SETTINGS, request, inspect(SETTINGS, request), Found(Reason.STALE, FULL)))
+    assert stale.reason == "stale" and stale.user_id == "u1" and ("x-user-id", "u1") in stale.headers_to_set
+    denied = decide(SETTINGS, request, inspect(SETTINGS, request), Found(Reason.STALE, DEV_ONLY))
+    assert isinstance(denied, Deny) and denied.reason == "missing_roles:admin"
+
+
+def test_a_forwarded_conflict_is_denied_whatever_the_lookup_found() -> None:
+    request = replace(_request("/public/x"), conflict="host")
+    for found in (_found(FULL), NO_SESSION, Found(Reason.STORE_UNAVAILABLE)):
+        result = decide(SETTINGS, request, inspect(SETTINGS, request), found)
+        assert isinstance(result, Deny) and (result.status, result.reason) == (403, "forwarded_conflict")
+
+
+# --------------------------------------------------------------------------------------------------------
+# several sources' cookies
+# --------------------------------------------------------------------------------------------------------
+
+TWO_SOURCES = replace(SETTINGS, cookie_names=("SESSION", "connect.sid"))
+
+
+def test_cookie_names_default_to_the_cookie_name() -> None:
+    assert SETTINGS.cookie_names == ("SESSION",)
+
+
+def test_inspect_collects_every_sources_cookie_in_header_order_and_strips_them_all() -> None:
+    request = _request("/app", ("cookie", "connect.sid=e1; a=1; SESSION=t1"), ("cookie", "connect.sid=e2; b=2"))
+    inspection = inspect(TWO_SOURCES, request)
+    assert inspection.session_cookies == (("connect.sid", "e1"), ("SESSION", "t1"), ("connect.sid", "e2"))
+    assert inspection.values(("connect.sid",)) == ("e1", "e2")
+    assert (inspection.cookie_header, inspection.cookie_changed) == ("a=1; b=2", True)
+    only_sessions = inspect(TWO_SOURCES, _request("/app", ("cookie", "SESSION=t; connect.sid=e")))
+    assert (only_sessions.cookie_header, only_sessions.cookie_changed) == (None, True)
+
+
+def test_nothing_looked_up_is_decided_as_no_session() -> None:
+    request = _request("/app", ("accept", "application/json"))
+    assert decide(SETTINGS, request, inspect(SETTINGS, request)) == decide(
+        SETTINGS, request, inspect(SETTINGS, request), NO_SESSION
+    )

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sidecar.metrics import Metrics, exposition, prepare_multiprocess_dir, reason_label
+from sidecar.metrics import INVALID_TOKEN_KINDS, Metrics, exposition, prepare_multiprocess_dir
 from sidecar.store.cache import CacheStats
 
 
@@ -33,10 +33,17 @@ def test_decisions_are_counted_by_outcome_status_and_reason_with_latency() -> No
     assert value(registry, "sidecar_check_duration_seconds_bucket", le="0.0001") == 2
 
 
-def test_reason_labels_cannot_grow_with_role_names_or_unknown_reasons() -> None:
-    assert reason_label("missing_roles:admin,ops") == "missing_roles"
-    assert reason_label("session_required") == "session_required"
-    assert reason_label("weird:thing") == "other"
+def test_decision_labels_come_from_the_reasons_table() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.decided("deny", 403, "missing_roles:admin,ops", 0.001)
+    metrics.decided("deny", 401, "made_up", 0.001)
+    assert value(registry, "sidecar_decisions_total", outcome="deny", status="403", reason="missing_roles") == 1
+    assert value(registry, "sidecar_decisions_total", outcome="deny", status="401", reason="other") == 1
+
+
+def test_the_invalid_token_counter_has_the_kinds_the_reasons_table_names() -> None:
+    assert INVALID_TOKEN_KINDS == ("forged", "unknown")
 
 
 def test_cache_counters_are_carried_over_by_their_growth_only() -> None:

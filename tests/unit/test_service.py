@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from sidecar.authz.observer import Observation
 from sidecar.authz.service import AuthzService
@@ -17,8 +18,12 @@ from sidecar.core.request import RequestView
 from sidecar.core.session import RecordTooLarge, SessionRecord
 from sidecar.core.tokens import KeyRing, SessionKey, mint_token, session_key
 from sidecar.errors import CorruptRecord
+from sidecar.metrics import Metrics
 from sidecar.sessions import KeyRingSource, SessionManager
-from sidecar.store.cache import REFUSED_FOR_SECONDS, CachingStore, SessionCache
+from sidecar.sources import native
+from sidecar.sources.cached import REFUSED_FOR_SECONDS, CachedSource
+from sidecar.sources.native import NativeSource
+from sidecar.store.cache import SessionCache
 from sidecar.store.memory import MemoryStore
 from sidecar.store.stale import StaleSessions
 from tests.support.edge import RING, SETTINGS
@@ -248,16 +253,16 @@ async def test_forged_tokens_reread_the_shared_key_at_most_once_a_second(store: 
 
 
 def cached_service(
-    store: CountingStore, clock: Clock, stale: StaleSessions | None = None
-) -> tuple[AuthzService, CachingStore, SessionCache, SessionManager]:
-    """A service with a live cache (and ``stale``'s last known identities) in front of ``store``."""
-    cache = SessionCache(ttl=10, max_entries=100, max_bytes=10**6, stale=stale)
-    cache.set_live(True)
-    cached = CachingStore(store, cache, clock)
+    store: CountingStore, clock: Clock, stale: StaleSessions | None = None, **kwargs: Any
+) -> tuple[AuthzService, CachedSource, SessionCache, SessionManager]:
+    """A service whose native source has a live cache (and ``stale``'s last known identities) in front of it."""
+    cache = SessionCache(ttl=10, max_entries=100, max_bytes=10**6)
     keys = KeyRingSource(store, RING)
-    service = AuthzService(SETTINGS, cached, keys, deadline=0.15, clock=clock, cache=cache)
+    source = CachedSource(NativeSource(store, keys, "SESSION"), cache=cache, stale=stale, clock=clock)
+    source.set_live(True)
+    service = AuthzService(SETTINGS, sources=[source], deadline=0.15, clock=clock, **kwargs)
     manager = SessionManager(store, keys, cookie_name="SESSION", idle_timeout=600, absolute_timeout=3600, clock=clock)
-    return service, cached, cache, manager
+    return service, source, cache, manager
 
 
 async def test_check_now_answers_without_io_only_when_nothing_needs_the_store(
@@ -273,20 +278,21 @@ async def test_check_now_answers_without_io_only_when_nothing_needs_the_store(
     assert isinstance(fast, Allow) and fast.user_id == "alice" and store.gets == gets
     # Header order: bob comes first and is not cached, so only the store may say who this is.
     assert service.check_now(request(cookie=f"SESSION={bob.token}; SESSION={alice.token}")) is None
-    await cached.revoke(session_key(alice.token))
+    await manager.revoke(alice.token)
+    cached.invalidate([session_key(alice.token).digest])  # the channel's message for the revocation
     assert service.check_now(request(cookie=f"SESSION={alice.token}")) is None
 
 
 async def test_stale_policy_answers_a_confirmed_session_through_an_outage_but_never_a_revoked_one(
     store: CountingStore, clock: Clock
 ) -> None:
-    service, _cached, cache, manager = cached_service(store, clock, StaleSessions(max_age=30, max_entries=100))
+    service, cached, _cache, manager = cached_service(store, clock, StaleSessions(max_age=30, max_entries=100))
     alice, bob = await manager.create("alice"), await manager.create("bob")
     for token in (alice.token, bob.token):
         assert isinstance(await service.check(request(cookie=f"SESSION={token}")), Allow)
-    cache.invalidate([session_key(bob.token).digest])  # bob is revoked elsewhere; the channel says so
+    cached.invalidate([session_key(bob.token).digest])  # bob is revoked elsewhere; the channel says so
     store.down = True
-    cache.set_live(False)  # the channel goes with the store
+    cached.set_live(False)  # the channel goes with the store
     clock.now += 20
     during = await service.check(request("/app", f"SESSION={alice.token}", ("x-user-id", "evil")))
     assert isinstance(during, Allow) and header(during, "x-user-id") == "alice"
@@ -446,10 +452,12 @@ async def test_an_oversized_record_is_denied_naming_why_and_costs_no_store_read_
     planted: PlantedStore, clock: Clock, cached: bool
 ) -> None:
     recorder = Recorder()
-    cache = SessionCache(ttl=10, max_entries=100, max_bytes=10**6) if cached else None
-    service = AuthzService(
-        SETTINGS, planted, KeyRingSource(planted, RING), deadline=0.15, clock=clock, cache=cache, observer=recorder
-    )
+    if cached:
+        service = cached_service(planted, clock, observer=recorder)[0]
+    else:
+        service = AuthzService(
+            SETTINGS, planted, KeyRingSource(planted, RING), deadline=0.15, clock=clock, observer=recorder
+        )
     token = plant(planted)
     first = await service.check(request(cookie=f"SESSION={token}"))
     assert isinstance(first, Deny) and first.status == 401 and first.reason == "session_record_too_large"
@@ -493,13 +501,116 @@ async def test_a_refused_record_is_skipped_in_header_order_like_an_unknown_one(
 async def test_the_invalidation_of_a_refused_key_makes_the_next_check_read_the_store(
     planted: PlantedStore, clock: Clock
 ) -> None:
-    service, _cached, cache, _manager = cached_service(planted, clock)
+    service, cached, _cache, _manager = cached_service(planted, clock)
     token = plant(planted)
     await service.check(request(cookie=f"SESSION={token}"))
     assert service.check_now(request(cookie=f"SESSION={token}")) is not None
     del planted.planted[session_key(token)]  # an operator revokes the session: the channel publishes its key
-    cache.invalidate([session_key(token).digest])
+    cached.invalidate([session_key(token).digest])
     assert service.check_now(request(cookie=f"SESSION={token}")) is None  # the store decides again
     decision = await service.check(request(cookie=f"SESSION={token}"))
     assert isinstance(decision, Deny) and decision.reason == "session_invalid"  # now simply unknown
     assert planted.gets == 2
+
+
+# --- the source seam: verification once per Check, one cache lookup per Check, sources in order ------------------
+
+
+@pytest.fixture
+def verifications(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the native source's MAC checks of a request's cookies (one entry per call)."""
+    calls: list[int] = []
+    real = native.tokens_to_try
+
+    def counted(ring: KeyRing, values: Any) -> tuple[str, ...]:
+        calls.append(1)
+        return real(ring, values)
+
+    monkeypatch.setattr(native, "tokens_to_try", counted)
+    return calls
+
+
+async def test_cookies_are_verified_once_per_check_whatever_path_it_takes(
+    store: CountingStore, clock: Clock, verifications: list[int]
+) -> None:
+    service, cached, _cache, manager = cached_service(store, clock, StaleSessions(max_age=30, max_entries=100))
+    alice = await manager.create("alice")
+    cookie = f"SESSION={alice.token}"
+    paths = {}
+    for path, prepare in (
+        ("cache miss", lambda: None),
+        ("cache hit", lambda: None),
+        ("stale answer", lambda: (setattr(store, "down", True), cached.set_live(False))),
+        ("store down", lambda: setattr(clock, "now", clock.now + 60)),
+    ):
+        prepare()
+        verifications.clear()
+        decision = await service.check(request(cookie=cookie))
+        paths[path] = (decision.reason, len(verifications))
+    assert paths == {
+        "cache miss": ("session", 1),
+        "cache hit": ("session", 1),
+        "stale answer": ("stale", 1),
+        "store down": ("session_store_unavailable", 1),
+    }
+
+
+async def test_a_shared_key_ring_read_on_the_first_check_still_verifies_once(
+    store: CountingStore, clock: Clock, verifications: list[int]
+) -> None:
+    keys = KeyRingSource(store, None)
+    service = AuthzService(SETTINGS, store, keys, deadline=0.15, clock=clock)
+    manager = SessionManager(store, KeyRingSource(store, None), cookie_name="SESSION", idle_timeout=60,
+                             absolute_timeout=600, clock=clock)  # fmt: skip
+    alice = await manager.create("alice")
+    assert keys.cached is None  # begin cannot verify: finish reads the ring, then verifies
+    assert isinstance(await service.check(request(cookie=f"SESSION={alice.token}")), Allow)
+    assert len(verifications) == 1
+
+
+async def test_a_cache_missing_check_counts_one_miss_and_a_cached_one_one_hit(
+    store: CountingStore, clock: Clock
+) -> None:
+    service, _cached, cache, manager = cached_service(store, clock)
+    alice, bob = await manager.create("alice"), await manager.create("bob")
+    assert isinstance(await service.check(request(cookie=f"SESSION={alice.token}")), Allow)
+    assert (cache.hits, cache.misses) == (0, 1)
+    assert isinstance(await service.check(request(cookie=f"SESSION={alice.token}")), Allow)
+    assert (cache.hits, cache.misses) == (1, 1)
+    # Two cookies, neither cached: two lookups, each counted once (begin glances, finish counts).
+    assert isinstance(await service.check(request(cookie=f"SESSION={bob.token}; SESSION={alice.token}")), Allow)
+    assert (cache.hits, cache.misses) == (1, 2)
+    metrics = Metrics(CollectorRegistry())
+    metrics.sync_cache(cache.stats())
+    assert metrics.registry.get_sample_value("sidecar_cache_lookups_total", {"result": "miss"}) == 2
+    assert metrics.registry.get_sample_value("sidecar_cache_lookups_total", {"result": "hit"}) == 1
+
+
+OTHER_RING = KeyRing.of([("o1", b"o" * 32)])
+
+
+async def test_sources_are_asked_in_order_each_with_its_own_cookie(clock: Clock) -> None:
+    first_store, second_store = CountingStore(clock), CountingStore(clock)
+    first = NativeSource(first_store, KeyRingSource(first_store, RING), "SESSION")
+    second = NativeSource(second_store, KeyRingSource(second_store, OTHER_RING), "OTHER")
+    settings = replace(SETTINGS, cookie_names=("SESSION", "OTHER"))
+    service = AuthzService(settings, sources=[CachedSource(first), CachedSource(second)], deadline=0.15, clock=clock)
+
+    def manager(store: CountingStore, ring: KeyRing, name: str) -> SessionManager:
+        return SessionManager(store, KeyRingSource(store, ring), cookie_name=name, idle_timeout=60,
+                              absolute_timeout=600, clock=clock)  # fmt: skip
+
+    alice = await manager(first_store, RING, "SESSION").create("alice")
+    bob = await manager(second_store, OTHER_RING, "OTHER").create("bob")
+    both = await service.check(request(cookie=f"OTHER={bob.token}; SESSION={alice.token}"))
+    assert isinstance(both, Allow) and both.user_id == "alice"  # source order, not header order
+    kept = await service.check(request(cookie=f"x=1; OTHER={bob.token}"))
+    assert isinstance(kept, Allow) and ("cookie", "x=1") in kept.headers_to_set  # every source's cookie is stripped
+    unknown = mint_token(RING, secrets.token_bytes(32), "abc123")
+    second_wins = await service.check(request(cookie=f"SESSION={unknown}; OTHER={bob.token}"))
+    assert isinstance(second_wins, Allow) and second_wins.user_id == "bob"
+    # A cookie of one source is never offered to the other: bob's token under SESSION is forged for the first.
+    reads = (first_store.gets, second_store.gets)
+    forged = await service.check(request(cookie=f"SESSION={bob.token}"))
+    assert isinstance(forged, Deny) and forged.reason == "session_invalid"
+    assert (first_store.gets, second_store.gets) == reads

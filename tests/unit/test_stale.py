@@ -5,8 +5,13 @@ from __future__ import annotations
 
 from sidecar.core.session import SessionRecord, new_session
 from sidecar.core.tokens import SessionKey, user_tag
+from sidecar.sessions import KeyRingSource
+from sidecar.sources.cached import CachedSource
+from sidecar.sources.native import NativeSource
 from sidecar.store.cache import SessionCache
+from sidecar.store.memory import MemoryStore
 from sidecar.store.stale import StaleSessions
+from tests.support.edge import RING
 
 NOW = 1_800_000_000.0
 
@@ -45,14 +50,18 @@ def test_never_past_the_sessions_own_expiry() -> None:
     assert stale.recall(key(1), NOW + 11) is None
 
 
-def test_revocations_evict_through_the_cache_whatever_the_channel_state() -> None:
-    stale = trusted()
-    cache = SessionCache(ttl=10, max_entries=10, max_bytes=10**6, stale=stale)
-    cache.set_live(True)
+def test_revocations_evict_through_the_cached_source_whatever_the_channel_state() -> None:
+    stale, store = trusted(), MemoryStore()
+    source = CachedSource(
+        NativeSource(store, KeyRingSource(store, RING), "SESSION"),
+        cache=SessionCache(ttl=10, max_entries=10, max_bytes=10**6),
+        stale=stale,
+    )
+    source.set_live(True)
     stale.remember(key(1), rec(), NOW)
-    cache.set_live(False)  # the channel drops: entries stay (the store may be down), no new ones
+    source.set_live(False)  # the channel drops: entries stay (the store may be down), no new ones
     assert not stale.trusted and stale.recall(key(1), NOW) is not None
-    cache.invalidate([key(1).digest])
+    source.invalidate([key(1).digest])
     assert stale.recall(key(1), NOW) is None
 
 
