@@ -59,8 +59,8 @@ _MAX_CACHED_DENIALS = 256
 # held the loop (and every gRPC Check and the invalidation channel) for 0.6 s. The parser gets FEED_BYTES at a time,
 # and the connection yields after REQUESTS_PER_TURN: a turn answers at most ~REQUESTS_PER_TURN + FEED_BYTES / 18
 # requests (18 bytes being the shortest request line and end of head).
-REQUESTS_PER_TURN = 32
-FEED_BYTES = 1024
+REQUESTS_PER_TURN = 8
+FEED_BYTES = 512
 MAX_IN_FLIGHT = 16  # pipelined requests parsed and not yet answered, per connection (Envoy and nginx never pipeline)
 # A client that does not read its answers stops being read once this much is buffered for it.
 WRITE_HIGH_WATER = 64 * 1024
