@@ -330,7 +330,7 @@ class HttpAuthzProtocol(asyncio.Protocol):
         data, offset = self._inbox, self._offset
         end = len(data)
         budget = self._completed + REQUESTS_PER_TURN
-        chunks = memoryview(data)
+        chunks: memoryview | None = None  # a burst is fed as views, never copied; the common small read whole
         try:
             while offset < end and self._completed < budget and self._may_parse():
                 room = MAX_REQUEST_BYTES - self._size
@@ -339,7 +339,12 @@ class HttpAuthzProtocol(asyncio.Protocol):
                 step = min(room, FEED_BYTES, end - offset)
                 self._size += step
                 offset += step
-                self._parser.feed_data(chunks[offset - step : offset])  # a complete request resets _size
+                if step == end:  # offset was 0: the whole read
+                    self._parser.feed_data(data)  # a complete request resets _size
+                else:
+                    if chunks is None:
+                        chunks = memoryview(data)
+                    self._parser.feed_data(chunks[offset - step : offset])
         except _TooLarge:
             self._fail(BODY_TOO_LARGE if self._headers_done else TOO_LARGE)
             return
@@ -354,7 +359,8 @@ class HttpAuthzProtocol(asyncio.Protocol):
             self._fail(BAD_REQUEST)
             return
         finally:
-            chunks.release()
+            if chunks is not None:
+                chunks.release()
         if offset < end:
             self._offset = offset
         else:
