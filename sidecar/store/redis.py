@@ -25,6 +25,7 @@ session past its absolute expiry.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import secrets
@@ -32,15 +33,32 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import (
+    AskError,
+    AuthenticationError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sidecar.core.redact import redact_url
 from sidecar.core.sealing import Sealer
-from sidecar.core.session import TOUCH_FRACTION, TOUCH_MAX_INTERVAL, SessionRecord, from_json, to_json
+from sidecar.core.session import (
+    TOUCH_FRACTION,
+    TOUCH_MAX_INTERVAL,
+    RecordTooLarge,
+    SessionRecord,
+    from_json,
+    to_json,
+)
 from sidecar.core.tokens import SessionKey, user_tag
 from sidecar.errors import CorruptRecord, StoreTimeout, StoreUnavailable
 from sidecar.store.connect import RedisClient, RedisSettings, open_client
@@ -55,8 +73,14 @@ SCAN_BATCH = 50  # list, revoke_session, revoke_user: index entries per script c
 # id>`` for this long, and a replay answers it instead of acting again.
 OUTCOME_TTL_MS = 60_000
 
-# KEYS: session. ARGV: now_ms, touch_fraction, touch_max_ms. Returns {d, seen} as stored before any touch.
+# The reads first compare the stored value's length with the longest value the sealer opens (``Sealer.max_stored``)
+# and answer only that length when it is over: a planted value of megabytes is refused without crossing the network.
+
+# KEYS: session. ARGV: now_ms, touch_fraction, touch_max_ms, max_stored. Returns {d, seen} as stored before any
+# touch, false when absent, or the length of ``d`` (an integer) when it is over max_stored (nothing touched).
 _RESOLVE = """
+local n = redis.call('HSTRLEN', KEYS[1], 'd')
+if n > tonumber(ARGV[4]) then return n end
 local v = redis.call('HMGET', KEYS[1], 'd', 'seen', 'idle', 'abs')
 if not v[1] then return false end
 local now, seen, idle, abs = tonumber(ARGV[1]), tonumber(v[2]), tonumber(v[3]), tonumber(v[4])
@@ -65,6 +89,15 @@ if seen and idle and abs and now < math.min(seen + idle, abs) and seen + idle < 
   redis.call('HSET', KEYS[1], 'seen', ARGV[1])
   redis.call('PEXPIREAT', KEYS[1], math.min(now + idle, abs))
 end
+return {v[1], v[2] or ''}
+"""
+
+# KEYS: session. ARGV: max_stored. Returns {d, seen}, false when absent, or the length of ``d`` when over max_stored.
+_GET = """
+local n = redis.call('HSTRLEN', KEYS[1], 'd')
+if n > tonumber(ARGV[1]) then return n end
+local v = redis.call('HMGET', KEYS[1], 'd', 'seen')
+if not v[1] then return false end
 return {v[1], v[2] or ''}
 """
 
@@ -201,27 +234,28 @@ return {0, done, last, last_score}
 """
 )
 
-# KEYS: index. ARGV: session prefix, cursor member, cursor score, batch. Returns {done, last member, last score,
-# digest, d, seen, ...} for this batch's live sessions, oldest first; drops dead entries on the way.
+# KEYS: index. ARGV: session prefix, cursor member, cursor score, batch, max_stored. Returns {done, last member,
+# last score, digest, d, seen, ...} for this batch's live sessions, oldest first; drops dead entries on the way and
+# leaves out (unread) sessions whose value is over max_stored, as the caller skips corrupt ones.
 _LIST = (
     _SCAN_FROM
     + """
 local out = {done, last, last_score}
 for i = 1, #batch, 2 do
   local member = batch[i]
-  local v = redis.call('HMGET', ARGV[1] .. member, 'd', 'seen')
-  if v[1] then
-    table.insert(out, member); table.insert(out, v[1]); table.insert(out, v[2] or '')
-  else
-    redis.call('ZREM', KEYS[1], member)
+  if redis.call('HSTRLEN', ARGV[1] .. member, 'd') <= tonumber(ARGV[5]) then
+    local v = redis.call('HMGET', ARGV[1] .. member, 'd', 'seen')
+    if v[1] then
+      table.insert(out, member); table.insert(out, v[1]); table.insert(out, v[2] or '')
+    else
+      redis.call('ZREM', KEYS[1], member)
+    end
   end
 end
 return out
 """
 )
 
-
-ScriptArg = bytes | str | int
 
 _EVICTION_ADVICE = (
     "set token.keys in production (the ring in {0} is then unused), or set maxmemory-policy to noeviction or a "
@@ -237,6 +271,93 @@ def _text(value: object) -> str:
 
 def _ms(seconds: float) -> int:
     return round(seconds * 1000)
+
+
+ScriptArg = bytes | str | int | float
+
+
+# --- the ASK window of a Cluster slot migration ------------------------------------------------------------------
+#
+# While a slot migrates, its source answers ASK for the keys already moved, and the target serves them only to a
+# connection that sent ASKING right before the command. redis-py 8.1.0's asyncio RedisCluster._execute_command sends
+# ASKING with one ClusterNode.execute_command call and the command with another, and each call takes a connection
+# from the node's free deque (acquire_connection: ``_free.popleft()``; release: ``_free.append()``, so FIFO): once
+# the client holds two or more idle connections to the target, the command goes out on a connection that did not
+# send ASKING, the target answers MOVED back to the source (still the slot's owner), which ASKs again, until the 16
+# rounds of RedisClusterRequestTTL run out: ClusterError('TTL exhausted.'), a 503 for a live session; the MOVED
+# storm also makes the client reinitialise, closing connections other requests are using. So on a Cluster the
+# store's scripts go to the slot's primary from here, and an ASK is followed by ASKING and the command written
+# together on one connection. Anything but an ASK, a TRYAGAIN or the script's own answer goes back to redis-py's
+# path (slot-map refresh, reconnects, retries). Drop this once redis-py sends ASKING on the command's connection
+# (tests/integration/test_redis_store.py::test_cluster_reads_answer_inside_an_ask_window fails without it).
+#
+# TRYAGAIN is Redis Cluster's own rule, not a client bug: a node refuses a multi-key command on a migrating slot
+# while some of its keys are missing. Every write script names a key that does not exist yet (the new session, the
+# outcome key), so writes wait here for the slot to settle (TRYAGAIN_WAITS x TRYAGAIN_PAUSE), then fail unapplied.
+ASK_ROUNDS = 5  # ASK redirects (and NOSCRIPT answers) in a row followed here before handing the call to redis-py
+TRYAGAIN_WAITS = 10
+TRYAGAIN_PAUSE = 0.03
+
+
+async def _asking(node: ClusterNode, command: tuple[ScriptArg, ...]) -> Any:
+    """ASKING then ``command`` on ``node``, written at once on one connection; the command's answer."""
+    connection = node.acquire_connection()
+    try:
+        await node.disconnect_if_needed(connection)
+        await connection.send_packed_command(connection.pack_commands([("ASKING",), command]))
+        # Both answers are read whatever the first was, so the connection goes back to the pool with nothing
+        # pending (an I/O error or a cancellation inside a read disconnects it instead).
+        answers: list[Any] = []
+        for _ in range(2):
+            try:
+                answers.append(await connection.read_response())
+            except ResponseError as exc:
+                answers.append(exc)
+    finally:
+        node.release(connection)
+    for answer in answers:
+        if isinstance(answer, ResponseError):
+            raise answer
+    return answers[1]
+
+
+async def _cluster_script(
+    client: RedisCluster, script: AsyncScript, keys: list[str], args: list[ScriptArg]
+) -> tuple[Any, ClusterNode | None]:
+    """Run ``script`` where its first key lives, following ASK redirects on one connection (see above).
+
+    Returns the answer and the node that gave it, or None for the node when redis-py's own path answered."""
+    evalsha: tuple[ScriptArg, ...] = ("EVALSHA", script.sha, len(keys), *keys, *args)
+    # The ASK target may never have run the script: EVAL carries it (and caches it there).
+    source = script.script if isinstance(script.script, str | bytes) else bytes(script.script)
+    eval_: tuple[ScriptArg, ...] = ("EVAL", source, len(keys), *keys, *args)
+    try:
+        node: ClusterNode | None = client.get_node_from_key(keys[0])
+    except RedisClusterException:  # no slot map yet: redis-py's path builds it
+        node = None
+    command, asking, rounds, waits = evalsha, False, ASK_ROUNDS, TRYAGAIN_WAITS
+    while node is not None and rounds > 0:
+        try:
+            if asking:
+                return await _asking(node, eval_), node
+            return await node.execute_command(*command), node
+        except MovedError:  # a subclass of AskError: the slot has a new owner, which redis-py's path learns
+            break
+        except AskError as exc:
+            node, asking = client.get_node(host=exc.host, port=exc.port), True  # None: a node it does not know yet
+            rounds -= 1
+        except TryAgainError:
+            waits -= 1
+            if waits <= 0:
+                raise
+            await asyncio.sleep(TRYAGAIN_PAUSE)
+            node, command, asking, rounds = client.get_node_from_key(keys[0]), evalsha, False, ASK_ROUNDS
+        except NoScriptError:
+            command = eval_
+            rounds -= 1
+        except (ClusterDownError, RedisConnectionError, RedisTimeoutError):
+            break
+    return await script(keys=keys, args=args), None
 
 
 def user_index_id(user_id: str) -> str:
@@ -261,6 +382,7 @@ class RedisStore:
         self._wait_timeout_ms = max(1, _ms(wait_timeout))
         self._description = description
         self._resolve = self._script(_RESOLVE)
+        self._get = self._script(_GET)
         self._create = self._script(_CREATE)
         self._rotate = self._script(_ROTATE)
         self._revoke = self._script(_REVOKE)
@@ -308,6 +430,18 @@ class RedisStore:
 
     def _script(self, source: str) -> AsyncScript:
         return self._client.register_script(source)
+
+    async def _eval_on(
+        self, script: AsyncScript, keys: list[str], args: list[ScriptArg]
+    ) -> tuple[Any, ClusterNode | None]:
+        """The script's answer, and on a Cluster the node that ran it when known (None: the slot's owner)."""
+        if isinstance(self._client, RedisCluster):
+            return await _cluster_script(self._client, script, keys, args)
+        return await script(keys=keys, args=args), None
+
+    async def _eval(self, script: AsyncScript, keys: list[str], args: list[ScriptArg]) -> Any:
+        answer, _node = await self._eval_on(script, keys, args)
+        return answer
 
     # --- key names ---------------------------------------------------------------------------------------------
 
@@ -367,26 +501,36 @@ class RedisStore:
             raise StoreUnavailable(f"{self._description}: authentication failed ({exc})") from None
         except (RedisConnectionError, OSError) as exc:
             raise StoreUnavailable(f"{self._description}: unreachable ({exc})") from None
+        except TryAgainError:
+            raise StoreUnavailable(
+                f"{self._description}: the keys' Cluster slot is being migrated, and Redis refuses a multi-key "
+                f"{write or 'read'} there until it ends (TRYAGAIN for {TRYAGAIN_WAITS * TRYAGAIN_PAUSE:.1f}s); "
+                "this step was not applied: retry"
+            ) from None
         except ResponseError as exc:
             raise StoreUnavailable(f"{self._description}: refused the command ({exc})") from None
         except RedisError as exc:
             raise StoreUnavailable(f"{self._description}: {exc}") from None
+        except RedisClusterException as exc:
+            # Not a RedisError: what redis-py's Cluster client raises when no node answers (or none covers a slot).
+            raise StoreUnavailable(f"{self._description}: no usable cluster node ({exc})") from None
 
     def _outcome_key(self, tag: str) -> str:
         """Where a write leaves its result for a replay of the same call (a fresh id per call, not per attempt)."""
         return f"{self._prefix}{{{tag}}}:r:{secrets.token_hex(12)}"
 
-    async def _replicated(self, key_name: str) -> None:
+    async def _replicated(self, key_name: str, node: ClusterNode | None = None) -> None:
         """Make a revocation durable across a failover: wait for a replica's acknowledgement, when any exist.
 
-        WAIT goes to the primary that holds ``key_name`` (in a Cluster, the owner of its slot).
+        WAIT goes to the primary that holds ``key_name``: in a Cluster ``node`` when the write named the node that
+        ran it (inside a slot migration's ASK window, the target), else the owner of its slot.
         """
         if self._wait_replicas <= 0:
             return
         client = self._client
         target: dict[str, Any] = {}
         if isinstance(client, RedisCluster):
-            target["target_nodes"] = client.get_node_from_key(key_name)
+            target["target_nodes"] = node or client.get_node_from_key(key_name)
         info = await client.info("replication", **target)
         wanted = min(self._wait_replicas, int(info.get("connected_slaves", 0)))
         if wanted == 0:
@@ -402,19 +546,29 @@ class RedisStore:
 
     async def resolve(self, key: SessionKey, now: float) -> SessionRecord | None:
         session_key = self._session_key(key)
+        args: list[ScriptArg] = [_ms(now), TOUCH_FRACTION, _ms(TOUCH_MAX_INTERVAL), self._sealer.max_stored]
         async with self._errors():
-            found = await self._resolve(keys=[session_key], args=[_ms(now), TOUCH_FRACTION, _ms(TOUCH_MAX_INTERVAL)])
-        if not found:
-            return None
-        return self._open(session_key, found[0], found[1])
+            found = await self._eval(self._resolve, [session_key], args)
+        return self._found(session_key, found)
 
     async def get(self, key: SessionKey) -> SessionRecord | None:
         session_key = self._session_key(key)
         async with self._errors():
-            sealed, seen = await self._client.hmget(session_key, ["d", "seen"])
-        if sealed is None:
+            found = await self._eval(self._get, [session_key], [self._sealer.max_stored])
+        return self._found(session_key, found)
+
+    def _found(self, session_key: str, found: object) -> SessionRecord | None:
+        """A read script's answer: None, the record, or RecordTooLarge for the length of a value left unread."""
+        if not found:
             return None
-        return self._open(session_key, sealed, seen)
+        if isinstance(found, int):
+            raise RecordTooLarge(
+                f"stored session value of {found} bytes is over the {self._sealer.max_stored}-byte bound: "
+                "refused unread"
+            )
+        if not isinstance(found, list) or len(found) != 2:
+            raise CorruptRecord("session read answered in an unknown shape")
+        return self._open(session_key, found[0], found[1])
 
     async def create(self, key: SessionKey, record: SessionRecord, max_per_user: int = 0) -> int:
         session_key = self._session_key(key)
@@ -437,7 +591,7 @@ class RedisStore:
         ]
         keys = [session_key, self._index_key(record.user_id), self._outcome_key(key.tag)]
         async with self._errors("session create"):
-            evicted = int(await self._create(keys=keys, args=args))
+            evicted = int(await self._eval(self._create, keys, args))
         if evicted < 0:
             raise StoreUnavailable(f"{self._description}: a session with this key already exists")
         return evicted
@@ -453,17 +607,19 @@ class RedisStore:
             record.session_id,
         ]
         async with self._errors("session rotation"):
-            moved = bool(await self._rotate(keys=keys, args=args))
+            answer, node = await self._eval_on(self._rotate, keys, args)
+            moved = bool(answer)
             if moved:
-                await self._replicated(keys[1])
+                await self._replicated(keys[1], node)
         return moved
 
     async def revoke(self, key: SessionKey) -> bool:
         session_key = self._session_key(key)
         args: list[ScriptArg] = [self._index_prefix(key.tag), key.digest, self.invalidation_channel, OUTCOME_TTL_MS]
         async with self._errors("revocation"):
-            deleted = bool(await self._revoke(keys=[session_key, self._outcome_key(key.tag)], args=args))
-            await self._replicated(session_key)
+            answer, node = await self._eval_on(self._revoke, [session_key, self._outcome_key(key.tag)], args)
+            deleted = bool(answer)
+            await self._replicated(session_key, node)
         return deleted
 
     async def revoke_session(self, user_id: str, session_id: str) -> bool:
@@ -481,9 +637,9 @@ class RedisStore:
                     self.invalidation_channel,
                     OUTCOME_TTL_MS,
                 ]
-                found = await self._revoke_session(keys=[index, outcome], args=args)
+                found, node = await self._eval_on(self._revoke_session, [index, outcome], args)
                 if int(found[0]) == 1:
-                    await self._replicated(index)
+                    await self._replicated(index, node)
                     return True
                 if int(found[1]) == 1:
                     return False
@@ -495,11 +651,12 @@ class RedisStore:
         tag, index = user_tag(user_id), self._index_key(user_id)
         prefix = self._session_prefix(tag)
         deleted, rounds, limit = 0, 0, 0
+        node: ClusterNode | None = None
         try:
             async with self._errors("revocation of the user's sessions"):
                 while True:
                     args: list[ScriptArg] = [prefix, self.invalidation_channel, SCAN_BATCH, OUTCOME_TTL_MS]
-                    done, left = await self._revoke_user(keys=[index, self._outcome_key(tag)], args=args)
+                    (done, left), node = await self._eval_on(self._revoke_user, [index, self._outcome_key(tag)], args)
                     deleted += int(done)
                     rounds += 1
                     if int(left) == 0:
@@ -511,7 +668,7 @@ class RedisStore:
                             f"{self._description}: sessions of this user are being created as fast as they are "
                             f"revoked; {deleted} revoked so far, {left} left: revoke the user again"
                         )
-                await self._replicated(index)
+                await self._replicated(index, node)
         except StoreTimeout as exc:
             raise StoreTimeout(f"{exc}; {deleted} revoked before that") from None
         return deleted
@@ -523,7 +680,8 @@ class RedisStore:
         last, last_score = "", ""
         async with self._errors():
             while True:
-                flat = await self._list(keys=[index], args=[prefix, last, last_score, SCAN_BATCH])
+                args: list[ScriptArg] = [prefix, last, last_score, SCAN_BATCH, self._sealer.max_stored]
+                flat = await self._eval(self._list, [index], args)
                 for i in range(3, len(flat), 3):
                     digest = _text(flat[i])
                     with contextlib.suppress(CorruptRecord):
@@ -551,7 +709,7 @@ class RedisStore:
             policies = await self._eviction_policies()
         except RedisTimeoutError as exc:
             return f"{what} could not be checked (timed out: {exc}); {advice}"
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:
             return f"{what} could not be checked ({exc}); {advice}"
         if not policies:
             return f"{what} could not be checked (CONFIG GET answered nothing); {advice}"
@@ -593,5 +751,5 @@ class RedisStore:
             await self._client.ping()
 
     async def close(self) -> None:
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(RedisError, RedisClusterException, OSError):
             await self._client.aclose()

@@ -13,9 +13,6 @@ restart to the first allow of the re-created session; Sentinel, from the kill to
 in the details); Cluster, the span from the first to the last 503 of the valid session (its retry budget); slow
 store, from the store resuming to the first allow.
 
-Known product bugs are strict xfails: ``test_cluster_ask_window_keeps_answering`` (``ASK_BUG``, in redis-py's
-asyncio cluster client; fails closed with 503s, never an allow).
-
 Every process started here is stopped in a ``finally``; the session-scoped Sentinel and Cluster topologies are
 handed back healthy (the killed node rejoins as a replica; the cluster gets its original roles and slot back).
 """
@@ -734,18 +731,6 @@ def test_cluster_failover_then_slot_migration(
     assert {o.kind for o in outcomes if o.which == "revoked"} <= {"401", "503"}
 
 
-ASK_BUG = (
-    "BUG: during a slot migration (source MIGRATING, target IMPORTING) every session read that the source "
-    "ASK-redirects fails with ClusterError 'TTL exhausted' and the sidecar answers 503: redis-py 8.1's asyncio "
-    "RedisCluster sends ASKING on one pooled connection to the target and the command on another (ClusterNode "
-    "pops free connections FIFO), so once it holds 2+ connections to the target the command never carries ASKING, "
-    "the target answers MOVED back to the source, which ASKs again, 16 times (and the client's reinitialisations "
-    "under that storm close connections other requests are using: RuntimeError/KeyError/AttributeError from "
-    "redis-py, logged as 'check failed unexpectedly')"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=ASK_BUG)
 @pytest.mark.timeout(40)
 def test_cluster_ask_window_keeps_answering(
     tmp_path: Path, cluster_topology: topologies.ClusterTopology, fault_summaries: list[dict[str, Any]]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,3 +186,45 @@ class ClusterTopology:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+def _node_id(node: Node) -> str:
+    raw = node.client().execute_command("CLUSTER", "MYID")
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def slot_primary(topology: ClusterTopology, slot: int) -> Node:
+    """The primary serving ``slot``, as the first primary's ``CLUSTER SLOTS`` says."""
+    for low, high, primary, *_replicas in topology.primaries[0].client().execute_command("CLUSTER", "SLOTS"):
+        if low <= slot <= high:
+            return next(n for n in topology.primaries if n.port == int(primary[1]))
+    raise LookupError(f"no primary serves slot {slot}")
+
+
+def _move_keys(source: Node, target: Node, slot: int) -> int:
+    moved = 0
+    while keys := source.client().execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+        source.client().execute_command("MIGRATE", LOOPBACK, target.port, "", 0, 5000, "KEYS", *keys)
+        moved += len(keys)
+    return moved
+
+
+@contextlib.contextmanager
+def ask_window(topology: ClusterTopology, slot: int) -> Iterator[tuple[Node, Node, int]]:
+    """``slot`` half-migrated, as redis-cli leaves it mid-reshard: the target IMPORTING, its owner MIGRATING, and
+    every key of the slot already moved to the target, so the owner answers ASK for each. Yields (owner, target,
+    keys moved). On exit every key of the slot (those written meanwhile too) goes back and both nodes are STABLE:
+    the slot never changes owner."""
+    owner = slot_primary(topology, slot)
+    target = next(n for n in topology.primaries if n is not owner)
+    target.client().execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", _node_id(owner))
+    try:
+        owner.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", _node_id(target))
+        try:
+            yield owner, target, _move_keys(owner, target, slot)
+        finally:
+            # STABLE first: a MIGRATING owner answers ASK to the RESTORE of a key it does not hold.
+            owner.client().execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+            _move_keys(target, owner, slot)
+    finally:
+        target.client().execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
