@@ -3,9 +3,10 @@
 Someone with write access to Redis replaced a session's value with a 3 MB record of 200,000 attributes. Decoding
 it blocked the sidecar's event loop for most of a second on every request with that token (a refused record is not
 cached), so Envoy's 0.25 s ext_authz timeout turned other clients' requests, public routes included, into 503s.
-The record must be refused by its size before it is decoded, and the refusal remembered: the first decision reads
-the value from the store once; every later one takes under 5 ms (as the sidecar measured it: the decision log's
-duration_ms). Public routes and other sessions keep answering meanwhile.
+The record must be refused by its size before it is decoded, and the refusal remembered: the first decision asks
+the store for the value's length only (the value never leaves Redis) and takes under 10 ms; every later one takes
+under 5 ms (as the sidecar measured it: the decision log's duration_ms). Public routes and other sessions keep
+answering meanwhile.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ pytestmark = pytest.mark.e2e
 PLANTED_ATTRIBUTES = 200_000
 PLANTED_REQUESTS = 40
 DECISION_BOUND_MS = 5.0  # issue #11
-STORE_DEADLINE_MS = 150.0  # redis.timeout's default: the first decision reads the 3 MB value once, within it
+# The first decision is one store round trip that compares the value's length with the bound (HSTRLEN) and
+# transfers nothing; it took 22 ms when the 2.8 MB value was read before being refused, 1.9 ms since.
+FIRST_DECISION_BOUND_MS = 10.0
 ENVOY_AUTHZ_TIMEOUT = 0.25  # mesh-config/envoy: past it Envoy answers 503 without the sidecar's word
 
 
@@ -150,11 +153,11 @@ def test_a_planted_oversized_record_is_denied_in_under_5ms_and_public_routes_are
         (401, "session_record_too_large", "unknown")
     }
     first, *repeated = [x["duration_ms"] for x in lines]
-    print(f"planted record of {size} bytes: first decision {first} ms (reads the value), then max"
+    print(f"planted record of {size} bytes: first decision {first} ms (its length only), then max"
           f" {max(repeated)} ms, median {sorted(repeated)[len(repeated) // 2]} ms")  # fmt: skip
-    # The first decision pays for reading the 3 MB value from the store (its size is refused before decoding);
-    # every later one is answered from the refusal memo without a store read.
-    assert first < STORE_DEADLINE_MS
+    # The first decision asks the store for the value's length and is refused unread; every later one is answered
+    # from the refusal memo without a store read.
+    assert first < FIRST_DECISION_BOUND_MS
     assert max(repeated) < DECISION_BOUND_MS, repeated
 
     denied = {"outcome": "deny", "status": "401", "reason": "session_record_too_large"}
