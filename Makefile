@@ -61,6 +61,13 @@ fuzz: $(STAMP)
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
+# The container image (Dockerfile), built with Debian's buildah (no daemon, no registry) from a Debian base made
+# locally with debootstrap; installs buildah and debootstrap when missing (root). IMAGE=name:tag to rename it;
+# BASE_IMAGE/RUNTIME_IMAGE to build on your registry's Python images. See README "Container image".
+.PHONY: image
+image:
+	image/build.sh
+
 # Regenerate the SessionService code from proto/ (checked in; tests/unit/test_proto.py fails when it is stale).
 .PHONY: proto
 proto: $(STAMP)
