@@ -82,7 +82,7 @@ COOKIE = "SESSION"
 URL_PATH = "/bench"
 QUANTILES = 1000  # wrk quantiles per run (0.1 % steps), to merge percentiles over rounds
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-SCRIPT_INNER = frozenset({"hmget", "hset", "pexpireat"})  # what the resolve script runs inside the server
+SCRIPT_INNER = frozenset({"hstrlen", "hmget", "hset", "pexpireat"})  # what the resolve script runs inside the server
 HALF_CYCLE_MS = 4.0  # paced runs: at least this long between two requests of one connection
 
 # Targets of issue #5.
