@@ -21,8 +21,9 @@ from sidecar.core.assertion import (
     audience_for,
     check_ttl,
     claims_for,
+    kid_problem,
 )
-from sidecar.core.session import SessionRecord
+from sidecar.core.session import SessionRecord, shown
 
 if TYPE_CHECKING:
     from sidecar.config import AssertionConfig
@@ -39,19 +40,50 @@ def _b64url(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
+class UnusableKey(ValueError):
+    """PEM bytes that hold no private key this module can load (garbage, encrypted, an unknown curve)."""
+
+
+class UnsupportedKey(ValueError):
+    """A private key of a type assertions are not signed with (RSA, P-384, ...)."""
+
+
+def load_private_key(pem: bytes) -> tuple[str, _SigningKey]:
+    """The algorithm ``pem``'s private key signs with (EC P-256: ES256, Ed25519: EdDSA) and the key.
+
+    The one loader of assertion keys: the config calls it to refuse an unusable key file at load time, the issuer
+    to sign. The messages complete a sentence naming the key ("KEY FILE is not a usable private key: ...") and
+    never quote the PEM.
+    """
+    try:
+        key = load_pem_private_key(pem, password=None)
+    except UnsupportedAlgorithm:  # e.g. an EC key on a curve OpenSSL lacks
+        raise UnusableKey(
+            "is not a usable private key: its algorithm or curve is not supported (use EC P-256 or Ed25519)"
+        ) from None
+    except (ValueError, TypeError) as exc:
+        reason = "it is encrypted (use an unencrypted PKCS#8 key)" if "encrypted" in str(exc) else "not a PEM key"
+        raise UnusableKey(f"is not a usable private key: {reason}") from None
+    if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
+        return "ES256", key
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return "EdDSA", key
+    raise UnsupportedKey("must hold an EC P-256 (ES256) or Ed25519 (EdDSA) private key")
+
+
 def _load_key(kid: str, algorithm: str, pem: bytes) -> _SigningKey:
     if algorithm not in ALGORITHMS:
         raise ValueError(f"assertion key {kid!r}: algorithm {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
     try:
-        key = load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm):  # the last: e.g. an EC key on a curve OpenSSL lacks
+        found, key = load_private_key(pem)
+    except UnusableKey:
         raise ValueError(f"assertion key {kid!r}: not a usable unencrypted PEM private key") from None
-    if algorithm == "ES256" and isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
-        return key
-    if algorithm == "EdDSA" and isinstance(key, ed25519.Ed25519PrivateKey):
-        return key
-    expected = "an EC P-256" if algorithm == "ES256" else "an Ed25519"
-    raise ValueError(f"assertion key {kid!r}: {algorithm} needs {expected} private key")
+    except UnsupportedKey:
+        found = ""  # RSA, P-384, ...: answered below like a key of the other supported type
+    if found != algorithm:
+        expected = "an EC P-256" if algorithm == "ES256" else "an Ed25519"
+        raise ValueError(f"assertion key {kid!r}: {algorithm} needs {expected} private key")
+    return key
 
 
 def public_jwk(kid: str, algorithm: str, key: _SigningKey) -> dict[str, str]:
@@ -116,7 +148,10 @@ class AssertionIssuer:
             raise ValueError("an assertion issuer needs a non-empty issuer")
         kids = [kid for kid, _, _ in keys]
         if len(set(kids)) != len(kids) or not all(kids):
-            raise ValueError(f"assertion key ids must be non-empty and distinct: {kids}")
+            raise ValueError(f"assertion key ids must be non-empty and distinct: {[shown(kid) for kid in kids]}")
+        for kid in kids:
+            if (problem := kid_problem(kid)) is not None:
+                raise ValueError(f"assertion key {shown(kid)}: {problem}")
         loaded = [(kid, algorithm, _load_key(kid, algorithm, pem)) for kid, algorithm, pem in keys]
         self._settings = settings
         self._kid, self._algorithm, self._key = loaded[0]

@@ -21,9 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from sidecar import app, workers
+from sidecar.assertions import ALGORITHMS
 from sidecar.config import Config, load_config, redacted
 from sidecar.core.durations import parse_duration
-from sidecar.core.session import describe
+from sidecar.core.session import describe, shown
 from sidecar.errors import BadInput, ConfigError, RuntimeFailure, StoreTimeout, StoreUnavailable
 from sidecar.sessions import SessionManager
 
@@ -64,9 +65,9 @@ def _attributes(pairs: Sequence[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise BadInput(f"--attr: expected KEY=VALUE, got {pair!r}")
+            raise BadInput(f"--attr: expected KEY=VALUE, got {shown(pair)}")
         if key in attributes:
-            raise BadInput(f"--attr: {key!r} given twice")
+            raise BadInput(f"--attr: {shown(key)} given twice")
         attributes[key] = value
     return attributes
 
@@ -76,7 +77,7 @@ def _roles(text: str | None) -> tuple[str, ...]:
         return ()
     roles = tuple(role.strip(" \t") for role in text.split(","))
     if any(not role for role in roles):
-        raise BadInput(f"--roles: empty role name in {text!r} (use r1,r2)")
+        raise BadInput(f"--roles: empty role name in {shown(text)} (use r1,r2)")
     return roles
 
 
@@ -267,9 +268,6 @@ def mesh_snippets(config: Config) -> str:
     )
 
 
-KEY_ALGORITHMS = ("ES256", "EdDSA")
-
-
 def _new_private_key_pem(algorithm: str) -> bytes:
     key = ec.generate_private_key(ec.SECP256R1()) if algorithm == "ES256" else ed25519.Ed25519PrivateKey.generate()
     return key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
@@ -365,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     keygen = assertion_commands.add_parser(
         "keygen", help="write a new assertion signing key (unencrypted PKCS#8 PEM, mode 0600) for assertion.keys"
     )
-    keygen.add_argument("--algorithm", required=True, choices=KEY_ALGORITHMS, help="ES256 (P-256) or EdDSA (Ed25519)")
+    keygen.add_argument("--algorithm", required=True, choices=ALGORITHMS, help="ES256 (P-256) or EdDSA (Ed25519)")
     keygen.add_argument("--out", required=True, metavar="PATH", help="a new file (never overwritten); - for stdout")
     keygen.set_defaults(func=cmd_assertion_keygen)
     return parser

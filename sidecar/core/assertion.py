@@ -31,16 +31,19 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sidecar.core.session import SessionRecord
+from sidecar.core.durations import format_duration
+from sidecar.core.session import SessionRecord, shown
 
-# Kept equal to sidecar.config.ASSERTION_CLAIMS / MAX_ASSERTION_TTL (the core must not import the config; a
-# unit test holds them together).
+# The config (assertion.claims, assertion.ttl, assertion.keys) validates with these rules and names.
 CLAIM_NAMES = ("sub", "email", "roles", "sid")
-MAX_TTL = 300.0
+SUBJECT = "sub"
+MAX_TTL = 300.0  # an assertion is a bearer credential: keep the replay window short
 MIN_TTL = 1.0
+_KID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 CONTEXT_AUDIENCE = "assertion_audience"
 CONTEXT_CLAIMS = "assertion_claims"
@@ -120,13 +123,43 @@ def canonical_claims(names: str) -> tuple[str, ...] | None:
     wanted = {name.strip().lower() for name in names.split(",")}
     if wanted == {NO_ASSERTION}:
         return None
-    wanted.add("sub")
+    wanted.add(SUBJECT)
     return tuple(name for name in CLAIM_NAMES if name in wanted)
 
 
+def ttl_problem(ttl: float) -> str | None:
+    """Why ``ttl`` cannot be an assertion's lifetime (outside 1s..5m), or None."""
+    if math.isfinite(ttl) and MIN_TTL <= ttl <= MAX_TTL:
+        return None
+    got = format_duration(ttl) if math.isfinite(ttl) and ttl >= 0 else repr(ttl)
+    return f"must be between {format_duration(MIN_TTL)} and {format_duration(MAX_TTL)} (got {got})"
+
+
 def check_ttl(ttl: float) -> None:
-    if not (math.isfinite(ttl) and MIN_TTL <= ttl <= MAX_TTL):
-        raise ValueError(f"assertion ttl must be between {MIN_TTL:.0f} and {MAX_TTL:.0f} seconds, got {ttl!r}")
+    if (problem := ttl_problem(ttl)) is not None:
+        raise ValueError(f"assertion ttl {problem}")
+
+
+def claim_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a configured claim, or None. (A route's ``assertion_claims`` ignores unknown names
+    instead, see :func:`claims_for`: Envoy's config is not validated here.)"""
+    if name in CLAIM_NAMES:
+        return None
+    return f"unknown claim {shown(name)} (choose from {', '.join(CLAIM_NAMES)})"
+
+
+def claims_problem(claims: Sequence[str]) -> str | None:
+    """Why the configured claim list cannot be used as a whole, or None (its names are checked one by one)."""
+    if SUBJECT not in claims:
+        return f"must include {SUBJECT} (an assertion without a subject identifies no one)"
+    return None
+
+
+def kid_problem(kid: str) -> str | None:
+    """Why ``kid`` cannot name an assertion key (it is published in the JWKS and sent in every token), or None."""
+    if _KID.fullmatch(kid) is None:
+        return "invalid key id: 1-64 characters of A-Z a-z 0-9 _ . -"
+    return None
 
 
 def assertion_claims(

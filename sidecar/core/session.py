@@ -115,6 +115,16 @@ def role_problem(role: str) -> str | None:
     return None
 
 
+def timeout_problem(seconds: float) -> str | None:
+    """Why ``seconds`` cannot be a session's idle or absolute timeout, or None (session.* in the config, and each
+    session create, are held to this)."""
+    if not math.isfinite(seconds) or seconds <= 0:
+        return "must be a positive duration"
+    if seconds > MAX_SESSION_SECONDS:
+        return f"must be at most {MAX_SESSION_SECONDS // 86400:.0f} days"
+    return None
+
+
 def identity_bytes(user_id: str, email: str | None, roles: tuple[str, ...], attributes: Mapping[str, str]) -> int:
     """The size of the identity in the stored JSON form (``to_json``'s encoding)."""
     return len(_dumps([user_id, email, roles, attributes]))
@@ -172,10 +182,8 @@ def new_session(
     """A fresh record; raises ValueError naming every problem with the identity or the timeouts."""
     problems = validate_identity(user_id, email, roles, attributes)
     for name, value in (("idle timeout", idle_timeout), ("absolute timeout", absolute_timeout)):
-        if not math.isfinite(value) or value <= 0:
-            problems.append(f"{name} must be a positive duration")
-        elif value > MAX_SESSION_SECONDS:
-            problems.append(f"{name} must be at most {MAX_SESSION_SECONDS // 86400:.0f} days")
+        if (problem := timeout_problem(value)) is not None:
+            problems.append(f"{name} {problem}")
     if problems:
         raise ValueError("; ".join(problems))
     return SessionRecord(

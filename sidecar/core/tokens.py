@@ -23,6 +23,7 @@ ENTROPY_BYTES = 32
 MAC_BYTES = 16
 MIN_SECRET_BYTES = 32
 _KID = re.compile(r"[A-Za-z0-9_-]{1,16}")
+KID_RULE = "1-16 characters of A-Z a-z 0-9 _ -"
 TAG_LENGTH = 6
 _TAG = re.compile(r"[0-9a-f]{6}")
 _B64_BODY_LEN = 43  # base64url of 32 bytes without padding
@@ -42,10 +43,10 @@ class KeyRing:
             raise ValueError("a key ring needs at least one key")
         seen: set[str] = set()
         for kid, secret in self.keys:
-            if not _KID.fullmatch(kid):
-                raise ValueError(f"key id {kid!r} must be 1-16 characters of A-Z a-z 0-9 _ -")
-            if len(secret) < MIN_SECRET_BYTES:
-                raise ValueError(f"key {kid!r} is {len(secret)} bytes; at least {MIN_SECRET_BYTES} are needed")
+            if not is_kid(kid):
+                raise ValueError(f"key id {kid!r} must be {KID_RULE}")
+            if (problem := secret_problem(secret)) is not None:
+                raise ValueError(f"key {kid!r} {problem}")
             if kid in seen:
                 raise ValueError(f"key id {kid!r} appears twice")
             seen.add(kid)
@@ -63,6 +64,18 @@ class KeyRing:
             if known == kid:
                 return secret
         return None
+
+
+def is_kid(kid: str) -> bool:
+    """True when ``kid`` may name a key of a ring (it travels in every token, so it is short and URL-safe)."""
+    return _KID.fullmatch(kid) is not None
+
+
+def secret_problem(secret: bytes) -> str | None:
+    """Why ``secret`` cannot key a ring (too short to resist guessing), or None; the secret itself is never shown."""
+    if len(secret) < MIN_SECRET_BYTES:
+        return f"is {len(secret)} bytes; at least {MIN_SECRET_BYTES} are required"
+    return None
 
 
 def _b64(raw: bytes) -> str:
@@ -145,10 +158,12 @@ def encode_secret(secret: bytes) -> str:
 
 
 def decode_secret(text: str) -> bytes:
-    """Decode base64url with or without padding; raises ValueError on anything else."""
-    if not _B64URL.fullmatch(text.rstrip("=")):
+    """Decode base64url with or without padding (at most the two ``=`` base64 ever needs); raises ValueError on
+    anything else. The message never quotes ``text``: it may be a secret."""
+    unpadded = text.rstrip("=")
+    if len(text) - len(unpadded) > 2 or not _B64URL.fullmatch(unpadded):
         raise ValueError("not base64url")
-    padded = text.rstrip("=") + "=" * (-len(text.rstrip("=")) % 4)
+    padded = unpadded + "=" * (-len(unpadded) % 4)
     try:
         return base64.urlsafe_b64decode(padded)
     except (ValueError, TypeError) as exc:

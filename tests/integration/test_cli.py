@@ -18,7 +18,7 @@ import yaml
 
 from sidecar.demo import processes
 from sidecar.demo.processes import free_port, wait_for_port
-from tests.unit.test_config import LEAK, leaky_configs
+from tests.unit.config.test_redaction import LEAK, leaky_configs
 
 pytestmark = pytest.mark.integration
 
@@ -116,6 +116,27 @@ def test_malformed_token_is_bad_input(config: Path) -> None:
 )
 def test_bad_create_arguments_exit_2_naming_the_argument(config: Path, args: list[str], needle: str) -> None:
     assert_clean_error(run("session", "create", *args, config=config), 2, needle)
+
+
+BIG = "x" * 100_000  # under Linux's 128 KiB bound on one argument
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--roles", f"admin,,{BIG}"],
+        ["--attr", BIG],
+        ["--attr", f"{BIG}=1", "--attr", f"{BIG}=2"],
+    ],
+    ids=["empty-role-in-a-long-list", "attr-without-equals", "long-attr-given-twice"],
+)
+def test_a_100_kb_argument_gives_one_short_error_line(args: list[str]) -> None:
+    # Refused before the store is asked, so no server is needed (and none is reachable).
+    result = run(
+        "session", "create", "--user", "bob", *args, env={"SIDECAR_REDIS__URL": f"redis://127.0.0.1:{closed_port()}/0"}
+    )
+    assert_clean_error(result, 2, args[0])
+    assert len(result.stderr.splitlines()) == 1 and len(result.stderr) < 300, result.stderr[:300]
 
 
 def test_unknown_subcommand_exits_2() -> None:

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from sidecar import config
 from sidecar.core.assertion import (
     CLAIM_NAMES,
     CONTEXT_AUDIENCE,
@@ -19,7 +18,11 @@ from sidecar.core.assertion import (
     AssertionSettings,
     assertion_claims,
     audience_for,
+    claim_problem,
     claims_for,
+    claims_problem,
+    kid_problem,
+    ttl_problem,
 )
 from sidecar.core.session import SessionRecord
 
@@ -59,12 +62,50 @@ def test_core_module_imports_nothing_impure() -> None:
             imported.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module)
-    assert imported <= {"__future__", "functools", "math", "collections.abc", "dataclasses", "sidecar.core.session"}
+    pure = {"__future__", "functools", "math", "re", "collections.abc", "dataclasses"}
+    assert imported <= pure | {"sidecar.core.session", "sidecar.core.durations"}
 
 
-def test_claim_names_and_ttl_bound_match_the_config() -> None:
-    assert CLAIM_NAMES == config.ASSERTION_CLAIMS
-    assert MAX_TTL == config.MAX_ASSERTION_TTL
+# The rules the config validates assertion.* with (sidecar.config calls these; it keeps no copy).
+
+
+@pytest.mark.parametrize("ttl", [1.0, 60.0, MAX_TTL])
+def test_a_ttl_from_one_second_to_five_minutes_has_no_problem(ttl: float) -> None:
+    assert ttl_problem(ttl) is None
+
+
+@pytest.mark.parametrize(
+    ("ttl", "problem"),
+    [
+        (600.0, "must be between 1s and 5m (got 10m)"),
+        (0.5, "must be between 1s and 5m (got 500ms)"),
+        (math.inf, "must be between 1s and 5m (got inf)"),
+        (-1.0, "must be between 1s and 5m (got -1.0)"),
+    ],
+)
+def test_a_ttl_problem_names_the_bound_as_durations(ttl: float, problem: str) -> None:
+    assert ttl_problem(ttl) == problem
+
+
+def test_every_claim_name_is_known_and_others_are_named_cut_short() -> None:
+    assert all(claim_problem(name) is None for name in CLAIM_NAMES)
+    problem = claim_problem("phone" * 10_000)
+    assert problem is not None and problem.startswith("unknown claim 'phonephone") and len(problem) < 200
+
+
+def test_claims_without_sub_are_a_problem() -> None:
+    assert claims_problem(("email", "roles")) == "must include sub (an assertion without a subject identifies no one)"
+    assert claims_problem(("sub",)) is None
+
+
+@pytest.mark.parametrize("kid", ["k", "2026-01.es256", "a_b-c.d", "k" * 64])
+def test_key_ids_of_url_safe_characters_up_to_64_have_no_problem(kid: str) -> None:
+    assert kid_problem(kid) is None
+
+
+@pytest.mark.parametrize("kid", ["", "k" * 65, "k/1", "k 1", "k\n", "k\u00e9"])
+def test_other_key_ids_are_a_problem(kid: str) -> None:
+    assert kid_problem(kid) == "invalid key id: 1-64 characters of A-Z a-z 0-9 _ . -"
 
 
 def test_context_extension_keys_are_the_documented_ones() -> None:

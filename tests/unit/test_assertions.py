@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from sidecar import assertions
-from sidecar.assertions import AssertionIssuer
+from sidecar.assertions import AssertionIssuer, UnsupportedKey, UnusableKey, load_private_key, public_jwk
 from sidecar.config import AssertionConfig
 from sidecar.core.assertion import CLAIM_NAMES, CONTEXT_AUDIENCE, CONTEXT_CLAIMS, AssertionSettings
 from sidecar.core.decision import Allow, Deny, allow, inspect
@@ -510,3 +510,46 @@ def test_unusable_keys_are_refused(pems: dict[str, bytes], keys: list[tuple[str,
 def test_issuer_refuses_a_ttl_outside_the_bound(pems: dict[str, bytes], ttl: float) -> None:
     with pytest.raises(ValueError, match="ttl"):
         AssertionIssuer(replace(SETTINGS, ttl=ttl), [("k1", "EdDSA", pems["EdDSA"])])
+
+
+# ----------------------------------------------------------------------------------------- loading a key
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_load_private_key_names_the_algorithm_the_key_signs_with(pems: dict[str, bytes], algorithm: str) -> None:
+    found, key = load_private_key(pems[algorithm])
+    assert found == algorithm
+    assert public_jwk("k1", found, key)["alg"] == algorithm
+
+
+@pytest.mark.parametrize(
+    ("pem", "error", "message"),
+    [
+        (b"not a key", UnusableKey, "is not a usable private key: not a PEM key"),
+        (SECP112R1_PEM, UnusableKey, "is not a usable private key: its algorithm or curve is not supported"),
+        (
+            ec.generate_private_key(ec.SECP256R1()).private_bytes(
+                Encoding.PEM, PrivateFormat.PKCS8, BestAvailableEncryption(b"pw")
+            ),
+            UnusableKey,
+            "is not a usable private key: it is encrypted",
+        ),
+        (
+            ec.generate_private_key(ec.SECP384R1()).private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()),
+            UnsupportedKey,
+            "must hold an EC P-256 (ES256) or Ed25519 (EdDSA) private key",
+        ),
+    ],
+    ids=["garbage", "unknown-curve", "encrypted", "p384"],
+)
+def test_load_private_key_says_why_a_key_cannot_sign(pem: bytes, error: type[ValueError], message: str) -> None:
+    with pytest.raises(error) as info:
+        load_private_key(pem)
+    assert str(info.value).startswith(message)
+
+
+@pytest.mark.parametrize("kid", ["k/1", "k 1", "k" * 65])
+def test_issuer_refuses_a_key_id_the_config_refuses(pems: dict[str, bytes], kid: str) -> None:
+    with pytest.raises(ValueError, match="invalid key id") as info:
+        AssertionIssuer(SETTINGS, [(kid, "EdDSA", pems["EdDSA"])])
+    assert len(str(info.value)) < 200

@@ -18,6 +18,7 @@ from sidecar.core.session import (
     MAX_IDENTITY_BYTES,
     MAX_RECORD_BYTES,
     MAX_ROLES,
+    MAX_SESSION_SECONDS,
     MAX_VALUE_LENGTH,
     RecordTooLarge,
     SessionRecord,
@@ -27,6 +28,7 @@ from sidecar.core.session import (
     is_live,
     needs_touch,
     new_session,
+    timeout_problem,
     to_json,
     touch_interval,
     touched,
@@ -632,3 +634,19 @@ def test_describe_never_contains_a_token() -> None:
     assert token.split(".")[2] not in text
     assert not any("token" in key.lower() for key in view)
     assert json.loads(text) == view, "JSON-serialisable as is"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "problem"),
+    [
+        (1.0, None),
+        (MAX_SESSION_SECONDS, None),
+        (MAX_SESSION_SECONDS + 1, "must be at most 400 days"),
+        (0.0, "must be a positive duration"),
+        (-5.0, "must be a positive duration"),
+        (math.nan, "must be a positive duration"),
+        (math.inf, "must be a positive duration"),
+    ],
+)
+def test_timeout_problem_is_the_rule_session_timeouts_meet(seconds: float, problem: str | None) -> None:
+    assert timeout_problem(seconds) == problem

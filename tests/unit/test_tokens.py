@@ -15,12 +15,16 @@ import pytest
 from sidecar.core import tokens as tokens_module
 from sidecar.core.tokens import (
     ENTROPY_BYTES,
+    KID_RULE,
     MAX_TOKEN_LENGTH,
+    MIN_SECRET_BYTES,
     KeyRing,
     decode_secret,
     encode_secret,
+    is_kid,
     is_well_formed,
     mint_token,
+    secret_problem,
     session_key,
     token_key,
     user_tag,
@@ -436,3 +440,26 @@ def test_tag_change_breaks_the_mac() -> None:
 def test_mint_rejects_a_malformed_tag(tag: str) -> None:
     with pytest.raises(ValueError, match="tag"):
         mint_token(RING, FIXED_ENTROPY, tag)
+
+
+def test_decode_secret_refuses_more_padding_than_base64_ever_needs() -> None:
+    assert decode_secret("AA==") == b"\x00"
+    with pytest.raises(ValueError, match="base64url"):
+        decode_secret("AA===")
+
+
+@pytest.mark.parametrize(
+    ("kid", "valid"), [("k1", True), ("K_-9", True), ("k" * 16, True), ("", False), ("k" * 17, False), ("k.1", False)]
+)
+def test_is_kid_is_the_rule_key_rings_hold_key_ids_to(kid: str, valid: bool) -> None:
+    assert is_kid(kid) is valid
+    if not valid:
+        with pytest.raises(ValueError, match=f"must be {KID_RULE}"):
+            KeyRing.of([(kid, KEY_A)])
+
+
+def test_secret_problem_names_the_length_and_never_the_secret() -> None:
+    assert secret_problem(b"x" * MIN_SECRET_BYTES) is None
+    assert secret_problem(b"hunter2") == f"is 7 bytes; at least {MIN_SECRET_BYTES} are required"
+    with pytest.raises(ValueError, match="'k1' is 7 bytes; at least 32 are required"):
+        KeyRing.of([("k1", b"hunter2")])
