@@ -513,7 +513,7 @@ class RedisStore:
             raise StoreUnavailable(f"{self._description}: {exc}") from None
         except RedisClusterException as exc:
             # Not a RedisError: what redis-py's Cluster client raises when no node answers (or none covers a slot).
-            raise StoreUnavailable(f"{self._description}: no usable cluster node ({exc})") from None
+            raise StoreUnavailable(f"{self._description}: unreachable: no usable cluster node ({exc})") from None
 
     def _outcome_key(self, tag: str) -> str:
         """Where a write leaves its result for a replay of the same call (a fresh id per call, not per attempt)."""

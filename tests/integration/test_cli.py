@@ -370,7 +370,7 @@ def test_a_config_within_the_size_bound_with_too_many_routes_is_refused_in_bound
 
 def test_an_unreachable_redis_cluster_is_one_line_and_exit_1() -> None:
     result = run("session", "list", "bob", env={"SIDECAR_REDIS__URL": f"redis+cluster://127.0.0.1:{closed_port()}"})
-    assert_clean_error(result, 1, "redis.url", "unreachable")
+    assert_clean_error(result, 1, "redis+cluster://127.0.0.1", "unreachable")
     assert len(result.stderr.strip().splitlines()) == 1
 
 
