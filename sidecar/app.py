@@ -313,6 +313,9 @@ def request_path(config: Config, metrics: Metrics, running: contextlib.AsyncExit
 async def serve(config: Config, reload: Callable[[], Config] | None = None) -> None:
     """Serve until SIGTERM/SIGINT. ``reload`` re-reads the configuration on SIGHUP (the assertion keys)."""
     configure_logging(config.log.level, config.log.format)
+    # Before any port opens: a SIGTERM while the rest starts (the key ring warm-up, the eviction check) must still
+    # drain and exit 0, not kill the process with the default action.
+    stop = stop_on_signals()
     before, after = raise_open_files_limit()
     if before != after:
         # Each of listen.http and listen.admin may hold a share of the limit (listen.max_connections at most).
@@ -376,7 +379,7 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> N
                 return
             log.info("SIGHUP: %s", reload_assertions(config, fresh, path.issuer))
 
-        await until_signalled(hangup)
+        await until_signalled(stop, hangup)
         log.info("shutting down: draining in-flight checks for up to %.0fs", SHUTDOWN_GRACE_SECONDS)
         await health.enter_graceful_shutdown()
 
@@ -463,13 +466,20 @@ async def start_admin(admin: AdminServer, address: str, jwks: bool = False) -> N
     log.info("serving %s on %s", served, address)
 
 
-async def until_signalled(hangup: Callable[[], None] | None = None) -> None:
+def stop_on_signals() -> asyncio.Event:
+    """An event SIGTERM and SIGINT set from now on (installed on the running loop)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def until_signalled(stop: asyncio.Event | None = None, hangup: Callable[[], None] | None = None) -> None:
+    """Wait for ``stop`` (SIGTERM/SIGINT; installed now when not given); SIGHUP calls ``hangup`` meanwhile."""
+    stop = stop if stop is not None else stop_on_signals()
     if hangup is not None:
-        loop.add_signal_handler(signal.SIGHUP, hangup)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hangup)
     await stop.wait()
 
 

@@ -118,6 +118,24 @@ def test_health_is_serving_and_sigterm_exits_cleanly(valkey_url: str) -> None:
         proc.wait()
 
 
+def test_sigterm_while_the_start_waits_on_a_silent_store_drains_and_exits_0() -> None:
+    # A store that accepts connections and never answers: the key ring warm-up waits its full timeout after the
+    # gRPC port opened. A SIGTERM in that window used to kill the process (-15): handlers came only after it.
+    silent = socket.create_server(("127.0.0.1", 0))
+    silent.listen(64)
+    try:
+        proc, _ = serve(f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
+        try:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0
+            assert "Traceback" not in (proc.stderr.read() if proc.stderr else "")
+        finally:
+            proc.kill()
+            proc.wait()
+    finally:
+        silent.close()
+
+
 def test_starts_without_a_store_and_answers_503_for_sessions(valkey_url: str) -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
     proc, port = serve(dead)
