@@ -26,7 +26,8 @@ RUN --mount=type=secret,id=cacert --mount=type=secret,id=pipconf --mount=type=ca
     /opt/session-sidecar/bin/session-sidecar --help >/dev/null
 
 FROM ${RUNTIME_IMAGE}
-ARG VERSION=0.1.0
+# the package version (pyproject.toml); image/build.sh passes it
+ARG VERSION=""
 LABEL org.opencontainers.image.title="session-sidecar" \
       org.opencontainers.image.description="Envoy ext_authz sidecar: resolves session cookies in Redis and injects trusted identity headers" \
       org.opencontainers.image.version="${VERSION}" \

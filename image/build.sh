@@ -102,15 +102,16 @@ if [ -z "${BASE_IMAGE:-}" ]; then
 fi
 RUNTIME_IMAGE="${RUNTIME_IMAGE:-$BASE_IMAGE}"
 
-build_args=(--build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "RUNTIME_IMAGE=$RUNTIME_IMAGE")
+build_args=(--build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "RUNTIME_IMAGE=$RUNTIME_IMAGE" --build-arg "VERSION=$VERSION")
 # pip inside the build reaches PyPI (or the mirror /etc/pip.conf names) with this machine's CA bundle, given to
 # the RUN step as secrets: they are never written into a layer.
 secrets=()
 [ -f /etc/ssl/certs/ca-certificates.crt ] && secrets+=(--secret id=cacert,src=/etc/ssl/certs/ca-certificates.crt)
 [ -f /etc/pip.conf ] && secrets+=(--secret id=pipconf,src=/etc/pip.conf)
 
+# --pull=missing: the local bases are never pulled; a BASE_IMAGE/RUNTIME_IMAGE of yours is, the first time
 say "building $IMAGE from $BASE_IMAGE (runtime $RUNTIME_IMAGE)"
-bah build --quiet --isolation chroot --network host --pull=never --no-cache --force-rm \
+bah build --quiet --isolation chroot --network host --pull=missing --no-cache --force-rm \
   "${build_args[@]}" "${secrets[@]}" -t "$IMAGE" -f "$ROOT/Dockerfile" "$ROOT" >/dev/null
 say "built $IMAGE ($(bah inspect --type image --format '{{.FromImageID}}' "$IMAGE" | cut -c1-12))"
 # the image this tag named before is now dangling: drop it (vfs keeps every layer as a full copy)
