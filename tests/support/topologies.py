@@ -1,5 +1,6 @@
 """Real Redis topologies from the valkey-server binary, on loopback free ports, always torn down.
 
+- ``ReplicatedPair``: 1 primary (DEBUG allowed from loopback) + 1 replica, plain replication without Sentinel.
 - ``SentinelTopology``: 1 primary, 2 replicas, 3 sentinels (quorum 2, ``down-after-milliseconds`` 1000).
 - ``ClusterTopology``: 3 primaries + 3 replicas, slots split evenly, built with CLUSTER MEET/ADDSLOTSRANGE/
   REPLICATE (no valkey-cli needed).
@@ -8,6 +9,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -63,6 +66,55 @@ def _node(workdir: Path, name: str, extra_args: tuple[str, ...] = ()) -> Node:
     return Node(name, processes.free_port(), Server(name, workdir / f"{name}.log"), extra_args, node_dir)
 
 
+def _wait_linked(replica: Node) -> None:
+    wait_until(
+        lambda: replica.client().info("replication").get("master_link_status") == "up", f"{replica.name} to sync"
+    )
+
+
+@contextlib.contextmanager
+def frozen(node: Node) -> Iterator[None]:
+    """``node`` stopped (SIGSTOP) for the body: still connected, so its primary counts it, but it acknowledges no
+    replication offset until it is continued on exit. Keep the body well under a Cluster's node timeout."""
+    proc = node.server.proc
+    assert proc is not None, f"{node.name} is not running"
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+
+
+def replica_of(primary: Node, candidates: list[Node]) -> Node:
+    """The node among ``candidates`` that ``primary`` has as its (first) replica, as its INFO replication says."""
+    port = int(primary.client().info("replication")["slave0"]["port"])
+    return next(n for n in candidates if n.port == port)
+
+
+@dataclass
+class ReplicatedPair:
+    workdir: Path
+    primary: Node | None = None
+    replica: Node | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.primary is not None
+        return f"redis://{LOOPBACK}:{self.primary.port}/0"
+
+    def start(self) -> None:
+        self.primary = _node(self.workdir, "primary", ("--enable-debug-command", "local"))
+        self.primary.start()
+        self.replica = _node(self.workdir, "replica", ("--replicaof", LOOPBACK, str(self.primary.port)))
+        self.replica.start()
+        _wait_linked(self.replica)
+
+    def stop(self) -> None:
+        for node in (self.replica, self.primary):
+            if node is not None:
+                node.stop()
+
+
 @dataclass
 class SentinelTopology:
     workdir: Path
@@ -87,10 +139,7 @@ class SentinelTopology:
             replica.start()
             self.replicas.append(replica)
         for replica in self.replicas:
-            wait_until(
-                lambda r=replica: r.client().info("replication").get("master_link_status") == "up",
-                f"{replica.name} to sync",
-            )
+            _wait_linked(replica)
         for i in range(3):
             name = f"sentinel{i}"
             node = _node(self.workdir, name)
@@ -178,10 +227,7 @@ class ClusterTopology:
             "cluster_state:ok on every node",
         )
         for replica in self.replicas:
-            wait_until(
-                lambda r=replica: r.client().info("replication").get("master_link_status") == "up",
-                f"{replica.name} to sync",
-            )
+            _wait_linked(replica)
 
     def stop(self) -> None:
         for node in self.nodes:
