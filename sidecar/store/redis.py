@@ -27,13 +27,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
+import math
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import Connection
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
     AskError,
@@ -104,6 +107,12 @@ return {v[1], v[2] or ''}
 # Every script that deletes or moves a session publishes the token hashes on the invalidation channel, so
 # per-process caches on every replica drop them at once.
 
+# The scripts whose change must be known on a replica (rotate, the revocations: RedisStore._eval waits for it)
+# write something whenever they answer what is waited for, a replay or a no-op too (the same outcome again, the
+# same handle again). WAIT counts acknowledgements of its connection's last write, and the replication offset only
+# grows: so a WAIT after a replay covers the first run's change, whose connection a timeout closed, and a WAIT
+# after revoking what an earlier, unacknowledged revocation already deleted covers that deletion.
+
 # KEYS: session, index, outcome. ARGV: d, sid, created, seen, idle, abs (ms), ui, digest, max, session prefix, now,
 # channel, prune batch, evict batch, outcome ttl. Returns how many were evicted, -1 when the key holds another session.
 _CREATE = """
@@ -150,7 +159,10 @@ _ROTATE = """
 local f = redis.call('HMGET', KEYS[1], 'sid', 'created', 'idle', 'abs', 'ui')
 if not f[1] then
   -- The new token is new and random: its key holding this handle means this very rotation ran before.
-  if redis.call('HGET', KEYS[2], 'sid') == ARGV[6] then return 1 end
+  if redis.call('HGET', KEYS[2], 'sid') == ARGV[6] then
+    redis.call('HSET', KEYS[2], 'sid', ARGV[6])
+    return 1
+  end
   return 0
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
@@ -168,12 +180,16 @@ return 1
 
 # KEYS: session, outcome. ARGV: index prefix, digest, channel, outcome ttl.
 _REVOKE = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
+local saved = redis.call('GET', KEYS[2])
+if saved then
+  redis.call('SET', KEYS[2], saved, 'PX', ARGV[4])
+  return tonumber(saved)
+end
 local ui = redis.call('HGET', KEYS[1], 'ui')
 local deleted = redis.call('DEL', KEYS[1])
 if ui then redis.call('ZREM', ARGV[1] .. ui, ARGV[2]) end
 redis.call('PUBLISH', ARGV[3], ARGV[2])
-if deleted == 1 then redis.call('SET', KEYS[2], 1, 'PX', ARGV[4]) end
+redis.call('SET', KEYS[2], deleted, 'PX', ARGV[4])
 return deleted
 """
 
@@ -182,6 +198,7 @@ return deleted
 _REVOKE_USER = """
 local saved = redis.call('GET', KEYS[2])
 if saved then
+  redis.call('SET', KEYS[2], saved, 'PX', ARGV[4])
   local deleted, left = string.match(saved, '^(%d+):(%d+)$')
   return {tonumber(deleted), tonumber(left)}
 end
@@ -213,7 +230,12 @@ local last, last_score = batch[#batch - 1] or '', batch[#batch] or ''
 # Returns {1} when it revoked the session, {0, done, last member, last score} when not in this batch.
 _REVOKE_SESSION = (
     """
-if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
+local saved = redis.call('GET', KEYS[2])
+if saved then
+  redis.call('SET', KEYS[2], saved, 'PX', ARGV[7])
+  if saved == '1' then return {1} end
+  return {0, 1, '', ''}
+end
 """
     + _SCAN_FROM
     + """
@@ -230,6 +252,7 @@ for i = 1, #batch, 2 do
     redis.call('ZREM', KEYS[1], member)
   end
 end
+if done == 1 then redis.call('SET', KEYS[2], 0, 'PX', ARGV[7]) end
 return {0, done, last, last_score}
 """
 )
@@ -276,6 +299,28 @@ def _ms(seconds: float) -> int:
 ScriptArg = bytes | str | int | float
 
 
+def _connected_replicas(info: object) -> int:
+    """``connected_slaves`` from an INFO replication answer (0 when it is missing)."""
+    for line in _text(info).splitlines():
+        name, _, value = line.partition(":")
+        if name == "connected_slaves":
+            return int(value)
+    return 0
+
+
+# When a waited write must be known on a replica, from the script's answer (see RedisStore._eval).
+def _always(_answer: object) -> bool:
+    return True
+
+
+def _scan_ended(found: Any) -> bool:  # revoke_session: found it, or looked through the whole index
+    return int(found[0]) == 1 or int(found[1]) == 1
+
+
+def _index_emptied(answer: Any) -> bool:  # revoke_user: the last round
+    return int(answer[1]) == 0
+
+
 # --- the ASK window of a Cluster slot migration ------------------------------------------------------------------
 #
 # While a slot migrates, its source answers ASK for the keys already moved, and the target serves them only to a
@@ -299,38 +344,59 @@ TRYAGAIN_WAITS = 10
 TRYAGAIN_PAUSE = 0.03
 
 
-async def _asking(node: ClusterNode, command: tuple[ScriptArg, ...]) -> Any:
-    """ASKING then ``command`` on ``node``, written at once on one connection; the command's answer."""
-    connection = node.acquire_connection()
-    try:
-        await node.disconnect_if_needed(connection)
-        await connection.send_packed_command(connection.pack_commands([("ASKING",), command]))
-        # Both answers are read whatever the first was, so the connection goes back to the pool with nothing
-        # pending (an I/O error or a cancellation inside a read disconnects it instead).
-        answers: list[Any] = []
-        for _ in range(2):
-            try:
-                answers.append(await connection.read_response())
-            except ResponseError as exc:
-                answers.append(exc)
-    finally:
-        node.release(connection)
+Command = tuple[ScriptArg, ...]
+# Runs a script call (after ASKING inside an ASK window) on one connection; the script's answer.
+Runner = Callable[[Connection, list[Command]], Awaitable[Any]]
+
+
+def _source(script: AsyncScript) -> ScriptArg:
+    return script.script if isinstance(script.script, str | bytes) else bytes(script.script)
+
+
+async def _exchange(connection: Connection, commands: list[Command]) -> list[Any]:
+    """``commands`` written at once on ``connection``; their answers, an error reply as its ResponseError."""
+    await connection.send_packed_command(connection.pack_commands(commands))
+    # Every answer is read whatever the others were, so the connection goes back to the pool with nothing pending
+    # (an I/O error or a cancellation inside a read disconnects it instead).
+    answers: list[Any] = []
+    for _ in commands:
+        try:
+            answers.append(await connection.read_response())
+        except ResponseError as exc:
+            answers.append(exc)
+    return answers
+
+
+def _last(answers: list[Any]) -> Any:
+    """The last command's answer, or the first error any of them got."""
     for answer in answers:
         if isinstance(answer, ResponseError):
             raise answer
-    return answers[1]
+    return answers[-1]
 
 
-async def _cluster_script(
-    client: RedisCluster, script: AsyncScript, keys: list[str], args: list[ScriptArg]
-) -> tuple[Any, ClusterNode | None]:
-    """Run ``script`` where its first key lives, following ASK redirects on one connection (see above).
+async def _plain(connection: Connection, commands: list[Command]) -> Any:
+    return _last(await _exchange(connection, commands))
 
-    Returns the answer and the node that gave it, or None for the node when redis-py's own path answered."""
-    evalsha: tuple[ScriptArg, ...] = ("EVALSHA", script.sha, len(keys), *keys, *args)
+
+async def _on_node(node: ClusterNode, commands: list[Command], run: Runner) -> Any:
+    connection = node.acquire_connection()
+    try:
+        await node.disconnect_if_needed(connection)
+        return await run(connection, commands)
+    finally:
+        node.release(connection)
+
+
+async def _on_slot_primary(
+    client: RedisCluster, script: AsyncScript, keys: list[str], args: list[ScriptArg], run: Runner | None
+) -> tuple[Any] | None:
+    """``script`` where its first key lives, following ASK redirects on one connection (see above); its answer in a
+    1-tuple, or None when the call must go to redis-py's path. ``run`` (None: a plain call) runs it on the
+    connection."""
+    evalsha: Command = ("EVALSHA", script.sha, len(keys), *keys, *args)
     # The ASK target may never have run the script: EVAL carries it (and caches it there).
-    source = script.script if isinstance(script.script, str | bytes) else bytes(script.script)
-    eval_: tuple[ScriptArg, ...] = ("EVAL", source, len(keys), *keys, *args)
+    eval_: Command = ("EVAL", _source(script), len(keys), *keys, *args)
     try:
         node: ClusterNode | None = client.get_node_from_key(keys[0])
     except RedisClusterException:  # no slot map yet: redis-py's path builds it
@@ -339,8 +405,10 @@ async def _cluster_script(
     while node is not None and rounds > 0:
         try:
             if asking:
-                return await _asking(node, eval_), node
-            return await node.execute_command(*command), node
+                return (await _on_node(node, [("ASKING",), eval_], run or _plain),)
+            if run is None:
+                return (await node.execute_command(*command),)
+            return (await _on_node(node, [command], run),)
         except MovedError:  # a subclass of AskError: the slot has a new owner, which redis-py's path learns
             break
         except AskError as exc:
@@ -357,7 +425,26 @@ async def _cluster_script(
             rounds -= 1
         except (ClusterDownError, RedisConnectionError, RedisTimeoutError):
             break
-    return await script(keys=keys, args=args), None
+    return None
+
+
+async def _cluster_script(
+    client: RedisCluster, script: AsyncScript, keys: list[str], args: list[ScriptArg], run: Runner | None = None
+) -> Any:
+    """``script``'s answer on a Cluster; ``run`` runs it on the connection of the slot's primary (None: plainly)."""
+    done = await _on_slot_primary(client, script, keys, args, run)
+    if done is not None:
+        return done[0]
+    answer = await script(keys=keys, args=args)
+    # redis-py's path ran it on a connection it chose. ``run`` runs it again, a replay answering the same, so as to
+    # follow it on the same connection: every waited script writes, a replay too, so that connection's last write
+    # comes after the first run's change.
+    if run is not None and await _on_slot_primary(client, script, keys, args, run) is None:
+        raise RedisError(
+            "the change was made on the primary, but whether a replica acknowledged it could not be checked "
+            "(the slot's primary did not answer a direct call); retry to be sure it survives a failover"
+        )
+    return answer
 
 
 def user_index_id(user_id: str) -> str:
@@ -431,16 +518,72 @@ class RedisStore:
     def _script(self, source: str) -> AsyncScript:
         return self._client.register_script(source)
 
-    async def _eval_on(
-        self, script: AsyncScript, keys: list[str], args: list[ScriptArg]
-    ) -> tuple[Any, ClusterNode | None]:
-        """The script's answer, and on a Cluster the node that ran it when known (None: the slot's owner)."""
-        if isinstance(self._client, RedisCluster):
-            return await _cluster_script(self._client, script, keys, args)
-        return await script(keys=keys, args=args), None
+    async def _eval(
+        self,
+        script: AsyncScript,
+        keys: list[str],
+        args: list[ScriptArg],
+        durable: Callable[[Any], bool] | None = None,
+    ) -> Any:
+        """The script's answer. ``durable``: the write must be known on a replica when it says so of the answer.
 
-    async def _eval(self, script: AsyncScript, keys: list[str], args: list[ScriptArg]) -> Any:
-        answer, _node = await self._eval_on(script, keys, args)
+        WAIT counts the replicas that acknowledged the last write of the connection it goes out on, and redis-py
+        takes a connection from the pool for each command (a Cluster node's pool hands them out in turn): so a
+        durable write runs as the script and INFO written together, then WAIT, all on one connection."""
+        client = self._client
+        if durable is None or self._wait_replicas <= 0:
+            if isinstance(client, RedisCluster):
+                return await _cluster_script(client, script, keys, args)
+            return await script(keys=keys, args=args)
+        run: Runner = functools.partial(self._run_durably, durable=durable)
+        if isinstance(client, RedisCluster):
+            return await _cluster_script(client, script, keys, args, run)
+        pool = client.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            # Like redis-py's own commands: a connection or timeout error disconnects and the whole call is
+            # repeated (a replay answers what the first run did, and writes, see _REVOKE).
+            return await connection.retry.call_with_retry(
+                lambda: self._script_on(connection, script, keys, args, run),
+                lambda _error: connection.disconnect(),
+            )
+        finally:
+            await pool.release(connection)
+
+    async def _script_on(
+        self, connection: Connection, script: AsyncScript, keys: list[str], args: list[ScriptArg], run: Runner
+    ) -> Any:
+        try:
+            return await run(connection, [("EVALSHA", script.sha, len(keys), *keys, *args)])
+        except NoScriptError:
+            return await run(connection, [("EVAL", _source(script), len(keys), *keys, *args)])
+
+    async def _run_durably(
+        self, connection: Connection, commands: list[Command], durable: Callable[[Any], bool]
+    ) -> Any:
+        """``commands`` and INFO on ``connection``, then, when ``durable`` says so of the answer, WAIT for a replica's
+        acknowledgement on the same connection (when any replica is connected); StoreUnavailable when too few do."""
+        answers = await _exchange(connection, [*commands, ("INFO", "replication")])
+        answer = _last(answers[:-1])
+        if not durable(answer):
+            return answer
+        wanted = min(self._wait_replicas, _connected_replicas(_last(answers)))
+        if wanted == 0:
+            return answer
+        await connection.send_packed_command(connection.pack_command("WAIT", wanted, self._wait_timeout_ms))
+        # The server answers after at most the wait: the socket timeout (often shorter) bounds only the rest. A
+        # WAIT timed out and sent again on a new connection would count nothing, as that connection wrote nothing.
+        limit = (connection.socket_timeout or 0) + self._wait_timeout_ms / 1000
+        try:
+            async with asyncio.timeout(limit):
+                acknowledged = int(await connection.read_response(timeout=math.inf))
+        except TimeoutError:  # the read was cancelled, which disconnected the connection: no answer is left pending
+            raise RedisTimeoutError(f"no answer to WAIT within {limit:.2f}s") from None
+        if acknowledged < wanted:
+            raise StoreUnavailable(
+                f"{self._description}: the change was made on the primary but only {acknowledged} of {wanted} "
+                f"replica(s) acknowledged it within {self._wait_timeout_ms}ms; retry to be sure it survives a failover"
+            )
         return answer
 
     # --- key names ---------------------------------------------------------------------------------------------
@@ -519,29 +662,6 @@ class RedisStore:
         """Where a write leaves its result for a replay of the same call (a fresh id per call, not per attempt)."""
         return f"{self._prefix}{{{tag}}}:r:{secrets.token_hex(12)}"
 
-    async def _replicated(self, key_name: str, node: ClusterNode | None = None) -> None:
-        """Make a revocation durable across a failover: wait for a replica's acknowledgement, when any exist.
-
-        WAIT goes to the primary that holds ``key_name``: in a Cluster ``node`` when the write named the node that
-        ran it (inside a slot migration's ASK window, the target), else the owner of its slot.
-        """
-        if self._wait_replicas <= 0:
-            return
-        client = self._client
-        target: dict[str, Any] = {}
-        if isinstance(client, RedisCluster):
-            target["target_nodes"] = node or client.get_node_from_key(key_name)
-        info = await client.info("replication", **target)
-        wanted = min(self._wait_replicas, int(info.get("connected_slaves", 0)))
-        if wanted == 0:
-            return
-        acknowledged = int(await client.execute_command("WAIT", wanted, self._wait_timeout_ms, **target))
-        if acknowledged < wanted:
-            raise StoreUnavailable(
-                f"{self._description}: the change was made on the primary but only {acknowledged} of {wanted} "
-                f"replica(s) acknowledged it within {self._wait_timeout_ms}ms; retry to be sure it survives a failover"
-            )
-
     # --- SessionStore ------------------------------------------------------------------------------------------
 
     async def resolve(self, key: SessionKey, now: float) -> SessionRecord | None:
@@ -607,20 +727,13 @@ class RedisStore:
             record.session_id,
         ]
         async with self._errors("session rotation"):
-            answer, node = await self._eval_on(self._rotate, keys, args)
-            moved = bool(answer)
-            if moved:
-                await self._replicated(keys[1], node)
-        return moved
+            return bool(await self._eval(self._rotate, keys, args, durable=bool))
 
     async def revoke(self, key: SessionKey) -> bool:
         session_key = self._session_key(key)
         args: list[ScriptArg] = [self._index_prefix(key.tag), key.digest, self.invalidation_channel, OUTCOME_TTL_MS]
         async with self._errors("revocation"):
-            answer, node = await self._eval_on(self._revoke, [session_key, self._outcome_key(key.tag)], args)
-            deleted = bool(answer)
-            await self._replicated(session_key, node)
-        return deleted
+            return bool(await self._eval(self._revoke, [session_key, self._outcome_key(key.tag)], args, _always))
 
     async def revoke_session(self, user_id: str, session_id: str) -> bool:
         tag, index = user_tag(user_id), self._index_key(user_id)
@@ -637,9 +750,8 @@ class RedisStore:
                     self.invalidation_channel,
                     OUTCOME_TTL_MS,
                 ]
-                found, node = await self._eval_on(self._revoke_session, [index, outcome], args)
+                found = await self._eval(self._revoke_session, [index, outcome], args, _scan_ended)
                 if int(found[0]) == 1:
-                    await self._replicated(index, node)
                     return True
                 if int(found[1]) == 1:
                     return False
@@ -651,12 +763,13 @@ class RedisStore:
         tag, index = user_tag(user_id), self._index_key(user_id)
         prefix = self._session_prefix(tag)
         deleted, rounds, limit = 0, 0, 0
-        node: ClusterNode | None = None
         try:
             async with self._errors("revocation of the user's sessions"):
                 while True:
                     args: list[ScriptArg] = [prefix, self.invalidation_channel, SCAN_BATCH, OUTCOME_TTL_MS]
-                    (done, left), node = await self._eval_on(self._revoke_user, [index, self._outcome_key(tag)], args)
+                    done, left = await self._eval(
+                        self._revoke_user, [index, self._outcome_key(tag)], args, _index_emptied
+                    )
                     deleted += int(done)
                     rounds += 1
                     if int(left) == 0:
@@ -668,7 +781,6 @@ class RedisStore:
                             f"{self._description}: sessions of this user are being created as fast as they are "
                             f"revoked; {deleted} revoked so far, {left} left: revoke the user again"
                         )
-                await self._replicated(index, node)
         except StoreTimeout as exc:
             raise StoreTimeout(f"{exc}; {deleted} revoked before that") from None
         return deleted

@@ -11,7 +11,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -22,6 +22,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.cluster import key_slot
 
 from sidecar.authz.service import AuthzService
+from sidecar.config import RedisConfig
 from sidecar.core.decision import Allow, Deny
 from sidecar.core.redact import redact_url
 from sidecar.core.request import RequestView
@@ -644,6 +645,167 @@ async def test_a_read_that_timed_out_is_a_plain_timeout(stallable: RedisStore, o
         with pytest.raises(StoreTimeout, match="timed out") as raised:
             await stallable.get(key_for("ola"))
     assert "outcome" not in str(raised.value)
+
+
+# --- revocations known to be on a replica ----------------------------------------------------------------
+#
+# WAIT counts the replicas that acknowledged the last write of the connection it is sent on; sent on a connection
+# that never wrote (or wrote long ago) it answers at once with every replica counted.
+
+DURABLE_WAIT = 0.1  # the stores' wait_timeout below; STORE_TIMEOUT (the socket timeout) is longer unless stated
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[topologies.ReplicatedPair]:
+    topology = topologies.ReplicatedPair(tmp_path_factory.mktemp("pair"))
+    try:
+        topology.start()
+        yield topology
+    finally:
+        topology.stop()
+
+
+async def pool_idle_connections(store: RedisStore, count: int, node: topologies.Node) -> None:
+    """Leave ``count`` idle connections in the store's pool (to ``node`` on a Cluster), as a loaded sidecar has."""
+    client = store.client
+    if isinstance(client, RedisCluster):
+        spread_connections(store, node, count)
+    else:  # as many pings at once as connections wanted: each takes its own
+        await asyncio.gather(*(client.ping() for _ in range(count)))
+    assert idle_connections(store, node) >= count
+
+
+def idle_connections(store: RedisStore, node: topologies.Node) -> int:
+    client = store.client
+    if isinstance(client, RedisCluster):
+        cluster_node = client.get_node(host="127.0.0.1", port=node.port)
+        assert cluster_node is not None
+        return len(cluster_node._free)
+    return len(client.connection_pool._available_connections)
+
+
+Act = Callable[[], Awaitable[object]]
+
+
+async def _revoke(store: RedisStore, user: str) -> Act:
+    key = key_for(user)
+    await store.create(key, plain_session(user))
+    return lambda: store.revoke(key)
+
+
+async def _revoke_session(store: RedisStore, user: str) -> Act:
+    record = plain_session(user)
+    await store.create(key_for(user), record)
+    return lambda: store.revoke_session(user, record.session_id)
+
+
+async def _revoke_user(store: RedisStore, user: str) -> Act:
+    for _ in range(3):
+        await store.create(key_for(user), plain_session(user))
+    return lambda: store.revoke_user(user)
+
+
+async def _rotate(store: RedisStore, user: str) -> Act:
+    old, record = key_for(user), plain_session(user)
+    await store.create(old, record)
+    return lambda: store.rotate(old, key_for(user), record, time.time())
+
+
+# Each sets up what it acts on (acknowledged: no replica frozen yet) and returns the waited write itself.
+WAITED_WRITES: dict[str, Callable[[RedisStore, str], Awaitable[Act]]] = {
+    "revoke": _revoke,
+    "revoke_session": _revoke_session,
+    "revoke_user": _revoke_user,
+    "rotate": _rotate,
+}
+UNACKNOWLEDGED = "only 0 of 1 replica(s) acknowledged"
+
+
+def data_nodes(
+    request: pytest.FixtureRequest, topology: str, user: str
+) -> tuple[str, topologies.Node, list[topologies.Node]]:
+    """The URL, the primary holding ``user``'s keys and its replicas, in a running topology."""
+    if topology == "standalone":
+        pair: topologies.ReplicatedPair = request.getfixturevalue("pair")
+        assert pair.primary is not None and pair.replica is not None
+        return pair.url, pair.primary, [pair.replica]
+    if topology == "sentinel":
+        sentinel: topologies.SentinelTopology = request.getfixturevalue("sentinel_topology")
+        primary = sentinel.node_on(sentinel.current_primary_port())
+        return sentinel.url, primary, [n for n in (sentinel.primary, *sentinel.replicas) if n not in (None, primary)]
+    cluster: topologies.ClusterTopology = request.getfixturevalue("cluster_topology")
+    primary = topologies.slot_primary(cluster, key_slot(user_tag(user).encode()))
+    return cluster.url, primary, [topologies.replica_of(primary, cluster.nodes)]
+
+
+@pytest.mark.parametrize("write", WAITED_WRITES)
+@pytest.mark.parametrize("topology", ["standalone", "sentinel", "cluster"])
+async def test_a_waited_write_no_replica_acknowledged_is_refused_whichever_pooled_connection_is_free(
+    request: pytest.FixtureRequest, topology: str, write: str
+) -> None:
+    """With idle connections in the pool, the WAIT after a revocation or rotation counts acknowledgements of that
+    write (before the fix, on a Cluster, WAIT went out on another connection and answered 1 at once)."""
+    user = f"dur-{secrets.token_hex(3)}"
+    url, primary, replicas = data_nodes(request, topology, user)
+    store = store_with(url, f"dur-{secrets.token_hex(4)}:", NEW_KEY, wait_replicas=1, wait_timeout=DURABLE_WAIT)
+    try:
+        act = await WAITED_WRITES[write](store, user)
+        await pool_idle_connections(store, 4, primary)
+        with contextlib.ExitStack() as frozen:
+            for replica in replicas:
+                frozen.enter_context(topologies.frozen(replica))
+            with pytest.raises(StoreUnavailable) as refused:
+                await act()
+        assert UNACKNOWLEDGED in str(refused.value), refused.value
+        assert await act() is not None  # with the replicas back the store answers again (a replay or a no-op)
+    finally:
+        await store.close()
+
+
+async def test_a_revocation_with_the_default_timeouts_is_refused_when_no_replica_acknowledges(
+    pair: topologies.ReplicatedPair,
+) -> None:
+    """redis.timeout (0.15 s) is shorter than redis.wait_timeout (0.5 s) by default: the WAIT's reply must be
+    awaited for the whole wait, not timed out and retried on a fresh connection (which answers 1 at once)."""
+    defaults = RedisConfig()
+    assert defaults.timeout < defaults.wait_timeout
+    store = RedisStore.from_url(
+        pair.url, f"dur-{secrets.token_hex(4)}:", timeout=defaults.timeout, wait_replicas=1,
+        wait_timeout=defaults.wait_timeout,
+    )  # fmt: skip
+    assert pair.replica is not None
+    try:
+        act = await _revoke(store, "dora")
+        started = time.monotonic()
+        with topologies.frozen(pair.replica), pytest.raises(StoreUnavailable) as refused:
+            await act()
+        assert UNACKNOWLEDGED in str(refused.value), refused.value
+        assert time.monotonic() - started >= defaults.wait_timeout  # the server waited the whole wait_timeout
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("write", WAITED_WRITES)
+async def test_a_waited_write_replayed_after_a_timeout_is_refused_when_no_replica_acknowledged_the_first_run(
+    pair: topologies.ReplicatedPair, write: str
+) -> None:
+    """A write whose first attempt timed out and ran all the same is answered by a replay on a new connection; the
+    WAIT there must still cover the first run's change (before the fix a replay wrote nothing, so WAIT answered 1)."""
+    assert pair.replica is not None
+    store = RedisStore.from_url(
+        pair.url, f"dur-{secrets.token_hex(4)}:", timeout=STORE_TIMEOUT, sealer=Sealer((NEW_KEY,)), wait_replicas=1,
+        wait_timeout=DURABLE_WAIT,
+    )  # fmt: skip
+    user = f"dur-{secrets.token_hex(3)}"
+    try:
+        await (await WAITED_WRITES[write](store, user + "-warm"))()  # every script loaded: no NOSCRIPT in the stall
+        act = await WAITED_WRITES[write](store, user)
+        with topologies.frozen(pair.replica), pytest.raises(StoreUnavailable) as refused:
+            async with stalled(pair.url, RETRIED_STALL):
+                await act()
+        assert UNACKNOWLEDGED in str(refused.value), refused.value
+    finally:
+        await store.close()
 
 
 # --- the eviction policy the shared key ring needs -------------------------------------------------------
