@@ -14,11 +14,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import Connection
 from redis.cluster import key_slot
 
 from sidecar.authz.service import AuthzService
@@ -781,6 +782,29 @@ async def test_a_revocation_with_the_default_timeouts_is_refused_when_no_replica
             await act()
         assert UNACKNOWLEDGED in str(refused.value), refused.value
         assert time.monotonic() - started >= defaults.wait_timeout  # the server waited the whole wait_timeout
+    finally:
+        await store.close()
+
+
+async def test_a_waited_revocation_is_two_round_trips_on_one_connection(
+    pair: topologies.ReplicatedPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The script with INFO, then WAIT (before: the script, INFO and WAIT one after another, three)."""
+    store = store_with(pair.url, f"dur-{secrets.token_hex(4)}:", NEW_KEY, wait_replicas=1, wait_timeout=DURABLE_WAIT)
+    sent: list[int] = []
+    send = Connection.send_packed_command
+
+    async def counted(connection: Connection, *args: Any, **kwargs: Any) -> None:
+        sent.append(id(connection))
+        await send(connection, *args, **kwargs)
+
+    try:
+        await (await _revoke(store, "rita"))()  # the script loaded
+        act = await _revoke(store, "rita")
+        await pool_idle_connections(store, 4, pair.primary)  # type: ignore[arg-type]
+        monkeypatch.setattr(Connection, "send_packed_command", counted)
+        assert await act() is True
+        assert len(sent) == 2 and len(set(sent)) == 1, sent
     finally:
         await store.close()
 
