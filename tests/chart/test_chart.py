@@ -991,3 +991,13 @@ def test_the_schema_rejects(chart: Any, values: dict[str, Any], where: str) -> N
     assert where in str(caught.value)
     with pytest.raises(helm.HelmValuesError):
         render(chart, values)
+
+
+def test_the_default_image_is_the_one_make_image_builds(chart: Any) -> None:
+    # Nothing publishes an image: the chart's default must name what `make image` (image/build.sh) produces.
+    build = (CHART.parents[1] / "image" / "build.sh").read_text()
+    assert 'IMAGE="${IMAGE:-localhost/session-sidecar:$VERSION}"' in build
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    deployment = one(documents(render(chart, {})), "Deployment")
+    images = {c["image"] for c in deployment["spec"]["template"]["spec"]["containers"]}
+    assert images == {f"localhost/session-sidecar:{app_version}"}
