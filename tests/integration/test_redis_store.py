@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -763,6 +764,35 @@ async def test_a_waited_write_no_replica_acknowledged_is_refused_whichever_poole
         await store.close()
 
 
+async def test_a_cluster_revocation_through_redis_pys_own_path_still_waits_on_a_connection_that_wrote(
+    cluster_topology: topologies.ClusterTopology,
+) -> None:
+    """A fresh client has no slot map, so its first call goes through redis-py's routing; the WAIT still follows a
+    write of its own connection (a replay of the revocation on the slot's primary)."""
+    user, prefix = f"dur-{secrets.token_hex(3)}", f"dur-{secrets.token_hex(4)}:"
+    primary = topologies.slot_primary(cluster_topology, key_slot(user_tag(user).encode()))
+    replica = topologies.replica_of(primary, cluster_topology.nodes)
+    setup = store_with(cluster_topology.url, prefix, NEW_KEY)
+    keys = [key_for(user), key_for(user)]
+    try:
+        for key in keys:
+            await setup.create(key, plain_session(user))
+    finally:
+        await setup.close()
+    for key, frozen in ((keys[0], False), (keys[1], True)):
+        fresh = store_with(cluster_topology.url, prefix, NEW_KEY, wait_replicas=1, wait_timeout=DURABLE_WAIT)
+        try:
+            with contextlib.ExitStack() as stack:
+                if frozen:
+                    stack.enter_context(topologies.frozen(replica))
+                    with pytest.raises(StoreUnavailable, match=re.escape(UNACKNOWLEDGED)):
+                        await fresh.revoke(key)
+                else:
+                    assert await fresh.revoke(key) is True
+        finally:
+            await fresh.close()
+
+
 async def test_a_revocation_with_the_default_timeouts_is_refused_when_no_replica_acknowledges(
     pair: topologies.ReplicatedPair,
 ) -> None:
@@ -962,14 +992,16 @@ async def test_cluster_reads_answer_inside_an_ask_window(cluster_topology: topol
         await store.close()
 
 
+@pytest.mark.parametrize("wait_replicas", [0, 1])
 async def test_cluster_writes_inside_an_ask_window_wait_then_fail_unapplied_and_succeed_after_it(
-    cluster_topology: topologies.ClusterTopology,
+    cluster_topology: topologies.ClusterTopology, wait_replicas: int
 ) -> None:
     """Redis refuses a multi-key command on a migrating slot while one of its keys is missing (TRYAGAIN), and
     every write script names a key that does not exist yet: inside the window a write waits a bounded time, then
-    fails with one line saying why and that nothing was applied; once the slot settles the same write succeeds."""
+    fails with one line saying why and that nothing was applied; once the slot settles the same write succeeds
+    (and, with wait_replicas, is acknowledged by the slot's replica)."""
     prefix = f"ask-w-{secrets.token_hex(4)}:"
-    store = store_with(cluster_topology.url, prefix, NEW_KEY)
+    store = store_with(cluster_topology.url, prefix, NEW_KEY, wait_replicas=wait_replicas)
     user = "ask-w-" + secrets.token_hex(3)
     kept, new = key_for(user), key_for(user)
     record = plain_session(user)
