@@ -87,8 +87,13 @@ class AuthzService:
             sources = (*sources, CachedSource(native, clock=clock))
         if not sources:
             raise ValueError("an authorization service needs at least one session source")
+        unread = [name for source in sources for name in source.cookie_names if name not in settings.cookie_names]
+        if unread:
+            raise ValueError(f"session cookies {', '.join(unread)} are not among the settings' cookie_names")
         self._settings = settings
         self._sources = tuple(sources)
+        # One source reads every session cookie: its values need no filtering by name.
+        self._one_source = len(self._sources) == 1
         self._deadline = deadline
         self._clock = clock
         self._observer = observer
@@ -141,7 +146,7 @@ class AuthzService:
         refused: Reason | None = None
         tried = 0
         for source in self._sources:
-            values = inspection.values(source.cookie_names)
+            values = inspection.session_cookies if self._one_source else inspection.values(source.cookie_names)
             keys = source.candidates_now(values) if values else ()
             at_hand.append(keys)
             if values and not keys:
@@ -156,7 +161,7 @@ class AuthzService:
                 if isinstance(known, Reason):
                     refused = refused or known
                     continue
-                return Found.session(known)
+                return Found(Reason.SESSION, known)
         return Found(refused or Reason.UNKNOWN)
 
     async def _found(self, inspection: Inspection, at_hand: AtHand) -> Found:
@@ -179,7 +184,7 @@ class AuthzService:
         refused: Reason | None = None
         looked_up = 0
         for index, source in enumerate(self._sources):
-            values = inspection.values(source.cookie_names)
+            values = inspection.session_cookies if self._one_source else inspection.values(source.cookie_names)
             if not values:
                 continue
             keys = await source.candidates(values, at_hand[index] if index < len(at_hand) else None)
@@ -192,7 +197,7 @@ class AuthzService:
                 if isinstance(found, Reason):
                     refused = refused or found
                 elif found is not None:
-                    return Found.session(found)
+                    return Found(Reason.SESSION, found)
         if not any(keys for _, keys in tried):
             return Found(Reason.FORGED)
         return Found(refused or Reason.UNKNOWN)
@@ -215,7 +220,8 @@ class AuthzService:
             if inspection is None or found is None:
                 decision = unavailable()
             else:
-                decision = decide(self._settings, request, inspection, found, self._assertion(request, found))
+                extra = self._assertion(request, found) if self._assertions is not None else ()
+                decision = decide(self._settings, request, inspection, found, extra)
         except Exception:
             log.exception("check failed unexpectedly; denying with 503")
             decision, found = unavailable(), None

@@ -106,15 +106,19 @@ NO_SESSION = Found(Reason.NO_SESSION)
 @dataclass(frozen=True, slots=True)
 class Inspection:
     route: Route
-    # (name, value) of every session source's cookie, in header order, unverified
-    session_cookies: tuple[tuple[str, str], ...]
+    session_cookies: tuple[str, ...]  # values of every session source's cookie, in header order, unverified
     spoofable_headers: tuple[str, ...]  # client-sent header names under the identity prefixes
     cookie_header: str | None  # the Cookie value the upstream should get (None: remove the header)
     cookie_changed: bool
+    # The name of each of session_cookies, when several cookie names are read (with one, every value is its).
+    session_cookie_names: tuple[str, ...] = ()
 
     def values(self, names: tuple[str, ...]) -> tuple[str, ...]:
         """The values of the session cookies named ``names`` (one source's), in header order."""
-        return tuple(value for name, value in self.session_cookies if name in names)
+        if not self.session_cookie_names:
+            return self.session_cookies
+        pairs = zip(self.session_cookie_names, self.session_cookies, strict=True)
+        return tuple(value for name, value in pairs if name in names)
 
 
 def inspect(settings: EdgeSettings, request: RequestView) -> Inspection:
@@ -122,10 +126,12 @@ def inspect(settings: EdgeSettings, request: RequestView) -> Inspection:
     cookie_lines = request.values(COOKIE_HEADER)
     pairs = parse_cookie_headers(cookie_lines) if cookie_lines else []
     names = settings.cookie_names
-    if len(names) == 1:
-        tokens = tuple((names[0], value) for value in cookie_values(pairs, names[0]))
+    named: tuple[tuple[str, str], ...] = ()
+    if len(names) == 1:  # the norm: one source
+        tokens = tuple(cookie_values(pairs, names[0]))
     else:
-        tokens = tuple((name, value) for name, value in pairs if name in names)
+        named = tuple((name, value) for name, value in pairs if name in names)
+        tokens = tuple(value for _, value in named)
     cookie_header: str | None = None
     changed = False
     if tokens and settings.strip_upstream:
@@ -144,6 +150,7 @@ def inspect(settings: EdgeSettings, request: RequestView) -> Inspection:
         spoofable_headers=spoofable,
         cookie_header=cookie_header,
         cookie_changed=changed,
+        session_cookie_names=tuple(name for name, _ in named) if named and not request.conflict else (),
     )
 
 

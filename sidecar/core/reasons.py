@@ -18,6 +18,10 @@ from types import MappingProxyType
 
 
 class Reason(enum.Enum):
+    # Members are singletons: hash them by identity in C, not by Enum's Python-level name hash (RULES is read on
+    # every Check).
+    __hash__ = object.__hash__
+
     # Allows
     SESSION = enum.auto()  # a live session
     PUBLIC = enum.auto()  # a public route, answered anonymously

@@ -92,17 +92,10 @@ class CachedSource:
         self.stale = stale
         self.refused = refused if refused is not None else RefusedRecords()
         self._clock = clock
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    @property
-    def cookie_names(self) -> tuple[str, ...]:
-        return self.inner.cookie_names
-
-    def candidates_now(self, values: tuple[str, ...]) -> tuple[SessionKey, ...] | None:
-        return self.inner.candidates_now(values)
+        self.name = inner.name
+        self.cookie_names = inner.cookie_names
+        # The inner source's own: no call through this one on the request path.
+        self.candidates_now = inner.candidates_now
 
     async def candidates(
         self, values: tuple[str, ...], at_hand: tuple[SessionKey, ...] | None

@@ -44,15 +44,11 @@ class NativeSource:
     def __init__(self, store: SessionStore, keys: KeyRingSource, cookie_name: str) -> None:
         self._store = store
         self._keys = keys
-        self._cookie_names = (cookie_name,)
-
-    @property
-    def cookie_names(self) -> tuple[str, ...]:
-        return self._cookie_names
+        self.cookie_names = (cookie_name,)
 
     def candidates_now(self, values: tuple[str, ...]) -> tuple[SessionKey, ...] | None:
         ring = self._keys.cached
-        return None if ring is None else _keys_of(tokens_to_try(ring, values))
+        return None if ring is None else tuple(map(session_key, tokens_to_try(ring, values)))
 
     async def candidates(
         self, values: tuple[str, ...], at_hand: tuple[SessionKey, ...] | None
@@ -79,4 +75,4 @@ class NativeSource:
 
 
 def _keys_of(tokens: tuple[str, ...]) -> tuple[SessionKey, ...]:
-    return tuple(session_key(token) for token in tokens)
+    return tuple(map(session_key, tokens))

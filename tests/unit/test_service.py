@@ -614,3 +614,12 @@ async def test_sources_are_asked_in_order_each_with_its_own_cookie(clock: Clock)
     forged = await service.check(request(cookie=f"SESSION={bob.token}"))
     assert isinstance(forged, Deny) and forged.reason == "session_invalid"
     assert (first_store.gets, second_store.gets) == reads
+
+
+def test_a_source_whose_cookie_the_settings_do_not_read_is_refused_at_construction(clock: Clock) -> None:
+    store = CountingStore(clock)
+    other = CachedSource(NativeSource(store, KeyRingSource(store, RING), "OTHER"))
+    with pytest.raises(ValueError, match="session cookies OTHER are not among the settings' cookie_names"):
+        AuthzService(SETTINGS, sources=[other], deadline=0.15)
+    with pytest.raises(ValueError, match="at least one session source"):
+        AuthzService(SETTINGS, deadline=0.15)
