@@ -45,7 +45,9 @@ from sidecar.core.tokens import KeyRing
 from sidecar.logs import JsonFormatter
 from sidecar.metrics import Metrics
 from sidecar.sessions import KeyRingSource, SessionManager
-from sidecar.store.cache import CachingStore, SessionCache
+from sidecar.sources.cached import CachedSource
+from sidecar.sources.native import NativeSource
+from sidecar.store.cache import SessionCache
 from sidecar.store.memory import MemoryStore
 
 RING = KeyRing.of([("k1", b"k" * 32)])
@@ -87,15 +89,8 @@ async def build(variant: str, store: MemoryStore, cache: SessionCache) -> AuthzS
             tracker=RepeatedInvalidTokens(),
         )
     assertions = issuer("no memo" not in variant) if "assertion" in variant else None
-    return AuthzService(
-        SETTINGS,
-        CachingStore(store, cache),
-        KeyRingSource(store, RING),
-        deadline=0.15,
-        cache=cache,
-        observer=observer,
-        assertions=assertions,
-    )
+    source = CachedSource(NativeSource(store, KeyRingSource(store, RING), SETTINGS.cookie_name), cache=cache)
+    return AuthzService(SETTINGS, sources=[source], deadline=0.15, observer=observer, assertions=assertions)
 
 
 def per_call_us(service: AuthzService, view: RequestView, calls: int) -> float:
