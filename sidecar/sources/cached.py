@@ -27,8 +27,7 @@ from sidecar.core.reasons import Reason
 from sidecar.core.session import SessionRecord, is_live, needs_touch, touched
 from sidecar.core.tokens import SessionKey
 from sidecar.sources.base import Lookup, SessionSource
-from sidecar.store.base import SessionStore
-from sidecar.store.cache import SessionCache
+from sidecar.store.cache import LocalEvictions, SessionCache
 from sidecar.store.stale import StaleSessions
 
 log = logging.getLogger("sidecar.authz")
@@ -176,44 +175,4 @@ class CachedSource:
             self.stale.clear()
 
 
-class LocalEvictions:
-    """A SessionStore whose revocations and rotations also evict the key from ``evict``'s memory at once."""
-
-    def __init__(self, inner: SessionStore, evict: Callable[[Iterable[str]], None]) -> None:
-        self.inner = inner
-        self._evict = evict
-
-    async def resolve(self, key: SessionKey, now: float) -> SessionRecord | None:
-        return await self.inner.resolve(key, now)
-
-    async def get(self, key: SessionKey) -> SessionRecord | None:
-        return await self.inner.get(key)
-
-    async def create(self, key: SessionKey, record: SessionRecord, max_per_user: int = 0) -> int:
-        return await self.inner.create(key, record, max_per_user)
-
-    async def rotate(self, old: SessionKey, new: SessionKey, record: SessionRecord, now: float) -> bool:
-        self._evict((old.digest,))
-        return await self.inner.rotate(old, new, record, now)
-
-    async def revoke(self, key: SessionKey) -> bool:
-        self._evict((key.digest,))
-        return await self.inner.revoke(key)
-
-    async def revoke_session(self, user_id: str, session_id: str) -> bool:
-        return await self.inner.revoke_session(user_id, session_id)
-
-    async def revoke_user(self, user_id: str) -> int:
-        return await self.inner.revoke_user(user_id)
-
-    async def list_user(self, user_id: str) -> list[SessionRecord]:
-        return await self.inner.list_user(user_id)
-
-    async def shared_secret(self, proposal: str) -> str:
-        return await self.inner.shared_secret(proposal)
-
-    async def ping(self) -> None:
-        await self.inner.ping()
-
-    async def close(self) -> None:
-        await self.inner.close()
+__all__ = ["REFUSED_FOR_SECONDS", "CachedSource", "LocalEvictions", "RefusedRecords"]

@@ -112,25 +112,15 @@ class SessionCache:
         return CacheStats(self.hits, self.misses, self.invalidations, len(self._entries), self._bytes, self.flushes)
 
 
-class CachingStore:
-    """A SessionStore that answers the request path's reads from a SessionCache when it can."""
+class LocalEvictions:
+    """A SessionStore whose revocations and rotations also evict the key from ``evict``'s memory at once."""
 
-    def __init__(self, inner: SessionStore, cache: SessionCache, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, inner: SessionStore, evict: Callable[[Iterable[str]], None]) -> None:
         self.inner = inner
-        self.cache = cache
-        self._clock = clock
+        self._evict = evict
 
     async def resolve(self, key: SessionKey, now: float) -> SessionRecord | None:
-        record = self.cache.get(key, now)
-        if record is not None:
-            return record
-        epoch = self.cache.epoch
-        record = await self.inner.resolve(key, now)
-        if record is not None:
-            # What the store holds now: the touch (if one was due) moved last_seen to ``now``.
-            fresh = touched(record, now) if needs_touch(record, now) else record
-            self.cache.put(key, fresh, now, epoch)
-        return record
+        return await self.inner.resolve(key, now)
 
     async def get(self, key: SessionKey) -> SessionRecord | None:
         return await self.inner.get(key)
@@ -139,11 +129,11 @@ class CachingStore:
         return await self.inner.create(key, record, max_per_user)
 
     async def rotate(self, old: SessionKey, new: SessionKey, record: SessionRecord, now: float) -> bool:
-        self.cache.invalidate([old.digest])
+        self._evict((old.digest,))
         return await self.inner.rotate(old, new, record, now)
 
     async def revoke(self, key: SessionKey) -> bool:
-        self.cache.invalidate([key.digest])
+        self._evict((key.digest,))
         return await self.inner.revoke(key)
 
     async def revoke_session(self, user_id: str, session_id: str) -> bool:
@@ -163,3 +153,24 @@ class CachingStore:
 
     async def close(self) -> None:
         await self.inner.close()
+
+
+class CachingStore(LocalEvictions):
+    """A SessionStore that answers reads from a SessionCache when it can (its writes evict like LocalEvictions)."""
+
+    def __init__(self, inner: SessionStore, cache: SessionCache, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(inner, cache.invalidate)
+        self.cache = cache
+        self._clock = clock
+
+    async def resolve(self, key: SessionKey, now: float) -> SessionRecord | None:
+        record = self.cache.get(key, now)
+        if record is not None:
+            return record
+        epoch = self.cache.epoch
+        record = await self.inner.resolve(key, now)
+        if record is not None:
+            # What the store holds now: the touch (if one was due) moved last_seen to ``now``.
+            fresh = touched(record, now) if needs_touch(record, now) else record
+            self.cache.put(key, fresh, now, epoch)
+        return record
