@@ -1,0 +1,182 @@
+"""Python pickles as Django's Redis cache backends store a session: plain containers and scalars, never a global.
+
+Django's ``RedisCache`` (``django.core.cache.backends.redis``) and django-redis pickle the session dict with the
+highest protocol (2 to 5 in practice). ``RedisCache`` stores a plain ``int`` as its decimal digits, unpickled;
+a session is a dict, so ``loads`` only reads pickles and leaves that case to its caller.
+
+Unpickling is code execution in general: GLOBAL and REDUCE together call any function. So the bytes are first
+walked with ``pickletools.genops`` (which decodes opcodes and never builds anything) and refused when they hold
+an opcode that names a global, calls, builds an instance or reaches a persistent id, when they nest marks
+deeper than ``MAX_DEPTH``, push more values than the element bound allows, or write a memo slot far beyond any
+value (the C unpickler grows its memo to twice the largest index: a 4-byte index would cost gigabytes). Only
+then does an ``Unpickler`` whose ``find_class`` and ``persistent_load`` refuse run, as a second wall. What it
+builds is copied by ``to_plain`` into the plain values every reader answers.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import pickletools
+from collections.abc import Iterable, Iterator
+from typing import NoReturn, cast
+
+from sidecar.sources.formats import MAX_DEPTH, MAX_ELEMENTS, MAX_INPUT_BYTES, Refused
+
+# The opcodes that load a class or function, call one, set an instance's state, or resolve an id through a hook
+# (and protocol 5's out-of-band buffers, which need a caller-supplied list).
+_FORBIDDEN = frozenset(
+    {
+        "GLOBAL", "STACK_GLOBAL", "REDUCE", "BUILD", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX",
+        "EXT1", "EXT2", "EXT4", "PERSID", "BINPERSID", "NEXT_BUFFER", "READONLY_BUFFER",
+    }
+)  # fmt: skip
+_MEMO_WRITES = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+# A dict of n entries pushes 2n + 1 values (keys, values, the dict): the output walk bounds values to
+# MAX_ELEMENTS, so the scan allows that many keys besides.
+_MAX_PUSHES = 2 * MAX_ELEMENTS + 1
+_MAX_INT_BITS = 64
+
+
+def loads(data: bytes) -> object:
+    """The plain value pickled in ``data``; Refused when it holds anything but containers and scalars."""
+    if len(data) > MAX_INPUT_BYTES:
+        raise Refused(f"pickle of {len(data)} bytes, over the {MAX_INPUT_BYTES}-byte bound")
+    _scan(data)
+    try:
+        value = _NoGlobals(io.BytesIO(data)).load()
+    except Refused:
+        raise
+    except Exception as exc:  # the scan passed what the unpickler then rejects: a bad memo index, a type error
+        raise Refused(f"pickle does not load: {type(exc).__name__}: {exc}") from None
+    return to_plain(value, "pickle")
+
+
+class _NoGlobals(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> NoReturn:
+        raise Refused(f"pickle names the global {module}.{name}")
+
+    def persistent_load(self, pid: object) -> NoReturn:
+        raise Refused("pickle holds a persistent id")
+
+
+def _scan(data: bytes) -> None:
+    marks = pushes = 0
+    end = -1
+    try:
+        for opcode, arg, pos in pickletools.genops(data):
+            name = opcode.name
+            if name in _FORBIDDEN:
+                raise Refused(f"pickle opcode {name} at byte {pos}: it loads or calls code")
+            if name == "MARK":
+                marks += 1
+                if marks > MAX_DEPTH:
+                    raise Refused(f"pickle nests marks deeper than {MAX_DEPTH}")
+            elif pickletools.markobject in opcode.stack_before:
+                marks -= 1
+            if opcode.stack_after and name != "MARK":
+                pushes += 1
+                if pushes > _MAX_PUSHES:
+                    raise Refused(f"pickle pushes more than {_MAX_PUSHES} values")
+            if name in _MEMO_WRITES and isinstance(arg, int) and not 0 <= arg <= _MAX_PUSHES:
+                raise Refused(f"pickle writes memo slot {arg}, beyond any value it can hold")
+            if name == "STOP" and pos is not None:
+                end = pos + 1
+    except Refused:
+        raise
+    except Exception as exc:  # genops raises ValueError (and friends) on unknown opcodes and truncated arguments
+        raise Refused(f"not a pickle: {exc}") from None
+    if end < 0:
+        raise Refused("pickle has no STOP opcode")
+    if end != len(data):
+        raise Refused(f"{len(data) - end} bytes after the pickle's STOP opcode")
+
+
+# ----------------------------------------------------------------------------------------------- plain values
+
+
+def _key(key: object, what: str) -> str | int:
+    if type(key) is str:
+        return _text(key, what)
+    if type(key) is int:
+        return _int(key, what)
+    raise Refused(f"{what} has a dict key of type {type(key).__name__}; only str and int keys are read")
+
+
+def _text(value: str, what: str) -> str:
+    # A str with lone surrogates cannot be encoded later (a header, a log line): refused where it enters.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Refused(f"{what} holds a string with unpaired surrogates") from None
+    return value
+
+
+def _int(value: int, what: str) -> int:
+    # Identities fit in 64 bits; a huge int costs quadratic time wherever it is later printed.
+    if value.bit_length() > _MAX_INT_BITS:
+        raise Refused(f"{what} holds an integer of {value.bit_length()} bits, over {_MAX_INT_BITS}")
+    return value
+
+
+def _leaf(value: object, what: str) -> object:
+    if value is None or type(value) in (bool, float, bytes):
+        return value
+    if type(value) is int:
+        return _int(value, what)
+    if type(value) is str:
+        return _text(value, what)
+    if type(value) is bytearray:
+        return bytes(value)
+    raise Refused(f"{what} holds a value of type {type(value).__name__}")
+
+
+def _children(value: object) -> tuple[dict[str | int, object] | list[object], Iterator[tuple[object, object]]] | None:
+    if type(value) is dict:
+        return {}, iter(value.items())
+    if type(value) in (list, tuple, set, frozenset):
+        return [], ((None, item) for item in cast("Iterable[object]", value))
+    return None
+
+
+def to_plain(root: object, what: str) -> object:
+    """A copy of ``root`` made of dict (str or int keys), list, str, bytes, int (64 bits), float, bool and None.
+
+    Tuples, sets and frozensets become lists, bytearrays bytes; any other type is refused. The walk is iterative,
+    refuses a container that contains itself, nesting deeper than MAX_DEPTH and more than MAX_ELEMENTS values
+    (a value reached twice through shared references counts twice, so a DAG cannot expand unbounded).
+    ``what`` names the format in messages.
+    """
+    made = _children(root)
+    if made is None:
+        return _leaf(root, what)
+    out, items = made
+    stack: list[tuple[Iterator[tuple[object, object]], dict[str | int, object] | list[object], int]]
+    stack = [(items, out, id(root))]
+    open_ids = {id(root)}
+    elements = 1
+    while stack:
+        items, target, ident = stack[-1]
+        try:
+            key, child = next(items)
+        except StopIteration:
+            stack.pop()
+            open_ids.discard(ident)
+            continue
+        elements += 1
+        if elements > MAX_ELEMENTS:
+            raise Refused(f"{what} holds more than {MAX_ELEMENTS} values")
+        made = _children(child)
+        value = _leaf(child, what) if made is None else made[0]
+        if isinstance(target, dict):
+            target[_key(key, what)] = value
+        else:
+            target.append(value)
+        if made is not None:
+            if id(child) in open_ids:
+                raise Refused(f"{what} holds a container that contains itself")
+            if len(stack) >= MAX_DEPTH:
+                raise Refused(f"{what} nests deeper than {MAX_DEPTH}")
+            stack.append((made[1], made[0], id(child)))
+            open_ids.add(id(child))
+    return out

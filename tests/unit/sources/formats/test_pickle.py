@@ -1,0 +1,231 @@
+"""The pickle reader: Django-like session dicts read back as plain values; every way to run code is refused."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import pickletools
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from sidecar.sources.formats import MAX_DEPTH, MAX_ELEMENTS, MAX_INPUT_BYTES, Refused
+from sidecar.sources.formats import pickle as reader
+
+DJANGO_SESSION = {
+    "_auth_user_id": "42",
+    "_auth_user_backend": "django.contrib.auth.backends.ModelBackend",
+    "_auth_user_hash": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    "_session_expiry": 1209600,
+    "cart": [{"sku": "A-1", "qty": 2, "price": 9.5}],
+    "flags": None,
+    "staff": False,
+}
+
+
+class Gadget:
+    """A class whose unpickling would run a command: what an attacker plants."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (subprocess.call, (["touch", str(self.path)],))
+
+
+class Plain:
+    def __init__(self) -> None:
+        self.user = "alice"
+
+
+def nested_lists(depth: int) -> list[object]:
+    value: list[object] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_a_django_session_pickled_with_any_protocol_reads_back_equal(protocol: int) -> None:
+    assert reader.loads(pickle.dumps(DJANGO_SESSION, protocol=protocol)) == DJANGO_SESSION
+
+
+def test_tuples_sets_and_frozensets_become_lists_and_bytearrays_bytes() -> None:
+    value = {"t": (1, "a"), "s": {3}, "f": frozenset({"x"}), "b": b"\x00\xff", "ba": bytearray(b"ab"), "e": ()}
+    out = reader.loads(pickle.dumps(value, protocol=5))
+    assert out == {"t": [1, "a"], "s": [3], "f": ["x"], "b": b"\x00\xff", "ba": b"ab", "e": []}
+    assert type(out["ba"]) is bytes  # type: ignore[index]
+
+
+def test_scalars_at_the_top_level_read_as_themselves() -> None:
+    for value in ["x", 7, -(2**63), 2**64 - 1, 1.25, float("inf"), True, None, b"raw"]:
+        assert reader.loads(pickle.dumps(value, protocol=4)) == value
+
+
+def test_integer_keys_are_kept_and_shared_references_are_copied() -> None:
+    shared = ["admin"]
+    out = reader.loads(pickle.dumps({1: shared, "again": shared}, protocol=4))
+    assert out == {1: ["admin"], "again": ["admin"]}
+
+
+def test_a_pickle_of_os_system_is_refused_naming_the_global() -> None:
+    with pytest.raises(Refused, match="STACK_GLOBAL"):
+        reader.loads(pickle.dumps(os.system, protocol=4))
+    with pytest.raises(Refused, match="GLOBAL"):
+        reader.loads(pickle.dumps(os.system, protocol=0))
+
+
+@pytest.mark.parametrize("protocol", [0, 1, 2, 3, 4, 5])
+def test_a_reduce_gadget_is_refused_and_runs_nothing(tmp_path: Path, protocol: int) -> None:
+    marker = tmp_path / "pwned"
+    data = pickle.dumps(Gadget(marker), protocol=protocol)
+    pickle.loads(data)  # the control: a plain unpickle does run the command
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(Refused):
+        reader.loads(data)
+    assert not marker.exists()
+
+
+def test_a_hand_written_global_and_reduce_pickle_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    data = f"cos\nsystem\n(Vtouch {marker}\ntR.".encode()
+    with pytest.raises(Refused, match="GLOBAL at byte 0"):
+        reader.loads(data)
+    assert not marker.exists()
+
+
+def test_a_class_instance_is_refused() -> None:
+    for protocol in (0, 2, 4):
+        with pytest.raises(Refused, match=r"GLOBAL|INST|OBJ"):
+            reader.loads(pickle.dumps(Plain(), protocol=protocol))
+
+
+def test_the_unpickler_refuses_globals_even_when_the_scan_is_bypassed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two walls: with the opcode scan switched off, find_class itself must refuse and nothing must run.
+    monkeypatch.setattr(reader, "_scan", lambda data: None)
+    marker = tmp_path / "pwned"
+    with pytest.raises(Refused, match=r"global subprocess\.call"):
+        reader.loads(pickle.dumps(Gadget(marker), protocol=4))
+    assert not marker.exists()
+    with pytest.raises(Refused, match="persistent id"):
+        reader.loads(b"\x80\x02K\x01Q.")  # BININT1 1, BINPERSID
+
+
+@pytest.mark.parametrize(
+    ("data", "opcode"),
+    [
+        (b"\x80\x02K\x01\x82.", "EXT1"),
+        (b"\x80\x02K\x01\x83\x01\x00.", "EXT2"),
+        (b"Pabc\n.", "PERSID"),
+        (b"\x80\x05\x97.", "NEXT_BUFFER"),
+        (b"\x80\x02}b.", "BUILD"),
+        (b"(iabc\nxyz\n.", "INST"),
+    ],
+)
+def test_every_opcode_that_loads_or_calls_code_is_refused_by_name(data: bytes, opcode: str) -> None:
+    with pytest.raises(Refused, match=opcode):
+        reader.loads(data)
+
+
+def test_truncation_at_every_offset_is_refused() -> None:
+    data = pickle.dumps(DJANGO_SESSION, protocol=4)
+    for cut in range(len(data)):
+        with pytest.raises(Refused):
+            reader.loads(data[:cut])
+
+
+def test_bytes_after_stop_and_bytes_that_are_no_pickle_are_refused() -> None:
+    with pytest.raises(Refused, match="after the pickle's STOP"):
+        reader.loads(pickle.dumps({"a": 1}) + b"junk")
+    # Django's RedisCache stores a bare int as its digits, not pickled: the caller handles that, not loads.
+    with pytest.raises(Refused, match="not a pickle"):
+        reader.loads(b"42")
+    with pytest.raises(Refused, match="STOP"):
+        reader.loads(b"")
+
+
+def test_a_container_that_contains_itself_is_refused() -> None:
+    looped: list[object] = []
+    looped.append(looped)
+    with pytest.raises(Refused, match="contains itself"):
+        reader.loads(pickle.dumps(looped))
+    ring: dict[str, object] = {}
+    ring["me"] = [ring]
+    with pytest.raises(Refused, match="contains itself"):
+        reader.loads(pickle.dumps(ring))
+
+
+def test_a_shared_reference_dag_that_expands_beyond_the_bound_is_refused_quickly() -> None:
+    level: list[object] = []
+    for _ in range(30):  # 2**30 values once expanded, from a pickle of a few hundred bytes
+        level = [level, level]
+    data = pickle.dumps(level, protocol=4)
+    assert len(data) < 1000
+    started = time.perf_counter()
+    with pytest.raises(Refused, match=f"more than {MAX_ELEMENTS} values"):
+        reader.loads(data)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_nesting_is_read_to_the_bound_and_refused_past_it() -> None:
+    assert reader.loads(pickle.dumps(nested_lists(MAX_DEPTH), protocol=4)) == nested_lists(MAX_DEPTH)
+    with pytest.raises(Refused, match=f"deeper than {MAX_DEPTH}"):
+        reader.loads(pickle.dumps(nested_lists(MAX_DEPTH + 1), protocol=4))
+    with pytest.raises(Refused, match="nests deeper"):
+        reader.loads(b"\x80\x02" + b"]" * 10_000 + b"a" * 9_999 + b".")  # EMPTY_LIST..., APPEND...
+
+
+def test_a_mark_bomb_is_refused_by_the_scan() -> None:
+    with pytest.raises(Refused, match="marks deeper"):
+        reader.loads(b"(" * (MAX_DEPTH + 1) + b".")
+
+
+def test_element_count_is_read_to_the_bound_and_refused_past_it() -> None:
+    assert len(reader.loads(pickle.dumps(list(range(MAX_ELEMENTS - 1)), protocol=4))) == MAX_ELEMENTS - 1  # type: ignore[arg-type]
+    with pytest.raises(Refused, match=f"more than {MAX_ELEMENTS} values"):
+        reader.loads(pickle.dumps(list(range(MAX_ELEMENTS)), protocol=4))
+    with pytest.raises(Refused, match="pushes more than"):
+        reader.loads(pickle.dumps([None] * 30_000, protocol=4))
+
+
+def test_a_far_memo_slot_is_refused_before_the_unpickler_allocates_for_it() -> None:
+    # LONG_BINPUT 0x7fffffff: the C unpickler would grow its memo to 2**32 slots.
+    data = b"\x80\x02]r\xff\xff\xff\x7f."
+    assert [op.name for op, _, _ in pickletools.genops(data)] == ["PROTO", "EMPTY_LIST", "LONG_BINPUT", "STOP"]
+    started = time.perf_counter()
+    with pytest.raises(Refused, match="memo slot 2147483647"):
+        reader.loads(data)
+    assert time.perf_counter() - started < 0.5
+
+
+def test_keys_other_than_str_and_int_are_refused() -> None:
+    for key in [(1, 2), 1.5, b"k", None, frozenset()]:
+        with pytest.raises(Refused, match="dict key of type"):
+            reader.loads(pickle.dumps({key: "v"}, protocol=4))
+
+
+def test_integers_over_64_bits_and_unencodable_strings_are_refused() -> None:
+    with pytest.raises(Refused, match="65 bits"):
+        reader.loads(pickle.dumps(2**64, protocol=4))
+    with pytest.raises(Refused, match="unpaired surrogates"):
+        reader.loads(pickle.dumps({"k": "\ud800"}, protocol=4))
+    with pytest.raises(Refused, match="unpaired surrogates"):
+        reader.loads(pickle.dumps({"\udcff": 1}, protocol=4))
+
+
+def test_input_over_the_size_bound_is_refused_before_parsing() -> None:
+    data = pickle.dumps("x" * MAX_INPUT_BYTES, protocol=4)
+    with pytest.raises(Refused, match="over the"):
+        reader.loads(data)
+
+
+def test_to_plain_refuses_types_outside_the_plain_set() -> None:
+    with pytest.raises(Refused, match="value of type Plain"):
+        reader.to_plain({"a": [Plain()]}, "test")
+    with pytest.raises(Refused, match="value of type complex"):
+        reader.to_plain(1j, "test")
