@@ -1,0 +1,298 @@
+"""Spring Session Data Redis: a session's hash, its security context, and who is logged in.
+
+Spring Session (``RedisSessionRepository`` and ``RedisIndexedSessionRepository``, mapped by
+``RedisSessionMapper``) keeps a session under ``<namespace>:sessions:<id>`` (namespace ``spring:session`` by
+default) as a hash: ``creationTime`` and ``lastAccessedTime`` (a Long, epoch milliseconds), ``maxInactiveInterval``
+(an Integer, seconds; negative: never expires) and ``sessionAttr:<name>`` per attribute. Field names are plain
+strings; every value is written by the configured ``RedisSerializer``: a Java serialization stream
+(``JdkSerializationRedisSerializer``, the default: read by ``java.loads``) or JSON with Jackson's default typing
+(``GenericJackson2JsonRedisSerializer`` with Spring Security's Jackson modules). An empty value is ``null``.
+Only the three times and the security context attribute are read: other attributes may hold any class and are
+never parsed.
+
+Both serializers give the context the same plain shape, the one ``java.loads`` gives the JDK form (JSON is
+normalized to it): an object is a ``dict`` of its Java fields plus ``"@class"``, collections are lists, maps are
+dicts, an Instant is epoch seconds (``float``). For example::
+
+    {"@class": "org.springframework.security.core.context.SecurityContextImpl",
+     "authentication": {"@class": "...UsernamePasswordAuthenticationToken", "authenticated": True,
+                        "principal": {"@class": "org.springframework.security.core.userdetails.User",
+                                      "username": "user", "authorities": [...], ...},
+                        "authorities": [{"@class": "...SimpleGrantedAuthority", "role": "ROLE_USER"}],
+                        "credentials": None, "details": {...}}}
+
+so a path like ``authentication.principal.username`` means the same for both. The JSON form differs from the
+Java fields in a few places, each normalized here: Jackson's ``["java.util.ArrayList", [...]]`` wrappers and
+``{"@class": "java.util...Map", ...}`` maps become lists and dicts; ``SimpleGrantedAuthority`` writes its
+``role`` as ``authority``; ``OAuth2AuthenticationToken`` omits ``authenticated`` (its JSON creator always makes
+an authenticated token); ``DefaultOidcUser`` omits ``attributes`` (Java collects them from the userinfo claims,
+then the ID token's, which win).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sidecar.sources.formats import MAX_DEPTH, MAX_ELEMENTS, MAX_INPUT_BYTES, Refused, java
+
+_SEC = "org.springframework.security."
+CONTEXT_CLASSES = frozenset({_SEC + "core.context.SecurityContextImpl", _SEC + "core.context.TransientSecurityContext"})
+_ANONYMOUS = _SEC + "authentication.AnonymousAuthenticationToken"
+_USER = _SEC + "core.userdetails.User"
+_OAUTH2_USER = _SEC + "oauth2.core.user.DefaultOAuth2User"
+_OIDC_USER = _SEC + "oauth2.core.oidc.user.DefaultOidcUser"
+_SIMPLE_AUTHORITY = _SEC + "core.authority.SimpleGrantedAuthority"
+_AUTHORITIES = frozenset(
+    {
+        _SIMPLE_AUTHORITY,
+        _SEC + "core.authority.FactorGrantedAuthority",
+        _SEC + "oauth2.core.user.OAuth2UserAuthority",
+        _SEC + "oauth2.core.oidc.user.OidcUserAuthority",
+    }
+)
+
+# Jackson's type ids for what becomes a list or a dict (default typing writes the runtime class).
+_UNMOD = "java.util.Collections$Unmodifiable"
+_JSON_LISTS = frozenset(
+    {
+        "java.util.ArrayList", "java.util.LinkedList", "java.util.HashSet", "java.util.LinkedHashSet",
+        "java.util.TreeSet", "java.util.Arrays$ArrayList", "java.util.Collections$EmptyList",
+        "java.util.Collections$EmptySet", "java.util.Collections$SingletonList", "java.util.Collections$SingletonSet",
+        _UNMOD + "Collection", _UNMOD + "List", _UNMOD + "RandomAccessList", _UNMOD + "Set", _UNMOD + "SortedSet",
+    }
+)  # fmt: skip
+_JSON_MAPS = frozenset(
+    {
+        "java.util.HashMap", "java.util.LinkedHashMap", "java.util.TreeMap", "java.util.Collections$EmptyMap",
+        "java.util.Collections$SingletonMap", _UNMOD + "Map", _UNMOD + "SortedMap",
+    }
+)  # fmt: skip
+_JSON_SCALARS: dict[str, tuple[type, ...]] = {
+    "java.time.Instant": (int, float),
+    "java.lang.Long": (int,),
+    "java.lang.Integer": (int,),
+}
+
+CREATION_TIME, LAST_ACCESSED_TIME, MAX_INACTIVE_INTERVAL = "creationTime", "lastAccessedTime", "maxInactiveInterval"
+ATTRIBUTE_PREFIX = "sessionAttr:"
+
+
+@dataclass(frozen=True)
+class SpringSession:
+    creation_ms: int
+    last_accessed_ms: int
+    max_inactive_seconds: int  # negative: the session never expires
+    context: object | None  # the security context attribute as a plain tree (see the module's docstring), or None
+
+
+@dataclass(frozen=True)
+class SpringIdentity:
+    name: str
+    email: str | None
+    authorities: tuple[str, ...]
+
+
+def read_session(
+    fields: Mapping[bytes, bytes],
+    serializer: Literal["jdk", "json"],
+    context_attribute: str = "SPRING_SECURITY_CONTEXT",
+) -> SpringSession:
+    """A session from its hash's fields as Redis returns them; ``Refused`` when a time is missing or not an
+    integer, or a value does not read (as Spring Session's own mapper fails on the same hash)."""
+    if serializer not in ("jdk", "json"):
+        raise Refused(f"Spring session: unknown serializer {serializer!r}")
+    read = java.loads if serializer == "jdk" else loads_json
+
+    def value(name: str) -> object:
+        raw = fields.get(name.encode())
+        # RedisSerializer's null is the empty value.
+        return None if raw is None or raw == b"" else read(raw)
+
+    times = []
+    for name, bits in ((CREATION_TIME, 64), (LAST_ACCESSED_TIME, 64), (MAX_INACTIVE_INTERVAL, 32)):
+        number = value(name)
+        if type(number) is not int:
+            raise Refused(f"Spring session: {name} is {type(number).__name__}, not an integer")
+        if not -(2 ** (bits - 1)) <= number < 2 ** (bits - 1):
+            raise Refused(f"Spring session: {name} {number} is out of range")
+        times.append(number)
+    return SpringSession(times[0], times[1], times[2], value(ATTRIBUTE_PREFIX + context_attribute))
+
+
+def expires_at_ms(session: SpringSession) -> int | None:
+    """When the session expires (epoch ms), as Spring Session computes it; None when it never does."""
+    if session.max_inactive_seconds < 0:
+        return None
+    return session.last_accessed_ms + session.max_inactive_seconds * 1000
+
+
+# ---------------------------------------------------------------------------------------------- identity
+
+
+def identity(context: object | None) -> SpringIdentity | None:
+    """Who the security context says is logged in, by Spring Security's rules: None for no context, no
+    authentication, an anonymous token or a token not authenticated; ``Refused`` for what is not a context or
+    whose name cannot be told."""
+    if context is None:
+        return None
+    if not isinstance(context, dict) or context.get("@class") not in CONTEXT_CLASSES:
+        raise Refused(f"Spring context: {_class_of(context)} is not a security context")
+    auth = context.get("authentication")
+    if auth is None:
+        return None
+    if not isinstance(auth, dict) or not isinstance(auth.get("@class"), str):
+        raise Refused(f"Spring context: an authentication of {_class_of(auth)}")
+    if auth["@class"] == _ANONYMOUS or auth.get("authenticated") is not True:
+        return None
+    principal = auth.get("principal")
+    authorities = auth.get("authorities")
+    if not isinstance(authorities, list):
+        raise Refused(f"Spring context: authorities of {_class_of(authorities)}")
+    email = None
+    if isinstance(principal, dict) and principal.get("@class") in (_OAUTH2_USER, _OIDC_USER):
+        found = _attributes(principal).get("email")
+        email = found if isinstance(found, str) and found else None
+    return SpringIdentity(_name(principal), email, tuple(_authority(a) for a in authorities))
+
+
+def _class_of(value: object) -> str:
+    if isinstance(value, dict):
+        return f"class {value.get('@class')!r}"
+    return "null" if value is None else f"a {type(value).__name__}"
+
+
+def _attributes(principal: dict[str, Any]) -> dict[str, Any]:
+    attributes = principal.get("attributes")
+    if not isinstance(attributes, dict):
+        raise Refused(f"Spring context: {principal['@class']} without attributes")
+    return attributes
+
+
+def _name(principal: object) -> str:
+    """``Authentication.getName()``: a UserDetails' username, an OAuth2 user's name attribute, a string."""
+    if isinstance(principal, str):
+        name: object = principal
+    elif isinstance(principal, dict) and principal.get("@class") == _USER:
+        name = principal.get("username")
+    elif isinstance(principal, dict) and principal.get("@class") in (_OAUTH2_USER, _OIDC_USER):
+        key = principal.get("nameAttributeKey")
+        name = _attributes(principal).get(key) if isinstance(key, str) else None
+        if type(name) is int:  # getName() is the attribute's toString()
+            name = str(name)
+    else:
+        raise Refused(f"Spring context: a principal of {_class_of(principal)} (no name this reader knows)")
+    if not isinstance(name, str) or not name:
+        raise Refused(f"Spring context: an authenticated principal without a name ({_class_of(principal)})")
+    return name
+
+
+def _authority(item: object) -> str:
+    if not isinstance(item, dict) or item.get("@class") not in _AUTHORITIES:
+        raise Refused(f"Spring context: an authority of {_class_of(item)}")
+    value = item.get("role" if item["@class"] == _SIMPLE_AUTHORITY else "authority")
+    if not isinstance(value, str) or not value:
+        raise Refused(f"Spring context: {item['@class']} without its authority string")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- JSON
+
+
+def _no_constant(name: str) -> object:
+    raise Refused(f"Spring JSON: {name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise Refused(f"Spring JSON: number {text[:20]!r} is out of range")
+    return number
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise Refused("Spring JSON: an object with a duplicate key")
+    return out
+
+
+def loads_json(data: bytes) -> object:
+    """A value written by GenericJackson2JsonRedisSerializer, normalized to the shape ``java.loads`` gives the
+    same object; ``Refused`` for a class outside the accepted set, untyped objects, or anything over the bounds."""
+    if len(data) > MAX_INPUT_BYTES:
+        raise Refused(f"Spring JSON: {len(data)} bytes, over {MAX_INPUT_BYTES}")
+    try:
+        tree = json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError as exc:
+        raise Refused("Spring JSON: nested too deep") from exc
+    except ValueError as exc:  # also not UTF-8 (UnicodeDecodeError) and integers too long to convert
+        raise Refused(f"Spring JSON: does not parse ({exc})") from exc
+    return _Normalizer().value(tree, 1)
+
+
+class _Normalizer:
+    def __init__(self) -> None:
+        self.elements = 0
+
+    def value(self, node: object, depth: int) -> object:
+        if depth > MAX_DEPTH:
+            raise Refused(f"Spring JSON: nested deeper than {MAX_DEPTH}")
+        self.elements += 1
+        if self.elements > MAX_ELEMENTS:
+            raise Refused(f"Spring JSON: more than {MAX_ELEMENTS} elements")
+        if isinstance(node, str):
+            return _text(node)
+        if node is None or isinstance(node, bool | int | float):
+            return node
+        if isinstance(node, list):
+            return self.wrapped(node, depth)
+        assert isinstance(node, dict)  # what json.loads makes: null, bool, numbers, str, list, dict
+        cls = node.get("@class")
+        if cls not in _JSON_MAPS and cls not in java.SPRING_CLASSES:
+            raise Refused(f"Spring JSON: class {cls!r} is not accepted")
+        obj = {_text(k): self.value(v, depth + 1) for k, v in node.items() if k != "@class"}
+        if cls in _JSON_MAPS:
+            return obj
+        obj["@class"] = cls
+        return _as_java_fields(obj)
+
+    def wrapped(self, node: list[object], depth: int) -> object:
+        """Jackson's ``[type id, value]`` for a collection, an array or a typed scalar in an untyped place."""
+        match node:
+            case [str(cls), list(items)] if cls in _JSON_LISTS:
+                return [self.value(item, depth + 1) for item in items]
+            case [str(cls), int() | float() as number] if cls in _JSON_SCALARS and not isinstance(number, bool):
+                if not isinstance(number, _JSON_SCALARS[cls]):
+                    raise Refused(f"Spring JSON: {cls} of {number!r}")
+                return float(number) if cls == "java.time.Instant" else number
+        head = node[0] if node else None
+        raise Refused(f"Spring JSON: an array that is no accepted type wrapper (type id {head!r})")
+
+
+def _text(text: str) -> str:
+    # Java's reader refuses a lone surrogate too: no identity needs one, and it would not survive UTF-8.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise Refused("Spring JSON: a string with a lone surrogate") from exc
+    return text
+
+
+def _as_java_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    """The few places where Spring Security's JSON form differs from the class's serialized fields."""
+    cls = obj["@class"]
+    if cls == _SIMPLE_AUTHORITY and "role" not in obj and "authority" in obj:
+        obj["role"] = obj.pop("authority")
+    elif cls == _SEC + "oauth2.client.authentication.OAuth2AuthenticationToken" and "authenticated" not in obj:
+        obj["authenticated"] = True
+    elif cls == _OIDC_USER and "attributes" not in obj:
+        claims: dict[str, Any] = {}
+        for part in (obj.get("userInfo"), obj.get("idToken")):
+            if isinstance(part, dict) and isinstance(part.get("claims"), dict):
+                claims.update(part["claims"])
+        obj["attributes"] = claims
+    return obj
