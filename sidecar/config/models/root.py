@@ -14,6 +14,7 @@ from sidecar.config.models.listen import ForwardAuthConfig, ListenConfig
 from sidecar.config.models.log import LogConfig
 from sidecar.config.models.routes import MAX_ROUTES, DenyConfig, RouteConfig
 from sidecar.config.models.session import CookieConfig, SessionConfig, TokenConfig
+from sidecar.config.models.sources import MAX_SOURCES, SourceConfig, checked_sources
 from sidecar.config.models.store import CacheConfig, RedisConfig
 
 
@@ -31,6 +32,19 @@ class Config(Section):
     log: LogConfig = Field(default_factory=LogConfig)
     assertion: AssertionConfig = Field(default_factory=AssertionConfig)
     forward_auth: ForwardAuthConfig = Field(default_factory=ForwardAuthConfig)
+    sources: tuple[SourceConfig, ...] = (SourceConfig(kind="native"),)
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _bounded_sources(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple) and len(value) > MAX_SOURCES:
+            raise ValueError(f"at most {MAX_SOURCES} sources (got {len(value):,})")
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, value: tuple[SourceConfig, ...]) -> tuple[SourceConfig, ...]:
+        return checked_sources(value)
 
     @field_validator("routes", mode="before")
     @classmethod

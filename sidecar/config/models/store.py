@@ -39,6 +39,47 @@ def _readable(path: str) -> dict[str, Any]:
     return {}
 
 
+def redis_url(value: str) -> str:
+    """``value`` when it is a Redis URL the connection module can use; raises ValueError naming the problem (never
+    quoting a password)."""
+    if has_space_or_control(value):
+        raise ValueError("must not contain whitespace or control characters")
+    if misplaced_userinfo(value) or "#" in value:
+        # Every reader (urlsplit, redis-py, the redaction) would end the user info (or a password parameter) at
+        # that character and take the rest of the password for a host, port, path or fragment: refuse the URL,
+        # and never print it. A Redis URL has no use for a fragment.
+        raise ValueError(
+            "a user name or password holds an unencoded '/', '?' or '#' (or the URL has an '@' after its "
+            "host, or a '#'): percent-encode them in the URL (/ %2F, ? %3F, # %23, @ %40) or use "
+            "redis.password_file"
+        )
+    shown = url_for_message(value)
+    scheme, sep, rest = value.partition("://")
+    if scheme not in _REDIS_SCHEMES or not sep:
+        schemes = ", ".join(f"{s}://" for s in _REDIS_SCHEMES)
+        raise ValueError(f"unsupported URL {shown} (use {schemes})")
+    if scheme in ("redis+sentinel", "redis+cluster"):
+        # Several hosts: urlsplit cannot read them; the connection module checks each host:port.
+        if not rest.split("/", 1)[0].rpartition("@")[2]:
+            raise ValueError(f"{shown} has no host")
+        return value
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:
+        raise ValueError(f"{shown} is not a valid URL ({exc})") from None
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError("a unix:// URL needs a socket path, e.g. unix:///run/redis.sock")
+    elif not parts.hostname:
+        raise ValueError(f"{shown} has no host")
+    elif parts.scheme in ("redis", "rediss"):
+        try:
+            parts.port  # noqa: B018 - parsing the port is the check
+        except ValueError:
+            raise ValueError(f"{shown} has an invalid port") from None
+    return value
+
+
 class RedisConfig(Section):
     url: Url = "redis://127.0.0.1:6379/0"
     key_prefix: str = "sidecar:"
@@ -102,42 +143,7 @@ class RedisConfig(Section):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if has_space_or_control(value):
-            raise ValueError("must not contain whitespace or control characters")
-        if misplaced_userinfo(value) or "#" in value:
-            # Every reader (urlsplit, redis-py, the redaction) would end the user info (or a password parameter) at
-            # that character and take the rest of the password for a host, port, path or fragment: refuse the URL,
-            # and never print it. A Redis URL has no use for a fragment.
-            raise ValueError(
-                "a user name or password holds an unencoded '/', '?' or '#' (or the URL has an '@' after its "
-                "host, or a '#'): percent-encode them in the URL (/ %2F, ? %3F, # %23, @ %40) or use "
-                "redis.password_file"
-            )
-        shown = url_for_message(value)
-        scheme, sep, rest = value.partition("://")
-        if scheme not in _REDIS_SCHEMES or not sep:
-            schemes = ", ".join(f"{s}://" for s in _REDIS_SCHEMES)
-            raise ValueError(f"unsupported URL {shown} (use {schemes})")
-        if scheme in ("redis+sentinel", "redis+cluster"):
-            # Several hosts: urlsplit cannot read them; the connection module checks each host:port.
-            if not rest.split("/", 1)[0].rpartition("@")[2]:
-                raise ValueError(f"{shown} has no host")
-            return value
-        try:
-            parts = urlsplit(value)
-        except ValueError as exc:
-            raise ValueError(f"{shown} is not a valid URL ({exc})") from None
-        if parts.scheme == "unix":
-            if not parts.path:
-                raise ValueError("a unix:// URL needs a socket path, e.g. unix:///run/redis.sock")
-        elif not parts.hostname:
-            raise ValueError(f"{shown} has no host")
-        elif parts.scheme in ("redis", "rediss"):
-            try:
-                parts.port  # noqa: B018 - parsing the port is the check
-            except ValueError:
-                raise ValueError(f"{shown} has an invalid port") from None
-        return value
+        return redis_url(value)
 
     @field_validator("key_prefix")
     @classmethod

@@ -1,0 +1,117 @@
+"""Spring Session Data Redis: both ``RedisSessionRepository`` and ``RedisIndexedSessionRepository``.
+
+The ``SESSION`` cookie is the session id (a UUID), base64-encoded by Spring's DefaultCookieSerializer unless the
+app turned that off (both are read). The session is the hash ``<namespace>:sessions:<id>`` (``key_prefix`` is the
+namespace and its colon, ``spring:session:``); only the four fields a decision needs are read (``FIELDS``), measured
+before they are fetched. The expiry is Spring's own: ``lastAccessedTime + maxInactiveInterval``, never when the
+interval is negative; not the key's TTL, which the indexed repository sets five minutes later than the expiry.
+
+The identity is Spring Security's: the context's authentication must be there, not anonymous and
+``authenticated``; the user is its name and its authorities are the roles (``formats.spring``). ``user_id``,
+``email`` and ``roles`` paths, when configured, read the security context's tree instead.
+
+The sidecar does not touch Spring sessions (it writes nothing to the application's Redis): a user active only on
+the services behind the mesh is logged out after ``maxInactiveInterval``, as if idle (README, "Migrating from an
+existing session store").
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import re
+
+from sidecar.core.session import SessionRecord, header_value_problem
+from sidecar.core.tokens import SessionKey
+from sidecar.errors import CorruptRecord
+from sidecar.sources.base import MAX_CANDIDATES, Lookup
+from sidecar.sources.formats import spring
+from sidecar.sources.framework import NO_EXPIRY_SECONDS, FrameworkKey, Settings, handle, record_of, refusal
+from sidecar.sources.paths import Identity, checked_roles, identity
+from sidecar.sources.redis_reader import RedisReader
+
+log = logging.getLogger("sidecar.authz")
+
+CONTEXT_ATTRIBUTE = "SPRING_SECURITY_CONTEXT"
+FIELDS = ("creationTime", "lastAccessedTime", "maxInactiveInterval", f"sessionAttr:{CONTEXT_ATTRIBUTE}")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_BASE64_UUID_LENGTH = 48
+
+
+def session_id(value: str) -> str | None:
+    """The session id in a SESSION cookie value: a UUID, as such or base64-encoded; else None."""
+    if _UUID.fullmatch(value):
+        return value
+    if len(value) != _BASE64_UUID_LENGTH:
+        return None
+    try:
+        decoded = base64.b64decode(value, validate=True).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded if _UUID.fullmatch(decoded) else None
+
+
+def spring_identity(context: object) -> Identity | None:
+    """Spring Security's identity of a security context, held to the core's header rules."""
+    found = spring.identity(context)
+    if found is None:
+        return None
+    if (problem := header_value_problem(found.name)) is not None:
+        raise CorruptRecord(f"the principal's name {problem}")
+    email = found.email or None
+    if email is not None and (problem := header_value_problem(email)) is not None:
+        raise CorruptRecord(f"the principal's email {problem}")
+    return Identity(found.name, email, checked_roles(list(found.authorities), "the authorities"))
+
+
+class SpringSessionSource:
+    name = "spring-session"
+
+    def __init__(self, settings: Settings, reader: RedisReader) -> None:
+        self._settings = settings
+        self._reader = reader
+        self._sessions = f"{settings.key_prefix}sessions:"
+        self.cookie_names = (settings.cookie,)
+
+    def candidates_now(self, values: tuple[str, ...]) -> tuple[SessionKey, ...]:
+        keys: list[SessionKey] = []
+        for value in values:
+            if (sid := session_id(value)) is not None:
+                keys.append(FrameworkKey("", handle(self.name, sid), self._sessions + sid))
+                if len(keys) == MAX_CANDIDATES:
+                    break
+        return tuple(keys)
+
+    async def candidates(
+        self, values: tuple[str, ...], at_hand: tuple[SessionKey, ...] | None
+    ) -> tuple[SessionKey, ...]:
+        return at_hand if at_hand is not None else self.candidates_now(values)
+
+    def lookup_now(self, key: SessionKey, now: float) -> Lookup:
+        return None  # never cached: only a read can tell
+
+    async def lookup(self, key: SessionKey, now: float) -> Lookup:
+        if not isinstance(key, FrameworkKey):
+            return None
+        try:
+            values = await self._reader.hash_fields(key.store_key, FIELDS)
+            if values is None:
+                return None
+            fields = {name.encode(): value for name, value in zip(FIELDS, values, strict=True) if value is not None}
+            session = spring.read_session(fields, "json" if self._settings.serializer == "json" else "jdk")
+            expires_ms = spring.expires_at_ms(session)
+            if expires_ms is not None and expires_ms <= now * 1000:
+                return None
+            paths = self._settings.paths
+            found = identity(session.context, paths) if paths.user_id else spring_identity(session.context)
+        except CorruptRecord as exc:
+            log.error("unusable spring-session session %s…: %s", key.digest[:12], exc)
+            return refusal(exc)
+        if found is None:
+            return None  # no authenticated user in the session
+        lifetime = NO_EXPIRY_SECONDS if expires_ms is None else expires_ms / 1000 - now
+        return record_of(found, key.digest, now, lifetime)
+
+    def fallback(self, key: SessionKey, now: float) -> SessionRecord | None:
+        return None
