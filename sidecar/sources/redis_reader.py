@@ -3,7 +3,7 @@
 A planted value can be any size: a string is read with GETRANGE (never more than the bound, plus one byte to
 tell it was over) beside its STRLEN; hash fields are measured with HSTRLEN before HMGET fetches them. Only read
 commands are sent (GETRANGE, STRLEN, PTTL, HSTRLEN, HMGET), so a read-only ACL user is enough:
-``+getrange +strlen +pttl +hstrlen +hmget ~<key_prefix>*``.
+``+getrange +strlen +pttl +exists +hstrlen +hmget ~<key_prefix>*``.
 """
 
 from __future__ import annotations

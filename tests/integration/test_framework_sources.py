@@ -1,0 +1,156 @@
+"""The framework sources on a real Valkey, with values planted directly (the real writers are in
+test_framework_writers.py and the e2e tests): bounded reads, TTL expiry, refusals, a read-only ACL user."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from sidecar.core.reasons import Reason
+from sidecar.core.session import SessionRecord
+from sidecar.errors import StoreUnavailable
+from sidecar.sources.formats import MAX_INPUT_BYTES
+from sidecar.sources.framework import FrameworkKey, FrameworkSource, Settings
+from sidecar.sources.kinds import php, rails
+from sidecar.sources.paths import Paths
+from sidecar.sources.redis_reader import RedisReader
+from sidecar.sources.spring import SpringSessionSource
+from sidecar.store.connect import RedisSettings, open_client
+
+pytestmark = pytest.mark.integration
+
+PHP_ID = "abcdefghijklmnopqrstuvwxyz012345"
+
+
+@pytest.fixture
+async def client(valkey_url: str) -> AsyncIterator[aioredis.Redis]:
+    c = aioredis.Redis.from_url(valkey_url)
+    try:
+        yield c
+    finally:
+        await c.aclose()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{secrets.token_hex(4)}:"
+
+
+def php_source(client: aioredis.Redis, prefix: str) -> FrameworkSource:
+    settings = Settings("PHPSESSID", prefix, "php", (), Paths("user_id", "email", "roles"))
+    return FrameworkSource(php.kind(settings), RedisReader(client, "test valkey"), "PHPSESSID")
+
+
+def only_key(source: FrameworkSource | SpringSessionSource, value: str) -> FrameworkKey:
+    (key,) = source.candidates_now((value,))
+    assert isinstance(key, FrameworkKey)
+    return key
+
+
+async def test_a_live_session_resolves_with_the_keys_ttl_as_its_expiry(client: aioredis.Redis, prefix: str) -> None:
+    await client.set(prefix + PHP_ID, b'user_id|i:42;email|s:7:"a@b.com";roles|a:1:{i:0;s:5:"admin";}', px=90_000)
+    source = php_source(client, prefix)
+    now = time.time()
+    record = await source.lookup(only_key(source, PHP_ID), now)
+    assert isinstance(record, SessionRecord)
+    assert (record.user_id, record.email, record.roles) == ("42", "a@b.com", ("admin",))
+    assert 88 < record.absolute_expires_at - now <= 90
+    assert PHP_ID not in record.session_id  # the handle, never the id
+
+
+async def test_a_deleted_or_expired_key_is_no_session(client: aioredis.Redis, prefix: str) -> None:
+    source = php_source(client, prefix)
+    key = only_key(source, PHP_ID)
+    assert await source.lookup(key, time.time()) is None
+    await client.set(prefix + PHP_ID, b"user_id|i:1;", px=50)
+    time.sleep(0.1)
+    assert await source.lookup(key, time.time()) is None
+
+
+async def test_a_session_without_a_user_is_no_identity(client: aioredis.Redis, prefix: str) -> None:
+    await client.set(prefix + PHP_ID, b"cart|a:0:{}visits|i:3;", px=60_000)
+    source = php_source(client, prefix)
+    assert await source.lookup(only_key(source, PHP_ID), time.time()) is None
+
+
+async def test_a_planted_object_is_refused_not_read(client: aioredis.Redis, prefix: str) -> None:
+    await client.set(prefix + PHP_ID, b'user_id|O:8:"stdClass":0:{}', px=60_000)
+    source = php_source(client, prefix)
+    assert await source.lookup(only_key(source, PHP_ID), time.time()) is Reason.RECORD_CORRUPT
+
+
+async def test_a_value_over_the_bound_is_refused_without_being_read(client: aioredis.Redis, prefix: str) -> None:
+    await client.set(prefix + PHP_ID, b"user_id|i:1;" + b"x" * (4 * MAX_INPUT_BYTES), px=60_000)
+    source = php_source(client, prefix)
+    before = await client.info("commandstats")
+    assert await source.lookup(only_key(source, PHP_ID), time.time()) is Reason.RECORD_TOO_LARGE
+    after = await client.info("commandstats")
+    assert after.get("cmdstat_get", {}).get("calls", 0) == before.get("cmdstat_get", {}).get("calls", 0)
+
+
+async def test_rails_sessions_are_read_under_racks_private_id(client: aioredis.Redis, prefix: str) -> None:
+    public = secrets.token_hex(16)
+    settings = Settings("_session_id", prefix, "json", (), Paths("user_id"))
+    await client.set(prefix + rails.private_id(public), json.dumps({"user_id": 7}).encode(), ex=60)
+    source = FrameworkSource(rails.kind(settings), RedisReader(client, "test valkey"), "_session_id")
+    record = await source.lookup(only_key(source, public), time.time())
+    assert isinstance(record, SessionRecord) and record.user_id == "7"
+
+
+async def test_spring_hash_fields_over_the_bound_are_refused(client: aioredis.Redis, prefix: str) -> None:
+    sid = "5d9f0a1e-7c2b-4e8f-9a6d-3b1c0e2f4a58"
+    settings = Settings("SESSION", prefix, "jdk", (), Paths(""))
+    await client.hset(f"{prefix}sessions:{sid}", "sessionAttr:SPRING_SECURITY_CONTEXT", b"\xac\xed" + b"x" * 70_000)
+    source = SpringSessionSource(settings, RedisReader(client, "test valkey"))
+    assert await source.lookup(only_key(source, sid), time.time()) is Reason.RECORD_TOO_LARGE
+    assert await source.lookup(only_key(source, sid.replace("5", "6")), time.time()) is None
+
+
+async def test_a_read_only_acl_user_is_enough(client: aioredis.Redis, prefix: str, valkey_url: str) -> None:
+    user, password = f"ro{secrets.token_hex(3)}", secrets.token_hex(12)
+    await client.execute_command(
+        "ACL",
+        "SETUSER",
+        user,
+        "on",
+        f">{password}",
+        f"~{prefix}*",
+        "+getrange",
+        "+strlen",
+        "+pttl",
+        "+hstrlen",
+        "+hmget",
+        "+exists",
+    )
+    await client.set(prefix + PHP_ID, b'user_id|s:3:"ann";', px=60_000)
+    reader_client = open_client(RedisSettings(url=valkey_url, timeout=1.0, username=user, password=password))
+    try:
+        source = FrameworkSource(
+            php.kind(Settings("PHPSESSID", prefix, "php", (), Paths("user_id"))),
+            RedisReader(reader_client, "read-only user"),
+            "PHPSESSID",
+        )
+        record = await source.lookup(only_key(source, PHP_ID), time.time())
+        assert isinstance(record, SessionRecord) and record.user_id == "ann"
+    finally:
+        await reader_client.aclose()
+        await client.execute_command("ACL", "DELUSER", user)
+
+
+async def test_an_unreachable_redis_is_a_store_error() -> None:
+    dead = open_client(RedisSettings(url="redis://127.0.0.1:1/0", timeout=0.2))
+    try:
+        source = FrameworkSource(
+            php.kind(Settings("PHPSESSID", "p:", "php", (), Paths("user_id"))),
+            RedisReader(dead, "dead redis"),
+            "PHPSESSID",
+        )
+        with pytest.raises(StoreUnavailable, match="dead redis"):
+            await source.lookup(only_key(source, PHP_ID), time.time())
+    finally:
+        await dead.aclose()
