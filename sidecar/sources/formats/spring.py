@@ -31,13 +31,12 @@ then the ID token's, which win).
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sidecar.sources.formats import MAX_DEPTH, MAX_ELEMENTS, MAX_INPUT_BYTES, Refused, java
+from sidecar.sources.formats import MAX_DEPTH, MAX_ELEMENTS, Refused, java
+from sidecar.sources.formats import json as bounded_json
 
 _SEC = "org.springframework.security."
 CONTEXT_CLASSES = frozenset({_SEC + "core.context.SecurityContextImpl", _SEC + "core.context.TransientSecurityContext"})
@@ -202,36 +201,11 @@ def _authority(item: object) -> str:
 # ---------------------------------------------------------------------------------------------- JSON
 
 
-def _no_constant(name: str) -> object:
-    raise Refused(f"Spring JSON: {name} is not JSON")
-
-
-def _finite(text: str) -> float:
-    number = float(text)
-    if not math.isfinite(number):
-        raise Refused(f"Spring JSON: number {text[:20]!r} is out of range")
-    return number
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise Refused("Spring JSON: an object with a duplicate key")
-    return out
-
-
 def loads_json(data: bytes) -> object:
     """A value written by GenericJackson2JsonRedisSerializer, normalized to the shape ``java.loads`` gives the
-    same object; ``Refused`` for a class outside the accepted set, untyped objects, or anything over the bounds."""
-    if len(data) > MAX_INPUT_BYTES:
-        raise Refused(f"Spring JSON: {len(data)} bytes, over {MAX_INPUT_BYTES}")
-    try:
-        tree = json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_float=_finite)
-    except RecursionError as exc:
-        raise Refused("Spring JSON: nested too deep") from exc
-    except ValueError as exc:  # also not UTF-8 (UnicodeDecodeError) and integers too long to convert
-        raise Refused(f"Spring JSON: does not parse ({exc})") from exc
-    return _Normalizer().value(tree, 1)
+    same object; ``Refused`` for a class outside the accepted set, an untyped object, or JSON outside the bounded
+    subset ``formats.json`` parses (size, nesting, NaN, duplicate keys, lone surrogates, 64-bit integers)."""
+    return _Normalizer().value(bounded_json.loads(data), 1)
 
 
 class _Normalizer:
@@ -244,9 +218,7 @@ class _Normalizer:
         self.elements += 1
         if self.elements > MAX_ELEMENTS:
             raise Refused(f"Spring JSON: more than {MAX_ELEMENTS} elements")
-        if isinstance(node, str):
-            return _text(node)
-        if node is None or isinstance(node, bool | int | float):
+        if node is None or isinstance(node, bool | int | float | str):
             return node
         if isinstance(node, list):
             return self.wrapped(node, depth)
@@ -254,7 +226,7 @@ class _Normalizer:
         cls = node.get("@class")
         if cls not in _JSON_MAPS and cls not in java.SPRING_CLASSES:
             raise Refused(f"Spring JSON: class {cls!r} is not accepted")
-        obj = {_text(k): self.value(v, depth + 1) for k, v in node.items() if k != "@class"}
+        obj = {k: self.value(v, depth + 1) for k, v in node.items() if k != "@class"}
         if cls in _JSON_MAPS:
             return obj
         obj["@class"] = cls
@@ -271,15 +243,6 @@ class _Normalizer:
                 return float(number) if cls == "java.time.Instant" else number
         head = node[0] if node else None
         raise Refused(f"Spring JSON: an array that is no accepted type wrapper (type id {head!r})")
-
-
-def _text(text: str) -> str:
-    # Java's reader refuses a lone surrogate too: no identity needs one, and it would not survive UTF-8.
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise Refused("Spring JSON: a string with a lone surrogate") from exc
-    return text
 
 
 def _as_java_fields(obj: dict[str, Any]) -> dict[str, Any]:
