@@ -19,7 +19,7 @@ import io
 import pickle
 import pickletools
 from collections.abc import Iterable, Iterator
-from typing import NoReturn, cast
+from typing import Any, NoReturn, cast
 
 from sidecar.sources.formats import MAX_DEPTH, MAX_ELEMENTS, MAX_INPUT_BYTES, Refused
 
@@ -105,10 +105,11 @@ def _key(key: object, what: str) -> str | int:
 
 def _text(value: str, what: str) -> str:
     # A str with lone surrogates cannot be encoded later (a header, a log line): refused where it enters.
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise Refused(f"{what} holds a string with unpaired surrogates") from None
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise Refused(f"{what} holds a string with unpaired surrogates") from None
     return value
 
 
@@ -122,20 +123,27 @@ def _int(value: int, what: str) -> int:
 def _leaf(value: object, what: str) -> object:
     if value is None or type(value) in (bool, float, bytes):
         return value
-    if type(value) is int:
-        return _int(value, what)
     if type(value) is str:
         return _text(value, what)
+    if type(value) is int:
+        return _int(value, what)
     if type(value) is bytearray:
         return bytes(value)
     raise Refused(f"{what} holds a value of type {type(value).__name__}")
 
 
-def _children(value: object) -> tuple[dict[str | int, object] | list[object], Iterator[tuple[object, object]]] | None:
+_SEQUENCES = (list, tuple, set, frozenset)
+_CONTAINERS = frozenset({dict, *_SEQUENCES})
+_AS_IS = frozenset({type(None), bool, float, bytes})
+# One container being copied: where its entries are read from (dict items or sequence items), its copy, its id.
+_Frame = tuple[Iterator[Any], dict[str | int, object] | list[object], int]
+
+
+def _open(value: object) -> _Frame | None:
     if type(value) is dict:
-        return {}, iter(value.items())
-    if type(value) in (list, tuple, set, frozenset):
-        return [], ((None, item) for item in cast("Iterable[object]", value))
+        return iter(value.items()), {}, id(value)
+    if type(value) in _SEQUENCES:
+        return iter(cast("Iterable[object]", value)), [], id(value)
     return None
 
 
@@ -147,36 +155,42 @@ def to_plain(root: object, what: str) -> object:
     (a value reached twice through shared references counts twice, so a DAG cannot expand unbounded).
     ``what`` names the format in messages.
     """
-    made = _children(root)
-    if made is None:
+    frame = _open(root)
+    if frame is None:
         return _leaf(root, what)
-    out, items = made
-    stack: list[tuple[Iterator[tuple[object, object]], dict[str | int, object] | list[object], int]]
-    stack = [(items, out, id(root))]
-    open_ids = {id(root)}
+    stack = [frame]
+    open_ids = {frame[2]}
     elements = 1
     while stack:
-        items, target, ident = stack[-1]
-        try:
-            key, child = next(items)
-        except StopIteration:
-            stack.pop()
-            open_ids.discard(ident)
+        items, target, _ = stack[-1]
+        child_frame = None
+        is_dict = isinstance(target, dict)
+        # Scalars are copied in this inner loop; a container child suspends it and is walked first (depth first,
+        # so ``open_ids`` holds exactly the containers on the path from the root).
+        for entry in items:
+            elements += 1
+            if elements > MAX_ELEMENTS:
+                raise Refused(f"{what} holds more than {MAX_ELEMENTS} values")
+            key, child = entry if is_dict else (None, entry)
+            kind = type(child)
+            if kind in _AS_IS:
+                value = child
+            else:
+                child_frame = _open(child) if kind in _CONTAINERS else None
+                value = _leaf(child, what) if child_frame is None else child_frame[1]
+            if isinstance(target, dict):
+                target[_key(key, what)] = value
+            else:
+                target.append(value)
+            if child_frame is not None:
+                break
+        if child_frame is None:
+            open_ids.discard(stack.pop()[2])
             continue
-        elements += 1
-        if elements > MAX_ELEMENTS:
-            raise Refused(f"{what} holds more than {MAX_ELEMENTS} values")
-        made = _children(child)
-        value = _leaf(child, what) if made is None else made[0]
-        if isinstance(target, dict):
-            target[_key(key, what)] = value
-        else:
-            target.append(value)
-        if made is not None:
-            if id(child) in open_ids:
-                raise Refused(f"{what} holds a container that contains itself")
-            if len(stack) >= MAX_DEPTH:
-                raise Refused(f"{what} nests deeper than {MAX_DEPTH}")
-            stack.append((made[1], made[0], id(child)))
-            open_ids.add(id(child))
-    return out
+        if child_frame[2] in open_ids:
+            raise Refused(f"{what} holds a container that contains itself")
+        if len(stack) >= MAX_DEPTH:
+            raise Refused(f"{what} nests deeper than {MAX_DEPTH}")
+        stack.append(child_frame)
+        open_ids.add(child_frame[2])
+    return frame[1]
