@@ -77,7 +77,9 @@ class Writer:
         response = self.get("/login", params=params)
         value = self.set_cookie_value(response)
         if response.status_code != 200 or not value:
-            raise WriterError(f"{self.kind} /login answered {response.status_code} {response.text!r}, cookie {value!r}")
+            raise WriterError(
+                f"{self.kind} /login answered {response.status_code} {response.text[:300]!r}, cookie {value!r}"
+            )
         return self.cookie_name, value
 
     def whoami(self, cookie_value: str) -> dict[str, Any] | None:
@@ -86,7 +88,7 @@ class Writer:
         if response.status_code == 401:
             return None
         if response.status_code != 200:
-            raise WriterError(f"{self.kind} /whoami answered {response.status_code} {response.text!r}")
+            raise WriterError(f"{self.kind} /whoami answered {response.status_code} {response.text[:300]!r}")
         body: dict[str, Any] = response.json()
         return body
 
@@ -95,7 +97,7 @@ class Writer:
         issues a new, empty session), or None when it cleared the cookie or left it alone."""
         response = self.get("/logout", cookie_value)
         if response.status_code != 200:
-            raise WriterError(f"{self.kind} /logout answered {response.status_code} {response.text!r}")
+            raise WriterError(f"{self.kind} /logout answered {response.status_code} {response.text[:300]!r}")
         return self.issued_cookie(response)
 
     def issued_cookie(self, response: httpx.Response) -> str | None:

@@ -51,8 +51,7 @@ app = lambda do |env|
   end
 end
 
-use ActionDispatch::Cookies
-use ActionDispatch::Session::RedisStore,
+store_options = {
   servers: [{
     host: redis_url.host,
     port: redis_url.port,
@@ -61,7 +60,14 @@ use ActionDispatch::Session::RedisStore,
     serializer: serializer
   }],
   key: ENV.fetch("SESSION_KEY", "_session_id"),
-  expire_after: ttl,
   httponly: true,
   same_site: :lax
+}
+# expire_after is required here: without it Debian's redis-store 1.9 passes the session options object to
+# Redis#set, which fails (NoMethodError `key?`) on every write.
+abort "SESSION_TTL must be a positive number of seconds" unless ttl.positive?
+store_options[:expire_after] = ttl
+
+use ActionDispatch::Cookies
+use ActionDispatch::Session::RedisStore, **store_options
 run app
