@@ -32,18 +32,47 @@ system-deps:
 	  fi; \
 	fi
 
-run: $(STAMP)
-	$(BIN)/python -m sidecar.demo.run
+# The real login apps of tests/integration/test_framework_writers.py (examples/frameworks/): PHP with phpredis and Rails'
+# session stack (redis-actionpack, rackup, WEBrick) from Debian, and the Express app's npm packages (npm ci). Django and
+# Flask come with the dev extras. Installs only what is missing; a failed install leaves those tests skipped, with why.
+.PHONY: framework-deps
+framework-deps:
+	@missing=""; \
+	command -v php >/dev/null 2>&1 || missing="$$missing php-cli"; \
+	php -m 2>/dev/null | grep -qx redis || missing="$$missing php-redis"; \
+	ruby -e 'require "redis-actionpack"' >/dev/null 2>&1 || missing="$$missing ruby-redis-actionpack"; \
+	command -v rackup >/dev/null 2>&1 || missing="$$missing ruby-rack"; \
+	ruby -e 'require "webrick"' >/dev/null 2>&1 || missing="$$missing ruby-webrick"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian$$missing (the PHP and Rails writer tests run them for real)"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; } \
+	      || echo "could not install$$missing: those writer tests are skipped"; \
+	  else \
+	    echo "missing Debian packages:$$missing; run 'sudo apt-get install$$missing' (their tests are skipped without them)"; \
+	  fi; \
+	fi
+	@if [ ! -d examples/frameworks/express/node_modules ]; then \
+	  if command -v npm >/dev/null 2>&1; then \
+	    (cd examples/frameworks/express && npm ci --no-audit --no-fund --loglevel=error) \
+	      || echo "npm ci failed in examples/frameworks/express: the Express writer tests are skipped"; \
+	  else \
+	    echo "npm is missing: the Express writer tests are skipped (install Node.js 18+ and npm)"; \
+	  fi; \
+	fi
 
-test: $(STAMP) system-deps lint
+run: $(STAMP)
+	$(BIN)/python -m demo.run
+
+test: $(STAMP) system-deps framework-deps lint
 	$(BIN)/pytest
 
 test-fast: $(STAMP)
 	$(BIN)/pytest tests/unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check sidecar tests bench
-	$(BIN)/ruff format --check sidecar tests bench
+	$(BIN)/ruff check sidecar tests bench demo
+	$(BIN)/ruff format --check sidecar tests bench demo
 	$(BIN)/mypy
 
 bench: $(STAMP)
@@ -68,8 +97,8 @@ clean:
 image:
 	image/build.sh
 
-# Regenerate the SessionService code from proto/ (checked in; tests/unit/test_proto.py fails when it is stale).
+# Regenerate the SessionService code from proto/ (checked in; tests/unit/api/test_proto.py fails when it is stale).
 .PHONY: proto
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. \
-	  proto/sidecar/session/v1/session.proto
+	  proto/sidecar/api/v1/session.proto

@@ -28,7 +28,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from sidecar.assertions import DEFAULT_CACHE_SIZE, AssertionIssuer
+from sidecar.authz.assertion_issuer import DEFAULT_CACHE_SIZE, AssertionIssuer
 from sidecar.core.assertion import CLAIM_NAMES, AssertionSettings
 from sidecar.core.session import SessionRecord
 

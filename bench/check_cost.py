@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from prometheus_client import CollectorRegistry
 
 from sidecar.app import edge_settings
-from sidecar.assertions import AssertionIssuer
+from sidecar.authz.assertion_issuer import AssertionIssuer
 from sidecar.authz.http import HttpAuthzServer
 from sidecar.authz.observer import DecisionObserver
 from sidecar.authz.service import AuthzService
@@ -42,9 +42,10 @@ from sidecar.core.abuse import RepeatedInvalidTokens
 from sidecar.core.assertion import CLAIM_NAMES, AssertionSettings
 from sidecar.core.request import RequestView
 from sidecar.core.tokens import KeyRing
+from sidecar.keyring import KeyRingSource
+from sidecar.lifecycle import SessionManager
 from sidecar.logs import JsonFormatter
 from sidecar.metrics import Metrics
-from sidecar.sessions import KeyRingSource, SessionManager
 from sidecar.sources.cached import CachedSource
 from sidecar.sources.native import NativeSource
 from sidecar.store.cache import SessionCache

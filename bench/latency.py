@@ -28,7 +28,10 @@ from pathlib import Path
 import httpx
 import yaml
 
-from sidecar.demo import processes
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the process helpers live in tests/support, shared with the tests
+
+from tests.support import processes  # noqa: E402
 
 LOOPBACK = processes.LOOPBACK
 RESULTS = Path(__file__).resolve().parent / "results" / "latency.md"

@@ -20,11 +20,14 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from sidecar.core.sealing import Sealer
-from sidecar.core.session import new_session
-from sidecar.core.tokens import SessionKey, token_key, user_tag
-from sidecar.demo import processes
-from sidecar.store.redis import RedisStore
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the process helpers live in tests/support, shared with the tests
+
+from sidecar.core.sealing import Sealer  # noqa: E402
+from sidecar.core.session import new_session  # noqa: E402
+from sidecar.core.tokens import SessionKey, token_key, user_tag  # noqa: E402
+from sidecar.store.redis import RedisStore  # noqa: E402
+from tests.support import processes  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "redis-commands.md"
 SESSIONS_PER_USER = 5

@@ -21,10 +21,13 @@ from typing import TypeVar
 
 import redis.asyncio as aioredis
 
-from sidecar.core.session import SessionRecord, new_session
-from sidecar.core.tokens import SessionKey, token_key, user_tag
-from sidecar.demo import processes
-from sidecar.store.redis import RedisStore, user_index_id
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the process helpers live in tests/support, shared with the tests
+
+from sidecar.core.session import SessionRecord, new_session  # noqa: E402
+from sidecar.core.tokens import SessionKey, token_key, user_tag  # noqa: E402
+from sidecar.store.redis import RedisStore, user_index_id  # noqa: E402
+from tests.support import processes  # noqa: E402
 
 T = TypeVar("T")
 PARALLEL_CREATES = 4

@@ -65,12 +65,16 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.rpc import code_pb2
 
-from sidecar.demo import processes
-from sidecar.sessions import KeyRingSource, SessionManager
-from sidecar.store.redis import RedisStore
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the process helpers live in tests/support, shared with the tests
+
+from sidecar.keyring import KeyRingSource  # noqa: E402
+from sidecar.lifecycle import SessionManager  # noqa: E402
+from sidecar.store.redis import RedisStore  # noqa: E402
+from tests.support import processes  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
+REPO = ROOT
 RESULTS = BENCH / "results.md"
 HTTP_ADAPTER = REPO / "sidecar" / "authz" / "http.py"
 HTTP_TEMPLATE = REPO / "mesh-config" / "envoy" / "envoy-http.yaml"

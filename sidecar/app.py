@@ -19,8 +19,8 @@ from sidecar import logs
 from sidecar.admin import AdminServer, raise_open_files_limit
 from sidecar.api import servicer as session_api
 from sidecar.api.auth import BearerTokenInterceptor
-from sidecar.assertions import AssertionIssuer
 from sidecar.authz import grpc_v3
+from sidecar.authz.assertion_issuer import AssertionIssuer
 from sidecar.authz.forwarded import DEFAULT_TRUST, ForwardedTrust
 from sidecar.authz.http import HttpAuthzServer
 from sidecar.authz.observer import DecisionObserver
@@ -34,8 +34,9 @@ from sidecar.core.session import SessionRecord
 from sidecar.core.tokens import KeyRing
 from sidecar.errors import ConfigError, RuntimeFailure, StoreError
 from sidecar.health import StoreHealth
+from sidecar.keyring import KeyRingSource
+from sidecar.lifecycle import SessionManager
 from sidecar.metrics import Metrics, exposition, process_registry
-from sidecar.sessions import KeyRingSource, SessionManager
 from sidecar.sources.base import SessionSource
 from sidecar.sources.cached import CachedSource, LocalEvictions
 from sidecar.sources.native import NativeSource

@@ -21,12 +21,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from sidecar import app, workers
-from sidecar.assertions import ALGORITHMS
+from sidecar.authz.assertion_issuer import ALGORITHMS
 from sidecar.config import Config, load_config, redacted
 from sidecar.core.durations import parse_duration
 from sidecar.core.session import describe, shown
 from sidecar.errors import BadInput, ConfigError, RuntimeFailure, StoreTimeout, StoreUnavailable
-from sidecar.sessions import SessionManager
+from sidecar.lifecycle import SessionManager
 
 T = TypeVar("T")
 

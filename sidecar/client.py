@@ -28,6 +28,8 @@ from typing import Any, Self
 import grpc
 from google.protobuf import duration_pb2
 
+from sidecar.api.v1 import session_pb2, session_pb2_grpc
+from sidecar.core.session import KEEP
 from sidecar.core.set_cookie import set_cookie_header as _set_cookie_header
 from sidecar.errors import (
     ApiAuthError,
@@ -38,8 +40,6 @@ from sidecar.errors import (
     StoreTimeout,
     StoreUnavailable,
 )
-from sidecar.session.v1 import session_pb2, session_pb2_grpc
-from sidecar.sessions import KEEP
 
 __all__ = [
     "KEEP",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -29,7 +30,6 @@ from prometheus_client import (
 from prometheus_client import multiprocess as prometheus_multiprocess
 
 from sidecar.core.reasons import RULES, metric_label
-from sidecar.store.cache import CacheStats
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -41,12 +41,31 @@ STORE_BUCKETS = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 
 INVALID_TOKEN_KINDS = tuple(dict.fromkeys(rule.invalid for rule in RULES.values() if rule.invalid is not None))
 
 
+class CacheCounts(Protocol):
+    """What :meth:`Metrics.sync_cache` reads of the cache's statistics (``store.cache.CacheStats``).
+
+    A protocol, not an import of the store: ``store/metered.py`` imports this module, and metrics need not know
+    the cache to count what it reports.
+    """
+
+    @property
+    def hits(self) -> int: ...
+    @property
+    def misses(self) -> int: ...
+    @property
+    def invalidations(self) -> int: ...
+    @property
+    def flushes(self) -> int: ...
+    @property
+    def entries(self) -> int: ...
+
+
 class Metrics:
     """The metrics of this process, registered in ``registry`` (see ``process_registry``)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self._seen = CacheStats(hits=0, misses=0, invalidations=0, entries=0, bytes=0)
+        self._seen = (0, 0, 0, 0)  # the cache's hits, misses, invalidations and flushes at the last sync
         self.decisions = Counter(
             "sidecar_decisions",
             "Check decisions by outcome (allow/deny), HTTP status and reason.",
@@ -130,18 +149,14 @@ class Metrics:
         child.inc()
         self.check_seconds.observe(seconds)
 
-    def sync_cache(self, stats: CacheStats) -> None:
+    def sync_cache(self, stats: CacheCounts) -> None:
         """Add the cache's counter growth since the last call (its counters only grow)."""
-        seen = self._seen
-        for counter, now, before in (
-            (self._hit, stats.hits, seen.hits),
-            (self._miss, stats.misses, seen.misses),
-            (self._evicted, stats.invalidations, seen.invalidations),
-            (self._flushed, stats.flushes, seen.flushes),
-        ):
+        counts = (stats.hits, stats.misses, stats.invalidations, stats.flushes)
+        counters = (self._hit, self._miss, self._evicted, self._flushed)
+        for counter, now, before in zip(counters, counts, self._seen, strict=True):
             if now > before:
                 counter.inc(now - before)
-        self._seen = stats
+        self._seen = counts
         self.cache_entries.set(stats.entries)
 
 

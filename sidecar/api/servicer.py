@@ -20,10 +20,10 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 
-from sidecar.core.session import SessionRecord, expires_at
+from sidecar.api.v1 import session_pb2, session_pb2_grpc
+from sidecar.core.session import KEEP, SessionRecord, expires_at
 from sidecar.errors import BadInput, CorruptRecord, StoreError
-from sidecar.session.v1 import session_pb2, session_pb2_grpc
-from sidecar.sessions import KEEP, IssuedSession, SessionManager
+from sidecar.lifecycle import IssuedSession, SessionManager
 
 log = logging.getLogger("sidecar.api")
 

@@ -28,7 +28,7 @@ from sidecar.core.request import RequestView
 from sidecar.core.session import SessionRecord
 from sidecar.core.tokens import SessionKey
 from sidecar.errors import StoreError
-from sidecar.sessions import KeyRingSource
+from sidecar.keyring import KeyRingSource
 from sidecar.sources.base import MAX_CANDIDATES, SessionSource
 from sidecar.sources.cached import CachedSource
 from sidecar.sources.native import NativeSource
@@ -42,7 +42,7 @@ AtHand = tuple[tuple[SessionKey, ...] | None, ...]
 
 
 class IdentityAssertions(Protocol):
-    """Signs the identity of an allowed session for the upstream (``sidecar.assertions.AssertionIssuer``)."""
+    """Signs the identity of an allowed session for the upstream (``authz.assertion_issuer.AssertionIssuer``)."""
 
     @property
     def header(self) -> str: ...

@@ -1,7 +1,7 @@
 """The claims of the signed identity assertion (a JWT the upstream can verify instead of trusting plain headers).
 
-Pure: no clock reads (``now`` is passed in), no I/O, no crypto. ``sidecar.assertions`` signs what this module
-decides.
+Pure: no clock reads (``now`` is passed in), no I/O, no crypto. ``sidecar.authz.assertion_issuer`` signs what this
+module decides.
 
 Per route, Envoy's ``ExtAuthzPerRoute.check_settings.context_extensions`` can set:
 
@@ -24,7 +24,8 @@ Claims (:func:`assertion_claims`): ``iss``, ``sub`` (the user id), ``aud``, ``ia
 (when chosen and known), ``roles`` (when chosen; a JSON array, possibly empty), ``sid`` (when chosen: the
 session's non-secret handle, never its token). No ``nbf``: it would equal ``iat`` and only add bytes and one
 more clock-skew failure at verifiers. No ``jti``: the issuer reuses one token for many requests (see
-``sidecar.assertions``), so an id would not name a request, and verifiers dedupe nothing on a 5-minute token.
+``sidecar.authz.assertion_issuer``), so an id would not name a request, and verifiers dedupe nothing on a 5-minute
+token.
 """
 
 from __future__ import annotations

@@ -41,6 +41,9 @@ TOUCH_FRACTION = 0.1
 TOUCH_MAX_INTERVAL = 60.0
 MAX_SESSION_SECONDS = 400 * 86400  # a session that outlives a year of inactivity is a leak, not a feature
 MAX_TIMESTAMP = 253402300799.0  # 9999-12-31T23:59:59Z: the last instant RFC 3339 output can render
+# rotate() of the lifecycle and of the client: leave this part of the identity as it is. Here, in the core, so the
+# client can offer it without importing the server's modules.
+KEEP: Any = object()
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from sidecar.core.reasons import Reason
 from sidecar.core.session import RecordTooLarge, SessionRecord, is_live
 from sidecar.core.tokens import KeyRing, SessionKey, session_key, verify_token
 from sidecar.errors import CorruptRecord
-from sidecar.sessions import KeyRingSource
+from sidecar.keyring import KeyRingSource
 from sidecar.sources.base import MAX_CANDIDATES, Lookup
 from sidecar.store.base import SessionStore
 

@@ -18,7 +18,6 @@ from typing import Any
 import httpx
 import pytest
 
-from sidecar.demo import processes
 from tests.e2e.test_edge import *  # noqa: F403 - the gRPC mode's edge tests and fixtures, collected again here
 from tests.e2e.test_edge import (
     SPOOFED,
@@ -31,7 +30,7 @@ from tests.e2e.test_edge import (
     upstream_cookies,
     upstream_headers,
 )
-from tests.support import servers
+from tests.support import processes, servers
 
 pytestmark = pytest.mark.e2e
 

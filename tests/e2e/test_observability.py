@@ -22,8 +22,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from sidecar.demo import processes
-from tests.support import servers
+from tests.support import processes, servers
 
 pytestmark = pytest.mark.e2e
 

@@ -25,8 +25,7 @@ import pytest
 import redis
 
 from sidecar.core.tokens import session_key
-from sidecar.demo import processes
-from tests.support import servers
+from tests.support import processes, servers
 
 pytestmark = pytest.mark.e2e
 

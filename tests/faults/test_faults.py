@@ -43,10 +43,9 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from redis.cluster import key_slot
 
 from sidecar.core.tokens import session_key, user_tag
-from sidecar.demo import processes
 from sidecar.store.invalidation import InvalidationListener
 from sidecar.store.redis import RedisStore
-from tests.support import servers, topologies
+from tests.support import processes, servers, topologies
 
 pytestmark = pytest.mark.faults
 

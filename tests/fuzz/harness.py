@@ -41,7 +41,7 @@ from sidecar.core.decision import Allow, Decision, Deny, inspect
 from sidecar.core.request import RequestView
 from sidecar.core.session import SessionRecord, new_session
 from sidecar.core.tokens import KeyRing, SessionKey, mint_token, session_key, user_tag
-from sidecar.sessions import KeyRingSource
+from sidecar.keyring import KeyRingSource
 from sidecar.sources.cached import CachedSource
 from sidecar.sources.native import NativeSource
 from sidecar.store.cache import SessionCache

@@ -26,7 +26,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from sidecar.demo.processes import free_port
+from tests.support.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "image" / "build.sh"

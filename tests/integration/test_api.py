@@ -23,10 +23,10 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from sidecar.api.v1 import session_pb2, session_pb2_grpc
 from sidecar.client import KEEP, AsyncSessionClient, SessionClient
-from sidecar.demo.processes import free_port, stop, wait_for_port
 from sidecar.errors import ApiAuthError, BadInput, RuntimeFailure
-from sidecar.session.v1 import session_pb2, session_pb2_grpc
+from tests.support.processes import free_port, stop, wait_for_port
 
 pytestmark = pytest.mark.integration
 

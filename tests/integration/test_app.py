@@ -23,9 +23,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.client import SessionClient
 from sidecar.core.tokens import session_key
-from sidecar.demo.processes import free_port, wait_for_port
 from sidecar.errors import RuntimeFailure
 from tests.support import servers
+from tests.support.processes import free_port, wait_for_port
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sidecar.demo import processes
-from sidecar.demo.processes import free_port, wait_for_port
+from tests.support import processes
+from tests.support.processes import free_port, wait_for_port
 from tests.unit.config.test_redaction import LEAK, leaky_configs
 
 pytestmark = pytest.mark.integration

@@ -17,10 +17,11 @@ import pytest
 
 from sidecar.api import servicer as session_api
 from sidecar.api.auth import BearerTokenInterceptor
+from sidecar.api.v1 import session_pb2, session_pb2_grpc
 from sidecar.core.session import MAX_ATTRIBUTE_NAME_LENGTH, MAX_ATTRIBUTES, MAX_RECORD_BYTES, to_json
 from sidecar.core.tokens import KeyRing, session_key
-from sidecar.session.v1 import session_pb2, session_pb2_grpc
-from sidecar.sessions import KeyRingSource, SessionManager
+from sidecar.keyring import KeyRingSource
+from sidecar.lifecycle import SessionManager
 from sidecar.store.redis import RedisStore
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from sidecar.core.session import new_session
 from sidecar.core.tokens import SessionKey, token_key, user_tag
-from sidecar.sessions import KeyRingSource
+from sidecar.keyring import KeyRingSource
 from sidecar.sources.cached import CachedSource, LocalEvictions
 from sidecar.sources.native import NativeSource
 from sidecar.store.cache import SessionCache

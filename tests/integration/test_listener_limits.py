@@ -21,7 +21,7 @@ import pytest
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from sidecar.demo.processes import free_port, wait_for_port
+from tests.support.processes import free_port, wait_for_port
 
 pytestmark = pytest.mark.integration
 

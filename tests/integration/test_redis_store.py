@@ -31,14 +31,13 @@ from sidecar.core.request import RequestView
 from sidecar.core.sealing import Sealer
 from sidecar.core.session import MAX_VALUE_LENGTH, RecordTooLarge, SessionRecord, new_session
 from sidecar.core.tokens import ENTROPY_BYTES, SessionKey, mint_token, session_key, token_key, user_tag
-from sidecar.demo import processes
-from sidecar.demo.processes import free_port
 from sidecar.errors import BadInput, CorruptRecord, StoreTimeout, StoreUnavailable
-from sidecar.sessions import KeyRingSource
+from sidecar.keyring import KeyRingSource
 from sidecar.store.connect import RedisSettings
 from sidecar.store.redis import EVICT_BATCH, SCAN_BATCH, RedisStore, user_index_id
-from tests.support import servers, topologies
+from tests.support import processes, servers, topologies
 from tests.support.edge import RING, SETTINGS
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.integration
 

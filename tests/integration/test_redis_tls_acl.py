@@ -19,11 +19,11 @@ from cryptography.x509.oid import NameOID
 
 from sidecar import app
 from sidecar.config import load_config
-from sidecar.demo.processes import free_port, stop, wait_for_port
 from sidecar.errors import StoreUnavailable
 from sidecar.store.connect import RedisSettings
 from sidecar.store.redis import RedisStore
 from tests.support import servers
+from tests.support.processes import free_port, stop, wait_for_port
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from sidecar.demo.processes import free_port, wait_for_port
 from tests.integration.test_cli import closed_port, start_serve
+from tests.support.processes import free_port, wait_for_port
 
 pytestmark = pytest.mark.integration
 

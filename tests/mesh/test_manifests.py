@@ -27,8 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sidecar.demo import processes
-from tests.support import servers
+from tests.support import processes, servers
 
 REPO = Path(__file__).resolve().parents[2]
 MESH = REPO / "mesh-config"

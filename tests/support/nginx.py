@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from sidecar.demo import processes
+from tests.support import processes
 from tests.support.servers import LOOPBACK, Server
 
 NGINX_CANDIDATES = ("nginx", "/usr/sbin/nginx")

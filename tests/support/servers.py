@@ -1,4 +1,4 @@
-"""Real servers for the integration and e2e tests, built on ``sidecar.demo.processes``.
+"""Real servers for the integration and e2e tests, built on ``tests.support.processes``.
 
 Everything binds 127.0.0.1 on a free port, writes its output to a log file under the test's tmp dir, and is
 stopped by the fixture that started it (plus an ``atexit`` safety net for hard interruptions).
@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from sidecar.demo import processes
+from tests.support import processes
 
 LOOPBACK = processes.LOOPBACK
 START_TIMEOUT = 20.0

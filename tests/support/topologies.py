@@ -18,7 +18,7 @@ from pathlib import Path
 
 import redis
 
-from sidecar.demo import processes
+from tests.support import processes
 from tests.support.servers import LOOPBACK, Server
 
 START_TIMEOUT = 30.0

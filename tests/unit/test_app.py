@@ -20,7 +20,7 @@ from sidecar.app import (
 from sidecar.authz.forwarded import PROXIES, ForwardedTrust
 from sidecar.config import FORWARD_AUTH_PROXIES, Config, load_config
 from sidecar.core.session import SessionRecord
-from sidecar.sessions import KeyRingSource
+from sidecar.keyring import KeyRingSource
 from sidecar.store.connect import RedisSettings
 from sidecar.store.redis import RedisStore
 

@@ -3,7 +3,10 @@ what the clients say when the sidecar does not answer in time (against an in-pro
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent import futures
@@ -16,6 +19,7 @@ import pytest
 import sidecar
 from sidecar.api.auth import BearerTokenInterceptor, bearer_credential
 from sidecar.api.servicer import duration_seconds, session_message, timestamp
+from sidecar.api.v1 import session_pb2, session_pb2_grpc
 from sidecar.client import (
     KEEP,
     AsyncSessionClient,
@@ -39,7 +43,6 @@ from sidecar.errors import (
     StoreTimeout,
     StoreUnavailable,
 )
-from sidecar.session.v1 import session_pb2, session_pb2_grpc
 
 RECORD = SessionRecord(
     session_id="h4ndle",
@@ -266,3 +269,25 @@ async def test_the_async_client_says_so_too(stalled_target: str) -> None:
     async with AsyncSessionClient(stalled_target, "api-token", timeout=0.2) as sessions:
         with pytest.raises(StoreTimeout, match=r"did not answer Create in time.*outcome unknown"):
             await sessions.create("alice")
+
+
+# What a login service's process may load when it imports the client: the core, the exception tree and the
+# generated API code. A server module (store, authz, app, lifecycle, config, ...) would drag in redis, pydantic,
+# prometheus and the server's start-up costs, and tie the client's release to the server's internals.
+CLIENT_MAY_LOAD = ("sidecar", "sidecar.client", "sidecar.errors", "sidecar.core", "sidecar.api", "sidecar.api.v1")
+
+
+def test_importing_the_client_loads_no_server_module() -> None:
+    script = (
+        "import json, sys; import sidecar.client; "
+        "print(json.dumps(sorted(m for m in sys.modules if m == 'sidecar' or m.startswith('sidecar.'))))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    loaded = json.loads(result.stdout)
+    assert "sidecar.client" in loaded
+    server = [
+        name
+        for name in loaded
+        if name not in CLIENT_MAY_LOAD and not name.startswith(("sidecar.core.", "sidecar.api.v1."))
+    ]
+    assert server == []

@@ -1,7 +1,7 @@
 """assertion: the optional signed identity assertion (a JWT) added to every allow that carries an identity.
 
 The claim names, the ttl bound and the key-id rule are ``sidecar.core.assertion``'s; a key file is loaded by
-``sidecar.assertions.load_private_key``, the loader the issuer signs with.
+``sidecar.authz.assertion_issuer.load_private_key``, the loader the issuer signs with.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from sidecar.assertions import UnsupportedKey, UnusableKey, load_private_key
+from sidecar.authz.assertion_issuer import UnsupportedKey, UnusableKey, load_private_key
 from sidecar.config.files import FilePath, FileProblem, read_file, secrets_from_files, shown_path
 from sidecar.config.models.base import Duration, Problem, Problems, Section, has_control
 from sidecar.config.models.headers import header_name

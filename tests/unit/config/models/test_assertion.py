@@ -9,7 +9,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from sidecar.assertions import AssertionIssuer
+from sidecar.authz.assertion_issuer import AssertionIssuer
 from sidecar.config import load_config, redacted
 from sidecar.core.assertion import MAX_TTL, MIN_TTL
 from tests.unit.config.support import only_problem, problems_of, write

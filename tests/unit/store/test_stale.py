@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sidecar.core.session import SessionRecord, new_session
 from sidecar.core.tokens import SessionKey, user_tag
-from sidecar.sessions import KeyRingSource
+from sidecar.keyring import KeyRingSource
 from sidecar.sources.cached import CachedSource
 from sidecar.sources.native import NativeSource
 from sidecar.store.cache import SessionCache

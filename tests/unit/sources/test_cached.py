@@ -12,7 +12,7 @@ from sidecar.core.reasons import Reason
 from sidecar.core.session import SessionRecord, new_session
 from sidecar.core.tokens import ENTROPY_BYTES, KeyRing, SessionKey, mint_token, session_key, user_tag
 from sidecar.errors import CorruptRecord
-from sidecar.sessions import KeyRingSource
+from sidecar.keyring import KeyRingSource
 from sidecar.sources.cached import REFUSED_FOR_SECONDS, CachedSource, LocalEvictions, RefusedRecords
 from sidecar.sources.native import NativeSource
 from sidecar.store.cache import SessionCache

@@ -1,6 +1,7 @@
 """``make run``: the whole demo stack on this machine, loopback only.
 
-``python -m sidecar.demo.run`` starts
+``python -m demo.run`` (from the repository root: the process helpers it shares with the tests live in
+``tests/support/``; this folder is not part of the wheel) starts
 
 * an embedded Valkey on a free port (unless ``SIDECAR_REDIS__URL`` is set: then that store is used),
 * the sidecar (``python -m sidecar serve``, default settings: gRPC on 127.0.0.1:9191),
@@ -28,7 +29,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from sidecar.demo import processes
+from tests.support import processes
 
 LOOPBACK = processes.LOOPBACK
 ENVOY_PORT = 8080

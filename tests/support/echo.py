@@ -1,6 +1,6 @@
 """The demo / e2e upstream: answers every request with what it received, as JSON.
 
-``python -m sidecar.demo.echo --host 127.0.0.1 --port 8081``
+``python -m tests.support.echo --host 127.0.0.1 --port 8081``
 
 Every method and path gets ``200`` and ``{"method": ..., "path": ..., "headers": {name: [values]}}`` where
 ``name`` is lower-cased and duplicate headers stay separate list items, in the order they arrived. Tests use
@@ -83,7 +83,7 @@ def make_server(host: str, port: int) -> EchoServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sidecar.demo.echo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.support.echo", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)
     args = parser.parse_args(argv)

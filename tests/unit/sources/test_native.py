@@ -11,7 +11,7 @@ from sidecar.core.reasons import Reason
 from sidecar.core.session import RecordTooLarge, SessionRecord, new_session
 from sidecar.core.tokens import ENTROPY_BYTES, KeyRing, SessionKey, mint_token, session_key
 from sidecar.errors import CorruptRecord
-from sidecar.sessions import KeyRingSource
+from sidecar.keyring import KeyRingSource
 from sidecar.sources.base import MAX_CANDIDATES
 from sidecar.sources.native import NativeSource, tokens_to_try
 from sidecar.store.memory import MemoryStore

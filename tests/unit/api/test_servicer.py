@@ -13,10 +13,11 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from sidecar.api import auth as auth_module
 from sidecar.api import servicer as session_api
 from sidecar.api.auth import BearerTokenInterceptor
+from sidecar.api.v1 import session_pb2, session_pb2_grpc
 from sidecar.core.tokens import KeyRing
 from sidecar.errors import CorruptRecord, StoreTimeout
-from sidecar.session.v1 import session_pb2, session_pb2_grpc
-from sidecar.sessions import KeyRingSource, SessionManager
+from sidecar.keyring import KeyRingSource
+from sidecar.lifecycle import SessionManager
 from sidecar.store.memory import MemoryStore
 
 TOKEN = "unit-test-api-token-0123456789"

@@ -1,94 +1,21 @@
-"""Session lifecycle on top of a store: issue, revoke, list; and the key ring the tokens are signed with.
+"""Session lifecycle on top of a store: issue, read, rotate, revoke and list.
 
-Used by the CLI today and by the SessionService API; the request path only needs ``KeyRingSource``.
+Used by the CLI and by the SessionService API (``sidecar.api.servicer``); the request path never imports it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import math
 import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
 
-from sidecar.core.session import SessionRecord, is_live, new_session, validate_identity
+from sidecar.core.session import KEEP, SessionRecord, is_live, new_session, validate_identity
 from sidecar.core.set_cookie import set_cookie_header
-from sidecar.core.tokens import (
-    ENTROPY_BYTES,
-    MIN_SECRET_BYTES,
-    KeyRing,
-    SessionKey,
-    decode_secret,
-    encode_secret,
-    is_well_formed,
-    mint_token,
-    session_key,
-    user_tag,
-)
-from sidecar.errors import BadInput, StoreUnavailable
+from sidecar.core.tokens import ENTROPY_BYTES, SessionKey, is_well_formed, mint_token, session_key, user_tag
+from sidecar.errors import BadInput
+from sidecar.keyring import KeyRingSource
 from sidecar.store.base import SessionStore
-
-SHARED_KID = "shared"
-# How often a replica may re-read the shared key after a token failed its MAC: bounds what a flood of forged
-# tokens can cost the store to one read a second.
-SHARED_KEY_REFRESH_SECONDS = 1.0
-
-
-class KeyRingSource:
-    """The configured key ring, or else one shared through the store and cached once read.
-
-    The shared ring is created by whichever replica (or CLI call) needs it first (SET NX), so every process of a
-    deployment signs and verifies with the same key without any configuration.
-    """
-
-    def __init__(
-        self, store: SessionStore, configured: KeyRing | None, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._store = store
-        self._ring = configured
-        self._shared = configured is None
-        self._clock = clock
-        self._last_read = -math.inf
-        self._lock = asyncio.Lock()
-
-    @property
-    def cached(self) -> KeyRing | None:
-        return self._ring
-
-    async def ring(self) -> KeyRing:
-        if self._ring is not None:
-            return self._ring
-        async with self._lock:
-            if self._ring is None:
-                self._ring = await self._read_shared(secrets.token_bytes(MIN_SECRET_BYTES))
-            return self._ring
-
-    async def refresh(self) -> KeyRing | None:
-        """Re-read the shared key after a MAC failure; the new ring when it changed, else None.
-
-        The store may have lost the key (a restart without persistence, a flush, a failover to an empty replica)
-        and a CLI or another replica may have made a new one since. Offering the cached key as the proposal puts
-        it back when nobody did, so sessions signed with it keep working.
-        """
-        if not self._shared or self._ring is None or self._clock() - self._last_read < SHARED_KEY_REFRESH_SECONDS:
-            return None
-        async with self._lock:
-            current = self._ring
-            fresh = await self._read_shared(current.keys[0][1])
-            if fresh == current:
-                return None
-            self._ring = fresh
-            return fresh
-
-    async def _read_shared(self, proposal: bytes) -> KeyRing:
-        self._last_read = self._clock()
-        stored = await self._store.shared_secret(encode_secret(proposal))
-        try:
-            return KeyRing.of([(SHARED_KID, decode_secret(stored))])
-        except ValueError as exc:
-            raise StoreUnavailable(f"the shared key ring in the store is unusable: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,9 +23,6 @@ class IssuedSession:
     token: str
     record: SessionRecord
     set_cookie: str
-
-
-KEEP: Any = object()  # rotate(): leave this part of the identity as it is
 
 
 class SessionManager:

@@ -1,4 +1,4 @@
-"""Tests for sidecar.assertions: signing, the JWK Set, memoization and key rotation, verified with PyJWT."""
+"""Tests for sidecar.authz.assertion_issuer: signing, the JWK Set, memoization and key rotation, verified with PyJWT."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
 )
 
-from sidecar import assertions
-from sidecar.assertions import AssertionIssuer, UnsupportedKey, UnusableKey, load_private_key, public_jwk
+from sidecar.authz import assertion_issuer as assertions
+from sidecar.authz.assertion_issuer import AssertionIssuer, UnsupportedKey, UnusableKey, load_private_key, public_jwk
 from sidecar.config import AssertionConfig
 from sidecar.core.assertion import CLAIM_NAMES, CONTEXT_AUDIENCE, CONTEXT_CLAIMS, AssertionSettings
 from sidecar.core.decision import Allow, Deny, allow, inspect
@@ -85,7 +85,7 @@ def segments(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes]:
 
 @pytest.fixture
 def sign_count(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """Counts real signatures made through sidecar.assertions (a memo hit makes none)."""
+    """Counts real signatures made through sidecar.authz.assertion_issuer (a memo hit makes none)."""
     calls = [0]
     real: Callable[..., str] = jwt.encode
 
@@ -93,7 +93,7 @@ def sign_count(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
         calls[0] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(jwt, "encode", counting)  # the module sidecar.assertions signs through
+    monkeypatch.setattr(jwt, "encode", counting)  # the module sidecar.authz.assertion_issuer signs through
     yield calls
 
 

@@ -26,7 +26,8 @@ from sidecar.core.decision import Allow, Deny, EdgeSettings, unavailable
 from sidecar.core.request import RequestView
 from sidecar.core.tokens import ENTROPY_BYTES, mint_token
 from sidecar.errors import RuntimeFailure
-from sidecar.sessions import KeyRingSource, SessionManager
+from sidecar.keyring import KeyRingSource
+from sidecar.lifecycle import SessionManager
 from sidecar.store.memory import MemoryStore
 from tests.support.edge import RING, SETTINGS
 

@@ -18,8 +18,9 @@ from sidecar.core.request import RequestView
 from sidecar.core.session import RecordTooLarge, SessionRecord
 from sidecar.core.tokens import KeyRing, SessionKey, mint_token, session_key
 from sidecar.errors import CorruptRecord
+from sidecar.keyring import KeyRingSource
+from sidecar.lifecycle import SessionManager
 from sidecar.metrics import Metrics
-from sidecar.sessions import KeyRingSource, SessionManager
 from sidecar.sources import native
 from sidecar.sources.cached import REFUSED_FOR_SECONDS, CachedSource
 from sidecar.sources.native import NativeSource

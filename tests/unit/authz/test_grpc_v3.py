@@ -16,7 +16,8 @@ from grpc_health.v1.health import aio as health_aio
 from sidecar.authz import grpc_v3
 from sidecar.authz.service import AuthzService
 from sidecar.core.decision import Allow, Deny
-from sidecar.sessions import KeyRingSource, SessionManager
+from sidecar.keyring import KeyRingSource
+from sidecar.lifecycle import SessionManager
 from sidecar.store.memory import MemoryStore
 from tests.support.edge import RING, SETTINGS
 

@@ -308,9 +308,9 @@ def start_redis_compatible(
 
 
 def start_echo(port: int, log_path: Path | None = None) -> subprocess.Popen[bytes]:
-    """The echo upstream (``python -m sidecar.demo.echo``) on ``127.0.0.1:port``."""
+    """The echo upstream (``python -m tests.support.echo``) on ``127.0.0.1:port``."""
     return _popen(
-        [sys.executable, "-m", "sidecar.demo.echo", "--host", LOOPBACK, "--port", str(port)],
+        [sys.executable, "-m", "tests.support.echo", "--host", LOOPBACK, "--port", str(port)],
         log_path=log_path,
         env=_child_env(),
     )

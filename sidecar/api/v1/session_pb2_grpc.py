@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from sidecar.session.v1 import session_pb2 as sidecar_dot_session_dot_v1_dot_session__pb2
+from sidecar.api.v1 import session_pb2 as sidecar_dot_api_dot_v1_dot_session__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in sidecar/session/v1/session_pb2_grpc.py depends on'
+        + ' but the generated code in sidecar/api/v1/session_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,38 +37,38 @@ class SessionServiceStub:
         """
         self.Create = channel.unary_unary(
                 '/sidecar.session.v1.SessionService/Create',
-                request_serializer=sidecar_dot_session_dot_v1_dot_session__pb2.CreateRequest.SerializeToString,
-                response_deserializer=sidecar_dot_session_dot_v1_dot_session__pb2.CreateResponse.FromString,
+                request_serializer=sidecar_dot_api_dot_v1_dot_session__pb2.CreateRequest.SerializeToString,
+                response_deserializer=sidecar_dot_api_dot_v1_dot_session__pb2.CreateResponse.FromString,
                 _registered_method=True)
         self.Get = channel.unary_unary(
                 '/sidecar.session.v1.SessionService/Get',
-                request_serializer=sidecar_dot_session_dot_v1_dot_session__pb2.GetRequest.SerializeToString,
-                response_deserializer=sidecar_dot_session_dot_v1_dot_session__pb2.GetResponse.FromString,
+                request_serializer=sidecar_dot_api_dot_v1_dot_session__pb2.GetRequest.SerializeToString,
+                response_deserializer=sidecar_dot_api_dot_v1_dot_session__pb2.GetResponse.FromString,
                 _registered_method=True)
         self.Rotate = channel.unary_unary(
                 '/sidecar.session.v1.SessionService/Rotate',
-                request_serializer=sidecar_dot_session_dot_v1_dot_session__pb2.RotateRequest.SerializeToString,
-                response_deserializer=sidecar_dot_session_dot_v1_dot_session__pb2.RotateResponse.FromString,
+                request_serializer=sidecar_dot_api_dot_v1_dot_session__pb2.RotateRequest.SerializeToString,
+                response_deserializer=sidecar_dot_api_dot_v1_dot_session__pb2.RotateResponse.FromString,
                 _registered_method=True)
         self.Revoke = channel.unary_unary(
                 '/sidecar.session.v1.SessionService/Revoke',
-                request_serializer=sidecar_dot_session_dot_v1_dot_session__pb2.RevokeRequest.SerializeToString,
-                response_deserializer=sidecar_dot_session_dot_v1_dot_session__pb2.RevokeResponse.FromString,
+                request_serializer=sidecar_dot_api_dot_v1_dot_session__pb2.RevokeRequest.SerializeToString,
+                response_deserializer=sidecar_dot_api_dot_v1_dot_session__pb2.RevokeResponse.FromString,
                 _registered_method=True)
         self.RevokeSession = channel.unary_unary(
                 '/sidecar.session.v1.SessionService/RevokeSession',
-                request_serializer=sidecar_dot_session_dot_v1_dot_session__pb2.RevokeSessionRequest.SerializeToString,
-                response_deserializer=sidecar_dot_session_dot_v1_dot_session__pb2.RevokeSessionResponse.FromString,
+                request_serializer=sidecar_dot_api_dot_v1_dot_session__pb2.RevokeSessionRequest.SerializeToString,
+                response_deserializer=sidecar_dot_api_dot_v1_dot_session__pb2.RevokeSessionResponse.FromString,
                 _registered_method=True)
         self.RevokeUser = channel.unary_unary(
                 '/sidecar.session.v1.SessionService/RevokeUser',
-                request_serializer=sidecar_dot_session_dot_v1_dot_session__pb2.RevokeUserRequest.SerializeToString,
-                response_deserializer=sidecar_dot_session_dot_v1_dot_session__pb2.RevokeUserResponse.FromString,
+                request_serializer=sidecar_dot_api_dot_v1_dot_session__pb2.RevokeUserRequest.SerializeToString,
+                response_deserializer=sidecar_dot_api_dot_v1_dot_session__pb2.RevokeUserResponse.FromString,
                 _registered_method=True)
         self.ListUser = channel.unary_unary(
                 '/sidecar.session.v1.SessionService/ListUser',
-                request_serializer=sidecar_dot_session_dot_v1_dot_session__pb2.ListUserRequest.SerializeToString,
-                response_deserializer=sidecar_dot_session_dot_v1_dot_session__pb2.ListUserResponse.FromString,
+                request_serializer=sidecar_dot_api_dot_v1_dot_session__pb2.ListUserRequest.SerializeToString,
+                response_deserializer=sidecar_dot_api_dot_v1_dot_session__pb2.ListUserResponse.FromString,
                 _registered_method=True)
 
 
@@ -137,38 +137,38 @@ def add_SessionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Create': grpc.unary_unary_rpc_method_handler(
                     servicer.Create,
-                    request_deserializer=sidecar_dot_session_dot_v1_dot_session__pb2.CreateRequest.FromString,
-                    response_serializer=sidecar_dot_session_dot_v1_dot_session__pb2.CreateResponse.SerializeToString,
+                    request_deserializer=sidecar_dot_api_dot_v1_dot_session__pb2.CreateRequest.FromString,
+                    response_serializer=sidecar_dot_api_dot_v1_dot_session__pb2.CreateResponse.SerializeToString,
             ),
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
-                    request_deserializer=sidecar_dot_session_dot_v1_dot_session__pb2.GetRequest.FromString,
-                    response_serializer=sidecar_dot_session_dot_v1_dot_session__pb2.GetResponse.SerializeToString,
+                    request_deserializer=sidecar_dot_api_dot_v1_dot_session__pb2.GetRequest.FromString,
+                    response_serializer=sidecar_dot_api_dot_v1_dot_session__pb2.GetResponse.SerializeToString,
             ),
             'Rotate': grpc.unary_unary_rpc_method_handler(
                     servicer.Rotate,
-                    request_deserializer=sidecar_dot_session_dot_v1_dot_session__pb2.RotateRequest.FromString,
-                    response_serializer=sidecar_dot_session_dot_v1_dot_session__pb2.RotateResponse.SerializeToString,
+                    request_deserializer=sidecar_dot_api_dot_v1_dot_session__pb2.RotateRequest.FromString,
+                    response_serializer=sidecar_dot_api_dot_v1_dot_session__pb2.RotateResponse.SerializeToString,
             ),
             'Revoke': grpc.unary_unary_rpc_method_handler(
                     servicer.Revoke,
-                    request_deserializer=sidecar_dot_session_dot_v1_dot_session__pb2.RevokeRequest.FromString,
-                    response_serializer=sidecar_dot_session_dot_v1_dot_session__pb2.RevokeResponse.SerializeToString,
+                    request_deserializer=sidecar_dot_api_dot_v1_dot_session__pb2.RevokeRequest.FromString,
+                    response_serializer=sidecar_dot_api_dot_v1_dot_session__pb2.RevokeResponse.SerializeToString,
             ),
             'RevokeSession': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeSession,
-                    request_deserializer=sidecar_dot_session_dot_v1_dot_session__pb2.RevokeSessionRequest.FromString,
-                    response_serializer=sidecar_dot_session_dot_v1_dot_session__pb2.RevokeSessionResponse.SerializeToString,
+                    request_deserializer=sidecar_dot_api_dot_v1_dot_session__pb2.RevokeSessionRequest.FromString,
+                    response_serializer=sidecar_dot_api_dot_v1_dot_session__pb2.RevokeSessionResponse.SerializeToString,
             ),
             'RevokeUser': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeUser,
-                    request_deserializer=sidecar_dot_session_dot_v1_dot_session__pb2.RevokeUserRequest.FromString,
-                    response_serializer=sidecar_dot_session_dot_v1_dot_session__pb2.RevokeUserResponse.SerializeToString,
+                    request_deserializer=sidecar_dot_api_dot_v1_dot_session__pb2.RevokeUserRequest.FromString,
+                    response_serializer=sidecar_dot_api_dot_v1_dot_session__pb2.RevokeUserResponse.SerializeToString,
             ),
             'ListUser': grpc.unary_unary_rpc_method_handler(
                     servicer.ListUser,
-                    request_deserializer=sidecar_dot_session_dot_v1_dot_session__pb2.ListUserRequest.FromString,
-                    response_serializer=sidecar_dot_session_dot_v1_dot_session__pb2.ListUserResponse.SerializeToString,
+                    request_deserializer=sidecar_dot_api_dot_v1_dot_session__pb2.ListUserRequest.FromString,
+                    response_serializer=sidecar_dot_api_dot_v1_dot_session__pb2.ListUserResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -197,8 +197,8 @@ class SessionService:
             request,
             target,
             '/sidecar.session.v1.SessionService/Create',
-            sidecar_dot_session_dot_v1_dot_session__pb2.CreateRequest.SerializeToString,
-            sidecar_dot_session_dot_v1_dot_session__pb2.CreateResponse.FromString,
+            sidecar_dot_api_dot_v1_dot_session__pb2.CreateRequest.SerializeToString,
+            sidecar_dot_api_dot_v1_dot_session__pb2.CreateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -224,8 +224,8 @@ class SessionService:
             request,
             target,
             '/sidecar.session.v1.SessionService/Get',
-            sidecar_dot_session_dot_v1_dot_session__pb2.GetRequest.SerializeToString,
-            sidecar_dot_session_dot_v1_dot_session__pb2.GetResponse.FromString,
+            sidecar_dot_api_dot_v1_dot_session__pb2.GetRequest.SerializeToString,
+            sidecar_dot_api_dot_v1_dot_session__pb2.GetResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -251,8 +251,8 @@ class SessionService:
             request,
             target,
             '/sidecar.session.v1.SessionService/Rotate',
-            sidecar_dot_session_dot_v1_dot_session__pb2.RotateRequest.SerializeToString,
-            sidecar_dot_session_dot_v1_dot_session__pb2.RotateResponse.FromString,
+            sidecar_dot_api_dot_v1_dot_session__pb2.RotateRequest.SerializeToString,
+            sidecar_dot_api_dot_v1_dot_session__pb2.RotateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -278,8 +278,8 @@ class SessionService:
             request,
             target,
             '/sidecar.session.v1.SessionService/Revoke',
-            sidecar_dot_session_dot_v1_dot_session__pb2.RevokeRequest.SerializeToString,
-            sidecar_dot_session_dot_v1_dot_session__pb2.RevokeResponse.FromString,
+            sidecar_dot_api_dot_v1_dot_session__pb2.RevokeRequest.SerializeToString,
+            sidecar_dot_api_dot_v1_dot_session__pb2.RevokeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -305,8 +305,8 @@ class SessionService:
             request,
             target,
             '/sidecar.session.v1.SessionService/RevokeSession',
-            sidecar_dot_session_dot_v1_dot_session__pb2.RevokeSessionRequest.SerializeToString,
-            sidecar_dot_session_dot_v1_dot_session__pb2.RevokeSessionResponse.FromString,
+            sidecar_dot_api_dot_v1_dot_session__pb2.RevokeSessionRequest.SerializeToString,
+            sidecar_dot_api_dot_v1_dot_session__pb2.RevokeSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -332,8 +332,8 @@ class SessionService:
             request,
             target,
             '/sidecar.session.v1.SessionService/RevokeUser',
-            sidecar_dot_session_dot_v1_dot_session__pb2.RevokeUserRequest.SerializeToString,
-            sidecar_dot_session_dot_v1_dot_session__pb2.RevokeUserResponse.FromString,
+            sidecar_dot_api_dot_v1_dot_session__pb2.RevokeUserRequest.SerializeToString,
+            sidecar_dot_api_dot_v1_dot_session__pb2.RevokeUserResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -359,8 +359,8 @@ class SessionService:
             request,
             target,
             '/sidecar.session.v1.SessionService/ListUser',
-            sidecar_dot_session_dot_v1_dot_session__pb2.ListUserRequest.SerializeToString,
-            sidecar_dot_session_dot_v1_dot_session__pb2.ListUserResponse.FromString,
+            sidecar_dot_api_dot_v1_dot_session__pb2.ListUserRequest.SerializeToString,
+            sidecar_dot_api_dot_v1_dot_session__pb2.ListUserResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,7 +6,8 @@ import pytest
 
 from sidecar.core.tokens import is_well_formed, session_key, user_tag
 from sidecar.errors import BadInput
-from sidecar.sessions import KeyRingSource, SessionManager
+from sidecar.keyring import KeyRingSource
+from sidecar.lifecycle import SessionManager
 from sidecar.store.memory import MemoryStore
 from tests.support.edge import RING
 

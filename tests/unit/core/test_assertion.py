@@ -55,7 +55,7 @@ def claims(
 
 
 def test_core_module_imports_nothing_impure() -> None:
-    source = Path(__file__).resolve().parents[2] / "sidecar" / "core" / "assertion.py"
+    source = Path(__file__).resolve().parents[3] / "sidecar" / "core" / "assertion.py"
     imported: set[str] = set()
     for node in ast.walk(ast.parse(source.read_text())):
         if isinstance(node, ast.Import):

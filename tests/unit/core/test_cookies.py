@@ -184,7 +184,7 @@ def test_without_cookie_does_not_match_values_or_substrings() -> None:
 # IETF http-state vectors (RFC 6265), which live beside the repository
 # --------------------------------------------------------------------------------------------------------
 
-_HTTP_STATE = Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "http-state"
+_HTTP_STATE = Path(__file__).resolve().parents[3].parent / "shared" / "testdata" / "http-state"
 
 
 def _http_state_cases() -> list[Any]:
