@@ -40,7 +40,7 @@ framework-deps:
 	@missing=""; \
 	command -v php >/dev/null 2>&1 || missing="$$missing php-cli"; \
 	php -m 2>/dev/null | grep -qx redis || missing="$$missing php-redis"; \
-	ruby -e 'require "redis-actionpack"' >/dev/null 2>&1 || missing="$$missing ruby-redis-actionpack"; \
+	ruby -e 'require "action_dispatch"; require "redis-actionpack"' >/dev/null 2>&1 || missing="$$missing ruby-redis-actionpack"; \
 	command -v rackup >/dev/null 2>&1 || missing="$$missing ruby-rack"; \
 	ruby -e 'require "webrick"' >/dev/null 2>&1 || missing="$$missing ruby-webrick"; \
 	if [ -n "$$missing" ]; then \
