@@ -85,7 +85,7 @@ _TOKENS = [
     b'"', b"\\", b"|", b"a:1:{", b'O:8:"stdClass":0:{}', b"r:1;", b"R:1;", b"E:3:\"A:B\";", b"i:99999999999999999999;",
     b"d:NAN;", b"@\x00", b"@\x7f", b";\x00", b"o:\x0bObject\x00", b"u:", b"l+\x7f", b"I", b"\x91", b"\xdd\xff\xff",
     b"\xc7\x01\x05", b"\xd6\xff", b"cos\nsystem\n", b"\x93", b"R", b"b", b"r\xff\xff\xff\x7f", b"(", b"NaN",
-    b"1e999", b"\\ud800", b"\xed\xa0\x80", b"\xef\xbb\xbf",
+    b"1e999", b"\\ud800", b"\xed\xa0\x80", b"\xef\xbb\xbf", b")" + b"\x85" * 40, b"\x94h\x00", b"(" * 40,
 ]  # fmt: skip
 
 

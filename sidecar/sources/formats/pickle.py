@@ -5,10 +5,11 @@ highest protocol (2 to 5 in practice). ``RedisCache`` stores a plain ``int`` as 
 a session is a dict, so ``loads`` only reads pickles and leaves that case to its caller.
 
 Unpickling is code execution in general: GLOBAL and REDUCE together call any function. So the bytes are first
-walked with ``pickletools.genops`` (which decodes opcodes and never builds anything) and refused when they hold
-an opcode that names a global, calls, builds an instance or reaches a persistent id, when they nest marks
-deeper than ``MAX_DEPTH``, push more values than the element bound allows, or write a memo slot far beyond any
-value (the C unpickler grows its memo to twice the largest index: a 4-byte index would cost gigabytes). Only
+walked with ``pickletools.genops`` (which decodes opcodes and never builds anything) while a model of the
+unpickler's stack follows them, and refused when they hold an opcode that names a global, calls, builds an
+instance or reaches a persistent id; when they nest marks or tuples deeper than ``MAX_DEPTH``, pop what the stack
+does not hold, push more values than the element bound allows, or write a memo slot far beyond any value (the C
+unpickler grows its memo to twice the largest index: a 4-byte index would cost gigabytes). Only
 then does an ``Unpickler`` whose ``find_class`` and ``persistent_load`` refuse run, as a second wall. What it
 builds is copied by ``to_plain`` into the plain values every reader answers.
 """
@@ -32,8 +33,8 @@ _FORBIDDEN = frozenset(
     }
 )  # fmt: skip
 _MEMO_WRITES = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
-# A dict of n entries pushes 2n + 1 values (keys, values, the dict): the output walk bounds values to
-# MAX_ELEMENTS, so the scan allows that many keys besides.
+# A dict of n entries pushes 2n + 1 new values (keys, values, the dict): the output walk bounds values to
+# MAX_ELEMENTS, so the scan allows that many keys besides. Memo slots are bounded alike.
 _MAX_PUSHES = 2 * MAX_ELEMENTS + 1
 _MAX_INT_BITS = 64
 
@@ -61,26 +62,14 @@ class _NoGlobals(pickle.Unpickler):
 
 
 def _scan(data: bytes) -> None:
-    marks = pushes = 0
+    machine = _Machine()
     end = -1
     try:
         for opcode, arg, pos in pickletools.genops(data):
-            name = opcode.name
-            if name in _FORBIDDEN:
-                raise Refused(f"pickle opcode {name} at byte {pos}: it loads or calls code")
-            if name == "MARK":
-                marks += 1
-                if marks > MAX_DEPTH:
-                    raise Refused(f"pickle nests marks deeper than {MAX_DEPTH}")
-            elif pickletools.markobject in opcode.stack_before:
-                marks -= 1
-            if opcode.stack_after and name != "MARK":
-                pushes += 1
-                if pushes > _MAX_PUSHES:
-                    raise Refused(f"pickle pushes more than {_MAX_PUSHES} values")
-            if name in _MEMO_WRITES and isinstance(arg, int) and not 0 <= arg <= _MAX_PUSHES:
-                raise Refused(f"pickle writes memo slot {arg}, beyond any value it can hold")
-            if name == "STOP" and pos is not None:
+            if opcode.name in _FORBIDDEN:
+                raise Refused(f"pickle opcode {opcode.name} at byte {pos}: it loads or calls code")
+            machine.step(opcode, arg, pos)
+            if opcode.name == "STOP" and pos is not None:
                 end = pos + 1
     except Refused:
         raise
@@ -90,6 +79,77 @@ def _scan(data: bytes) -> None:
         raise Refused("pickle has no STOP opcode")
     if end != len(data):
         raise Refused(f"{len(data) - end} bytes after the pickle's STOP opcode")
+
+
+class _Machine:
+    """The unpickler's stack, with each value reduced to its height in nested tuples and frozensets.
+
+    Those are the containers Python hashes (as dict keys, set items) by plain C recursion: a chain of 200,000
+    TUPLE1 opcodes, 200 KB, would overflow the C stack inside the unpickler, before any walk of ours. Their
+    height is fixed when they are built, so the simulation bounds it; lists, dicts and sets count 0 (they are
+    unhashable, and their own depth is bounded by the walk after loading).
+    """
+
+    _TUPLES = frozenset({"TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "FROZENSET"})
+    _GETS = frozenset({"GET", "BINGET", "LONG_BINGET"})
+    # Opcodes that give back the container (or value) they took: not a new value.
+    _SAME = frozenset({"MEMOIZE", "APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS"})
+
+    def __init__(self) -> None:
+        self.stack: list[int] = []
+        self.marks: list[int] = []  # the stack's length at each open MARK
+        self.memo: dict[int, int] = {}
+        self.values = 0
+
+    def step(self, opcode: pickletools.OpcodeInfo, arg: object, pos: int | None) -> None:
+        name = opcode.name
+        if name == "MARK":
+            self.marks.append(len(self.stack))
+            if len(self.marks) > MAX_DEPTH:
+                raise Refused(f"pickle nests marks deeper than {MAX_DEPTH}")
+            return
+        popped = self._pop(opcode.stack_before, pos)
+        if name in _MEMO_WRITES or name == "MEMOIZE":
+            if not self.stack and not popped:
+                raise Refused(f"pickle memoizes from an empty stack at byte {pos}")
+            slot = arg if name != "MEMOIZE" else len(self.memo)
+            if not isinstance(slot, int) or not 0 <= slot <= _MAX_PUSHES:
+                raise Refused(f"pickle writes memo slot {slot}, beyond any value it can hold")
+            self.memo[slot] = popped[0] if popped else self.stack[-1]
+        if name in self._TUPLES:
+            height = 1 + max(popped, default=0)
+            if height > MAX_DEPTH:
+                raise Refused(f"pickle nests tuples deeper than {MAX_DEPTH} at byte {pos}")
+            pushed = [height]
+        elif name == "EMPTY_TUPLE":
+            pushed = [1]
+        elif name in self._GETS:
+            pushed = [self.memo.get(arg, 0) if isinstance(arg, int) else 0]
+        elif name in ("DUP", "MEMOIZE"):
+            pushed = popped * len(opcode.stack_after)
+        else:
+            pushed = [0] * len(opcode.stack_after)
+        if pushed and name not in self._SAME:
+            self.values += 1
+            if self.values > _MAX_PUSHES:
+                raise Refused(f"pickle pushes more than {_MAX_PUSHES} values")
+        self.stack.extend(pushed)
+
+    def _pop(self, before: list[pickletools.StackObject], pos: int | None) -> list[int]:
+        if pickletools.markobject in before:
+            if not self.marks:
+                raise Refused(f"pickle pops to a MARK that is not there at byte {pos}")
+            at = self.marks.pop()
+            popped, below = self.stack[at:], before.index(pickletools.markobject)
+            del self.stack[at:]
+        else:
+            popped, below = [], len(before)
+        if len(self.stack) - below < (self.marks[-1] if self.marks else 0):
+            raise Refused(f"pickle pops more than its stack holds at byte {pos}")
+        if below:
+            popped = self.stack[-below:] + popped
+            del self.stack[-below:]
+        return popped
 
 
 # ----------------------------------------------------------------------------------------------- plain values

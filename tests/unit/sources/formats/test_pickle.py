@@ -229,3 +229,22 @@ def test_to_plain_refuses_types_outside_the_plain_set() -> None:
         reader.to_plain({"a": [Plain()]}, "test")
     with pytest.raises(Refused, match="value of type complex"):
         reader.to_plain(1j, "test")
+
+
+def test_a_tuple_chain_that_would_overflow_the_c_stack_when_hashed_is_refused_before_unpickling() -> None:
+    # EMPTY_DICT, EMPTY_TUPLE, TUPLE1 x 60,000, BININT1 1, SETITEM: hashing the key recurses once per level in C.
+    bomb = b"\x80\x04}" + b")" + b"\x85" * 60_000 + b"K\x01s."
+    assert len(bomb) <= MAX_INPUT_BYTES
+    with pytest.raises(Refused, match=f"tuples deeper than {MAX_DEPTH}"):
+        reader.loads(bomb)
+    # The same through the memo: a deep tuple stored, fetched back and nested further still counts its height.
+    stored = b"\x80\x04)" + b"\x85" * 20 + b"\x94" + b"h\x00" + b"\x85" * 12 + b"."
+    with pytest.raises(Refused, match="tuples deeper"):
+        reader.loads(stored)
+    assert reader.loads(b"\x80\x04)" + b"\x85" * (MAX_DEPTH - 1) + b".") == nested_lists(MAX_DEPTH)
+
+
+@pytest.mark.parametrize("data", [b"\x80\x04a.", b"\x80\x04(e.", b"\x80\x040.", b"\x80\x04(K\x01s.", b"\x80\x04t."])
+def test_opcodes_that_pop_what_the_stack_does_not_hold_are_refused(data: bytes) -> None:
+    with pytest.raises(Refused, match=r"MARK that is not there|more than its stack holds"):
+        reader.loads(data)
