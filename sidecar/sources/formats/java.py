@@ -113,7 +113,14 @@ class _Object:
 
     name: str
     fields: dict[str, object] = field(default_factory=dict)
-    extra: dict[str, list[object]] = field(default_factory=dict)  # bytes chunks (merged) and values
+    extra: dict[str, list[object]] = field(default_factory=dict)  # _Block and values, in stream order
+
+
+class _Block:
+    """Primitive data a ``writeObject`` wrote (its blocks joined): kept apart from a ``byte[]`` value."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
 
 
 class _Building:
@@ -334,11 +341,12 @@ class _Reader:
                 self.pos += 1
                 length = self.u8() if tc == TC_BLOCKDATA else int.from_bytes(self.take(4), "big", signed=True)
                 chunk = self.take(length)
-                if items and isinstance(items[-1], bytes):
-                    items[-1] += chunk
-                else:
+                block = items[-1] if items else None
+                if not isinstance(block, _Block):
                     self.count()
-                    items.append(chunk)
+                    block = _Block()
+                    items.append(block)
+                block.data += chunk
             elif tc == TC_ENDBLOCKDATA:
                 self.pos += 1
                 return items
@@ -405,11 +413,11 @@ class _Extra:
 
     def read(self, n: int) -> bytes:
         item = self.items[self.i] if self.i < len(self.items) else None
-        if not isinstance(item, bytes) or len(item) - self.off < n:
+        if not isinstance(item, _Block) or len(item.data) - self.off < n:
             raise Refused(f"Java stream: {self.owner}'s writeObject data is short of primitive data")
-        chunk = item[self.off : self.off + n]
+        chunk = bytes(item.data[self.off : self.off + n])
         self.off += n
-        if self.off == len(item):
+        if self.off == len(item.data):
             self.i, self.off = self.i + 1, 0
         return chunk
 
@@ -425,7 +433,7 @@ class _Extra:
         return n
 
     def value(self) -> object:
-        if self.off or self.i >= len(self.items) or isinstance(self.items[self.i], bytes):
+        if self.off or self.i >= len(self.items) or isinstance(self.items[self.i], _Block):
             raise Refused(f"Java stream: {self.owner}'s writeObject data lacks a value")
         self.i += 1
         return self.items[self.i - 1]

@@ -398,3 +398,19 @@ def test_write_object_data_of_a_plain_class_is_refused() -> None:
     stream = HEADER + obj(desc(SEC + "core.authority.SimpleGrantedAuthority", flags=0x03), string("x") + END)
     with pytest.raises(Refused, match="unexpected writeObject data"):
         java.loads(stream)
+
+
+def test_a_list_element_that_is_a_byte_array_is_not_mistaken_for_primitive_data() -> None:
+    # ArrayList: size field, then its writeObject's capacity (block data) and the elements; here a byte[].
+    stream = obj(desc("java.util.ArrayList", [("I", "size", b"")], flags=0x03), struct.pack(">i", 1))
+    stream += b"\x77\x04" + struct.pack(">i", 10) + array(desc("[B"), [b"\x01"]) + END
+    assert java.loads(HEADER + stream) == [b"\x01"]
+
+
+def test_primitive_data_split_across_blocks_reads_as_one() -> None:
+    # HashSet's capacity, load factor and size, written in a short block and a long one (Java may split anywhere).
+    data = b"\x77\x04" + struct.pack(">i", 16) + b"\x7a" + struct.pack(">i", 8) + struct.pack(">fi", 0.75, 2)
+    stream = obj(desc("java.util.HashSet", flags=0x03), data + string("a") + string("b") + END)
+    assert java.loads(HEADER + stream) == ["a", "b"]
+    with pytest.raises(Refused, match="short of primitive data"):
+        java.loads(HEADER + obj(desc("java.util.HashSet", flags=0x03), b"\x77\x04" + bytes(4) + END))
