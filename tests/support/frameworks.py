@@ -117,40 +117,52 @@ def _run_ok(args: Sequence[str], cwd: Path | None = None) -> bool:
     return done.returncode == 0
 
 
-def _missing_python(*modules: str) -> list[str]:
-    return [name for name in modules if importlib.util.find_spec(name) is None]
+def _express_missing() -> str | None:
+    if shutil.which("node") is None:
+        return f"node is not installed (install Node.js 18+ and npm, then {INSTALL_HINT})"
+    modules = EXAMPLES / "express" / "node_modules"
+    missing = [name for name in EXPRESS_MODULES if not (modules / name / "package.json").exists()]
+    if missing:
+        return f"examples/frameworks/express has no {', '.join(missing)} in node_modules ({INSTALL_HINT}: npm ci)"
+    return None
+
+
+def _python_missing(*modules: str) -> str | None:
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    return f"Python packages missing: {', '.join(missing)} (pip install -e '.[dev]')" if missing else None
+
+
+def _php_missing() -> str | None:
+    if shutil.which("php") is None:
+        return f"php is not installed ({INSTALL_HINT}: Debian php-cli php-redis)"
+    extensions = subprocess.run(["php", "-m"], capture_output=True, text=True, check=False).stdout.split()
+    return None if "redis" in extensions else f"PHP has no redis extension ({INSTALL_HINT}: Debian php-redis)"
+
+
+def _rails_missing() -> str | None:
+    if shutil.which("ruby") is None or shutil.which("rackup") is None:
+        return f"ruby or rackup is not installed ({INSTALL_HINT}: Debian ruby-redis-actionpack ruby-webrick)"
+    script = 'require "action_dispatch"; require "redis-actionpack"; require "webrick"'
+    if not _run_ok(["ruby", "-e", script]):
+        return f"ruby cannot load action_dispatch, redis-actionpack and webrick ({INSTALL_HINT})"
+    return None
+
+
+_CHECKS: dict[str, Callable[[], str | None]] = {
+    "express": _express_missing,
+    "django": lambda: _python_missing("django", "redis"),
+    "flask": lambda: _python_missing("flask", "flask_session", "flask_login", "msgspec"),
+    "php": _php_missing,
+    "rails": _rails_missing,
+}
 
 
 @functools.cache
 def skip_reason(kind: str) -> str | None:
     """Why ``kind``'s app cannot run here, or None when it can."""
-    if kind == "express":
-        if shutil.which("node") is None:
-            return f"node is not installed ({INSTALL_HINT} needs Node.js and npm)"
-        modules = EXAMPLES / "express" / "node_modules"
-        missing = [name for name in EXPRESS_MODULES if not (modules / name / "package.json").exists()]
-        if missing:
-            return f"examples/frameworks/express has no {', '.join(missing)} in node_modules ({INSTALL_HINT}: npm ci)"
-        return None
-    if kind == "django":
-        missing = _missing_python("django", "redis")
-        return f"Python packages missing: {', '.join(missing)} (pip install -e '.[dev]')" if missing else None
-    if kind == "flask":
-        missing = _missing_python("flask", "flask_session", "flask_login", "msgspec")
-        return f"Python packages missing: {', '.join(missing)} (pip install -e '.[dev]')" if missing else None
-    if kind == "php":
-        if shutil.which("php") is None:
-            return f"php is not installed ({INSTALL_HINT}: Debian php-cli php-redis)"
-        modules = subprocess.run(["php", "-m"], capture_output=True, text=True, check=False).stdout.split()
-        return None if "redis" in modules else f"PHP has no redis extension ({INSTALL_HINT}: Debian php-redis)"
-    if kind == "rails":
-        if shutil.which("ruby") is None or shutil.which("rackup") is None:
-            return f"ruby or rackup is not installed ({INSTALL_HINT}: Debian ruby-redis-actionpack ruby-webrick)"
-        script = 'require "action_dispatch"; require "redis-actionpack"; require "webrick"'
-        if not _run_ok(["ruby", "-e", script]):
-            return f"ruby cannot load action_dispatch, redis-actionpack and webrick ({INSTALL_HINT})"
-        return None
-    raise ValueError(f"unknown framework {kind!r}; one of {KINDS}")
+    if kind not in _CHECKS:
+        raise ValueError(f"unknown framework {kind!r}; one of {KINDS}")
+    return _CHECKS[kind]()
 
 
 # --------------------------------------------------------------------------------------------------- servers
