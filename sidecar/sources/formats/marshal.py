@@ -151,7 +151,7 @@ class _Reader:
         self.shapes[self._register(value)] = (1, 0)
         return value
 
-    def _link(self, at: int, depth: int) -> tuple[object, int]:
+    def _link(self, at: int, depth: int, *, count: bool = True) -> tuple[object, int]:
         index = self._long()
         if not 0 <= index < len(self.objects):
             raise Refused(f"Marshal link at byte {at} points to object {index}, which was not read")
@@ -161,7 +161,8 @@ class _Reader:
         size, height = shape
         if depth + height > MAX_DEPTH:
             raise Refused(f"Marshal link at byte {at} nests deeper than {MAX_DEPTH}")
-        self._add(size)
+        if count:
+            self._add(size)
         return self.objects[index], height
 
     def _array(self, depth: int) -> int:
@@ -276,9 +277,17 @@ class _Reader:
                 raise Refused(f"Marshal encoding flag at byte {value_at} is {flag!r}, not T or F")
             return "UTF-8" if flag == b"T" else "US-ASCII"
         if name == "encoding":
-            if self._byte() != b'"':
+            tag = self._byte()
+            if tag == b'"':
+                named: object = self._bytes()
+                self.shapes[self._register(named)] = (1, 0)
+            elif tag == b"@":  # Ruby links the second string of an encoding to the first one's name
+                named, _ = self._link(value_at, MAX_DEPTH, count=False)
+            else:
                 raise Refused(f"Marshal encoding name at byte {value_at} is not a string")
-            raw = self._bytes()
-            self.shapes[self._register(raw)] = (1, 0)
-            return raw.decode("ascii", "replace")
+            if isinstance(named, str):
+                return named
+            if isinstance(named, bytes):
+                return named.decode("ascii", "replace")
+            raise Refused(f"Marshal encoding name at byte {value_at} links to a {type(named).__name__}")
         raise Refused(f"Marshal instance variable {name[:32]!r} at byte {name_at}; only E and encoding are read")

@@ -41,6 +41,13 @@ PRIMITIVES: list[tuple[bytes, object]] = [
     (b'\x04\x08"\x06x', b"x"),  # "x".b: a binary string
     (b'\x04\x08I"\x06\xe9\x06:\x0dencoding"\x0fISO-8859-1', b"\xe9"),  # another encoding: its bytes
     (b'\x04\x08[\x07I"\x0bshared\x06:\x06ET@\x06', ["shared", "shared"]),  # the same object twice: a link
+    # [1.5, 1.5, 2**64-1, 2**64-1, "é", "ü"] (both ISO-8859-1): the float, the bignum and the second string's
+    # encoding name are written as links to the first ones.
+    (
+        b"\x04\x08[\x0bf\x081.5@\x06l+\x09\xff\xff\xff\xff\xff\xff\xff\xffl+\x09\xff\xff\xff\xff\xff\xff\xff\xff"
+        b'I"\x06\xe9\x06:\x0dencoding"\x0fISO-8859-1I"\x06\xfc\x06;\x00@\x0a',
+        [1.5, 1.5, 2**64 - 1, 2**64 - 1, b"\xe9", b"\xfc"],
+    ),
     (b'\x04\x08{\x06I"\x0aflash\x06:\x06ET{\x07I"\x0cdiscard\x06;\x00T[\x00I"\x0cflashes\x06;\x00T{\x00', None),
 ]
 RUBY = shutil.which("ruby")
@@ -214,13 +221,15 @@ def test_what_a_real_ruby_dumps_reads_back() -> None:
     s = "shared"
     vals = [{"session_id" => "abc", "warden.user.user.key" => [[1], "$2a$salt"], "_csrf_token" => "tok"},
             {"flash" => {"discard" => [], "flashes" => {"notice" => "Signed in."}}, "n" => 2**62, :sym => -1.5},
-            [s, s, :"é", :"é", "x".b, nil, true, false, 2**64 - 1, -(2**63)]]
+            [s, s, :"é", :"é", "x".b, nil, true, false, 2**64 - 1, -(2**63)],
+            [1.5, 1.5, 2**40, 2**40, "é".encode("ISO-8859-1"), "ü".encode("ISO-8859-1"), "a".encode("US-ASCII")]]
     vals.each { |v| puts Marshal.dump(v).unpack1("H*") }
     """
-    session, flash, mixed = (reader.loads(data) for data in _ruby(code))
+    session, flash, mixed, links = (reader.loads(data) for data in _ruby(code))
     assert session == {"session_id": "abc", "warden.user.user.key": [[1], "$2a$salt"], "_csrf_token": "tok"}
     assert flash == {"flash": {"discard": [], "flashes": {"notice": "Signed in."}}, "n": 2**62, "sym": -1.5}
     assert mixed == ["shared", "shared", "é", "é", b"x", None, True, False, 2**64 - 1, -(2**63)]
+    assert links == [1.5, 1.5, 2**40, 2**40, b"\xe9", b"\xfc", "a"]
 
 
 @pytest.mark.skipif(RUBY is None, reason="no ruby installed: the byte strings above stand in for it")
