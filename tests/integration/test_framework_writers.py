@@ -507,3 +507,37 @@ def test_rails_session_expires_with_its_ttl(valkey: servers.RedisServer, db: red
     for writer in running("rails", valkey, tmp_path, ttl=SHORT_TTL):
         _, cookie = writer.login(USER)
         assert_expires(db, writer, rails_key(writer, cookie), cookie)
+
+
+# --------------------------------------------------------------------------------------------------- availability
+
+
+@pytest.mark.parametrize("kind", ["express", "php", "rails"])
+def test_a_missing_runtime_is_a_skip_reason_naming_it(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(frameworks.shutil, "which", lambda _name: None)
+    reason = frameworks._CHECKS[kind]()
+    assert reason is not None
+    assert {"express": "node", "php": "php", "rails": "ruby"}[kind] in reason
+    assert "make framework-deps" in reason
+
+
+def test_express_without_node_modules_is_a_skip_reason_naming_npm_ci(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    if frameworks.shutil.which("node") is None:
+        pytest.skip("node is not installed: the node_modules check comes after it")
+    monkeypatch.setattr(frameworks, "EXAMPLES", tmp_path)
+    reason = frameworks._express_missing()
+    assert reason is not None
+    assert "express-session" in reason
+    assert "npm ci" in reason
+
+
+def test_a_missing_python_package_is_a_skip_reason_naming_it() -> None:
+    reason = frameworks._python_missing("flask", "no_such_module_for_writers")
+    assert reason == "Python packages missing: no_such_module_for_writers (pip install -e '.[dev]')"
+
+
+def test_an_unknown_framework_is_an_error() -> None:
+    with pytest.raises(ValueError, match="unknown framework 'struts'"):
+        frameworks.skip_reason("struts")
