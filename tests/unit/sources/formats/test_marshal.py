@@ -6,7 +6,10 @@ them again when one is installed.
 
 from __future__ import annotations
 
+import base64
+import json
 import math
+import random
 import shutil
 import subprocess
 import time
@@ -249,3 +252,34 @@ def test_what_a_real_ruby_dumps_for_objects_is_refused() -> None:
     for data in dumps:
         with pytest.raises(Refused):
             reader.loads(data)
+
+
+def _random_value(rng: random.Random, depth: int = 0) -> object:
+    kind = rng.randrange(9 if depth < 4 else 6)
+    if kind == 0:
+        return rng.choice([None, True, False])
+    if kind == 1:
+        return rng.choice([0, -1, 122, -123, 255, -256, 2**30, -(2**30) - 1, 2**62, -(2**63), 2**64 - 1])
+    if kind == 2:
+        return rng.choice([0.5, -0.0, 1e100, 1e-7, 123456.789, rng.uniform(-1e6, 1e6)])
+    if kind in (3, 4, 5):
+        return "".join(rng.choice("aZ0 _:@;\"'\\é€😀\x00") for _ in range(rng.randrange(8)))
+    if kind == 6:
+        return [_random_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+    keys = ["session_id", "user", "warden.user.user.key", "", "é", "flash", "_csrf_token"]
+    return {rng.choice(keys): _random_value(rng, depth + 1) for _ in range(rng.randrange(5))}
+
+
+@pytest.mark.skipif(RUBY is None, reason="no ruby installed: the byte strings above stand in for it")
+def test_random_values_dumped_by_a_real_ruby_read_back_equal() -> None:
+    # Ruby parses each JSON line and dumps what it holds (its JSON parser shares equal keys: links get exercised).
+    assert RUBY is not None
+    rng = random.Random(20261203)
+    values = [_random_value(rng) for _ in range(300)]
+    lines = "\n".join(json.dumps(value) for value in values) + "\n"
+    code = 'require "json"; STDIN.each_line { |line| puts [Marshal.dump(JSON.parse(line))].pack("m0") }'
+    out = subprocess.run([RUBY, "-e", code], input=lines.encode(), capture_output=True, check=True, timeout=60)
+    dumps = out.stdout.decode().split()
+    assert len(dumps) == len(values)
+    for value, dump in zip(values, dumps, strict=True):
+        assert reader.loads(base64.b64decode(dump)) == value, dump

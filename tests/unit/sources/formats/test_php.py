@@ -7,7 +7,10 @@ The byte strings below were written by PHP 8.2 (``serialize`` / ``session_encode
 
 from __future__ import annotations
 
+import base64
+import json
 import math
+import random
 import shutil
 import subprocess
 import time
@@ -248,3 +251,46 @@ def test_what_a_real_igbinary_writes_is_refused() -> None:
         pytest.skip("php has no igbinary extension")
     with pytest.raises(Refused, match="igbinary"):
         reader.loads_session(data, "php")
+
+
+def _random_value(rng: random.Random, depth: int = 0) -> object:
+    kind = rng.randrange(9 if depth < 4 else 6)
+    if kind == 0:
+        return rng.choice([None, True, False])
+    if kind == 1:
+        return rng.choice([0, -1, 7, 2**31, -(2**63), 2**63 - 1, rng.randrange(-(2**63), 2**63)])
+    if kind == 2:
+        return rng.choice([0.5, -0.0, 1e25, 1e-7, rng.uniform(-1e6, 1e6)])
+    if kind in (3, 4, 5):
+        return "".join(rng.choice("aZ0 _|;:{}\"'\\é€😀\x00") for _ in range(rng.randrange(8)))
+    if kind == 6:
+        return [_random_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+    keys = ["0", "1", "7", "07", "-0", "-5", "", "9223372036854775808", "user", "a|b", "é"]
+    return {rng.choice(keys): _random_value(rng, depth + 1) for _ in range(rng.randrange(5))}
+
+
+def _keys_as_text(value: object) -> object:
+    # json_encode writes every key as a string: read integer keys the same way to compare.
+    if isinstance(value, dict):
+        return {str(key): _keys_as_text(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_keys_as_text(item) for item in value]
+    return value
+
+
+@pytest.mark.skipif(PHP is None, reason="no php binary installed: the byte strings above stand in for it")
+def test_random_values_serialized_by_a_real_php_read_as_php_sees_them() -> None:
+    # PHP decodes each JSON line, then answers serialize() of it and json_encode() of it: what PHP itself holds.
+    assert PHP is not None
+    rng = random.Random(20261203)
+    lines = "\n".join(json.dumps(_random_value(rng)) for _ in range(300)) + "\n"
+    code = (
+        "while (($line = fgets(STDIN)) !== false) { $v = json_decode($line, true, 512, JSON_THROW_ON_ERROR);"
+        'echo base64_encode(serialize($v)), " ", json_encode($v, JSON_PRESERVE_ZERO_FRACTION), "\\n"; }'
+    )
+    out = subprocess.run([PHP, "-n", "-r", code], input=lines.encode(), capture_output=True, check=True, timeout=60)
+    answers = out.stdout.decode().splitlines()
+    assert len(answers) == 300
+    for answer in answers:
+        serialized, as_json = answer.split(" ", 1)
+        assert _keys_as_text(reader.loads(base64.b64decode(serialized))) == json.loads(as_json), answer
