@@ -3,7 +3,8 @@
 # redis-store), as `config.session_store :redis_store` sets up in a Rails app. The browser holds the public session
 # id; Redis holds "<namespace>:2::<sha256 hex of the public id>" (rack's private id).
 #
-#   GET /login?user=ID&email=E&roles=a,b   reset_session (a new id), then session["user_id"], "email", "roles"
+#   GET /login?user=ID&email=E&roles=a,b   reset_session (a new id), then session["user_id"], "email", "roles",
+#                                          "login_at"
 #   GET /whoami                            the logged-in user, or 401
 #   GET /logout                            reset_session: the stored session is deleted
 #
@@ -39,6 +40,7 @@ app = lambda do |env|
     session["user_id"] = user
     session["email"] = request.query_parameters["email"] if request.query_parameters["email"]
     session["roles"] = request.query_parameters["roles"].to_s.split(",").reject(&:empty?)
+    session["login_at"] = Time.now.to_i # an Integer, as apps keep timestamps and ids
     json(200, user: user, session: session.id.public_id)
   when "/whoami"
     next json(401, error: "not logged in") unless session["user_id"]
