@@ -39,6 +39,7 @@ from sidecar.lifecycle import SessionManager
 from sidecar.metrics import Metrics, exposition, process_registry
 from sidecar.sources.base import SessionSource
 from sidecar.sources.cached import CachedSource, LocalEvictions
+from sidecar.sources.configured import configured_sources
 from sidecar.sources.native import NativeSource
 from sidecar.store.base import SessionStore
 from sidecar.store.cache import SessionCache
@@ -64,7 +65,8 @@ def edge_settings(config: Config, sources: Sequence[SessionSource] = ()) -> Edge
     """The core's settings; ``sources``: their cookies are the session cookies (default: cookie.name's)."""
     headers = config.headers
     return EdgeSettings(
-        cookie_name=config.cookie.name,
+        # The 401 challenge names the first source's cookie: the one a client is most likely to lack.
+        cookie_name=sources[0].cookie_names[0] if sources else config.cookie.name,
         cookie_names=tuple(name for source in sources for name in source.cookie_names),
         strip_upstream=config.cookie.strip_upstream,
         user_id_header=headers.user_id,
@@ -298,11 +300,14 @@ def request_path(config: Config, metrics: Metrics, running: contextlib.AsyncExit
     if listener is not None:
         listener.start()
         running.push_async_callback(listener.stop)
+    sources, closers = configured_sources(config, source, store.client)
+    for close in closers:
+        running.push_async_callback(close)
     observer = DecisionObserver(metrics, sample_allows=config.log.sample_allows, tracker=RepeatedInvalidTokens())
     issuer = assertion_issuer(config)
     service = AuthzService(
-        edge_settings(config, (source,)),
-        sources=(source,),
+        edge_settings(config, sources),
+        sources=sources,
         deadline=config.redis.timeout,
         observer=observer,
         assertions=issuer,

@@ -104,6 +104,14 @@ class Metrics:
         self.cache_entries = Gauge(
             "sidecar_cache_entries", "Sessions held in the cache.", registry=registry, multiprocess_mode="livesum"
         )
+        self.source_reads = Counter(
+            "sidecar_source_reads",
+            "Reads of a session source's store (the native cache's hits are not reads), by source kind and what the "
+            "read found: session, absent (no live session, or one without a user) or refused (a record that does "
+            "not decode or is over the bounds).",
+            ("source", "result"),
+            registry=registry,
+        )
         self.invalid_tokens = Counter(
             "sidecar_invalid_tokens",
             "Requests whose session cookies were all invalid: forged or malformed (never sent to the store) or "

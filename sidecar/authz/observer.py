@@ -40,6 +40,7 @@ class Observation:
     record: SessionRecord | None  # the session the decision was about, when one resolved
     invalid: str | None  # "forged" or "unknown" when the request's session cookies were all invalid
     seconds: float
+    session_source: str = ""  # the kind of source the session came from (native, spring-session, ...)
 
 
 def decision_fields(request: RequestView, seen: Observation) -> dict[str, object]:
@@ -53,6 +54,7 @@ def decision_fields(request: RequestView, seen: Observation) -> dict[str, object
         "invalid_token": seen.invalid,
         "user_id": record.user_id if record is not None else None,
         "session_id": record.session_id if record is not None else None,
+        "session_source": seen.session_source or None,
         "method": request.method,
         "host": request.host,
         "path": logged_path(request.path),
@@ -103,6 +105,11 @@ class DecisionObserver:
                 "repeated invalid session tokens",
                 extra={"fields": {"source": source, "count": tracker.threshold, "window_s": tracker.window}},
             )
+
+    def source_read(self, source: str, outcome: str) -> None:
+        """One read of a session source's store, by what it found (session, absent, refused)."""
+        if self.metrics is not None:
+            self.metrics.source_reads.labels(source, outcome).inc()
 
     def sync(self) -> None:
         """Refresh the gauges that are states, not events (called periodically)."""

@@ -161,7 +161,7 @@ class AuthzService:
                 if isinstance(known, Reason):
                     refused = refused or known
                     continue
-                return Found(Reason.SESSION, known)
+                return Found(Reason.SESSION, known, source.name)
         return Found(refused or Reason.UNKNOWN)
 
     async def _found(self, inspection: Inspection, at_hand: AtHand) -> Found:
@@ -194,10 +194,11 @@ class AuthzService:
                     break
                 looked_up += 1
                 found = await source.lookup(key, self._clock())
+                self._read(source.name, found)
                 if isinstance(found, Reason):
                     refused = refused or found
                 elif found is not None:
-                    return Found(Reason.SESSION, found)
+                    return Found(Reason.SESSION, found, source.name)
         if not any(keys for _, keys in tried):
             return Found(Reason.FORGED)
         return Found(refused or Reason.UNKNOWN)
@@ -208,7 +209,9 @@ class AuthzService:
         for source, keys in known:
             if keys:
                 record = source.fallback(keys[0], self._clock())
-                return Found(Reason.STALE, record) if record is not None else Found(Reason.STORE_UNAVAILABLE)
+                if record is None:
+                    return Found(Reason.STORE_UNAVAILABLE)
+                return Found(Reason.STALE, record, source.name)
         return Found(Reason.STORE_UNAVAILABLE)
 
     def _answer(
@@ -230,11 +233,18 @@ class AuthzService:
                 route = inspection.route.prefix if inspection is not None else None
                 record = found.record if found is not None else None
                 invalid = RULES[found.reason].invalid if found is not None else None
-                seen = Observation(decision, route, record, invalid, time.perf_counter() - started)
+                origin = found.source if found is not None else ""
+                seen = Observation(decision, route, record, invalid, time.perf_counter() - started, origin)
                 self._observer.observe(request, seen)
             except Exception:  # the answer matters more than its record
                 log.exception("recording a decision failed")
         return decision
+
+    def _read(self, source: str, found: object) -> None:
+        """Count one read of a source's store by what it found (sidecar_source_reads_total)."""
+        if self._observer is not None:
+            outcome = "refused" if isinstance(found, Reason) else "absent" if found is None else "session"
+            self._observer.source_read(source, outcome)
 
     def _assertion(self, request: RequestView, found: Found) -> tuple[tuple[str, str], ...]:
         if found.record is None or self._assertions is None:

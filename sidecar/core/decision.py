@@ -89,6 +89,7 @@ class Found:
 
     reason: Reason
     record: SessionRecord | None = None
+    source: str = ""  # the kind of the session source the record came from (native, express, ...)
 
     def __post_init__(self) -> None:
         if (self.record is not None) != (self.reason in _WITH_RECORD):

@@ -8,7 +8,8 @@ interval is negative; not the key's TTL, which the indexed repository sets five 
 
 The identity is Spring Security's: the context's authentication must be there, not anonymous and
 ``authenticated``; the user is its name and its authorities are the roles (``formats.spring``). ``user_id``,
-``email`` and ``roles`` paths, when configured, read the security context's tree instead.
+``email`` and ``roles`` paths, when configured, read the security context's tree instead, once Spring's rules
+found an authenticated user in it.
 
 The sidecar does not touch Spring sessions (it writes nothing to the application's Redis): a user active only on
 the services behind the mesh is logged out after ``maxInactiveInterval``, as if idle (README, "Migrating from an
@@ -103,8 +104,11 @@ class SpringSessionSource:
             expires_ms = spring.expires_at_ms(session)
             if expires_ms is not None and expires_ms <= now * 1000:
                 return None
+            # Spring's rules first, whatever the paths: an anonymous or unauthenticated context is no identity.
+            found = spring_identity(session.context)
             paths = self._settings.paths
-            found = identity(session.context, paths) if paths.user_id else spring_identity(session.context)
+            if found is not None and paths.user_id:
+                found = identity(session.context, paths)
         except CorruptRecord as exc:
             log.error("unusable spring-session session %s…: %s", key.digest[:12], exc)
             return refusal(exc)

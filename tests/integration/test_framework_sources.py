@@ -3,6 +3,7 @@ test_framework_writers.py and the e2e tests): bounded reads, TTL expiry, refusal
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -21,6 +22,7 @@ from sidecar.sources.paths import Paths
 from sidecar.sources.redis_reader import RedisReader
 from sidecar.sources.spring import SpringSessionSource
 from sidecar.store.connect import RedisSettings, open_client
+from tests.support import spring_session
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +70,7 @@ async def test_a_deleted_or_expired_key_is_no_session(client: aioredis.Redis, pr
     key = only_key(source, PHP_ID)
     assert await source.lookup(key, time.time()) is None
     await client.set(prefix + PHP_ID, b"user_id|i:1;", px=50)
-    time.sleep(0.1)
+    await asyncio.sleep(0.1)
     assert await source.lookup(key, time.time()) is None
 
 
@@ -154,3 +156,76 @@ async def test_an_unreachable_redis_is_a_store_error() -> None:
             await source.lookup(only_key(source, PHP_ID), time.time())
     finally:
         await dead.aclose()
+
+
+SPRING_OWN_RULE = Paths("")  # Spring Security's principal and authorities
+SPRING_ID = "0f8e3c2a-1b4d-4e6f-8a9b-7c5d3e1f2a4b"
+
+
+def spring_source(
+    client: aioredis.Redis, prefix: str, serializer: str = "jdk", paths: Paths | None = None
+) -> SpringSessionSource:
+    settings = Settings("SESSION", prefix, serializer, (), paths or SPRING_OWN_RULE)
+    return SpringSessionSource(settings, RedisReader(client, "test valkey"))
+
+
+async def test_a_spring_session_around_real_spring_security_bytes_resolves(client: aioredis.Redis, prefix: str) -> None:
+    context = spring_session.sample("7.2.x", "core.context.TransientSecurityContext")  # real bytes: user / ROLE_USER
+    now = time.time()
+    await client.hset(f"{prefix}sessions:{SPRING_ID}", mapping=spring_session.session_hash(context, int(now * 1000)))
+    source = spring_source(client, prefix)
+    record = await source.lookup(only_key(source, SPRING_ID), now)
+    assert isinstance(record, SessionRecord)
+    assert (record.user_id, record.roles) == ("user", ("ROLE_USER",))
+    assert 1795 < record.absolute_expires_at - now <= 1800  # lastAccessedTime + maxInactiveInterval
+
+
+async def test_a_spring_session_past_its_inactive_interval_is_no_session_though_its_key_lives(
+    client: aioredis.Redis, prefix: str
+) -> None:
+    context = spring_session.sample("7.2.x", "core.context.TransientSecurityContext")
+    now = time.time()
+    idle_since = int((now - 1801) * 1000)  # the indexed repository keeps the hash 5 minutes longer than this
+    await client.hset(f"{prefix}sessions:{SPRING_ID}", mapping=spring_session.session_hash(context, idle_since))
+    source = spring_source(client, prefix)
+    assert await source.lookup(only_key(source, SPRING_ID), now) is None
+    await client.hset(f"{prefix}sessions:{SPRING_ID}", mapping=spring_session.session_hash(context, idle_since, -1))
+    assert isinstance(await source.lookup(only_key(source, SPRING_ID), now), SessionRecord)  # negative: never
+
+
+async def test_an_empty_security_context_is_no_identity(client: aioredis.Redis, prefix: str) -> None:
+    empty = spring_session.sample("7.2.x", "core.context.SecurityContextImpl")  # real bytes: no authentication
+    now = time.time()
+    await client.hset(f"{prefix}sessions:{SPRING_ID}", mapping=spring_session.session_hash(empty, int(now * 1000)))
+    source = spring_source(client, prefix)
+    assert await source.lookup(only_key(source, SPRING_ID), now) is None
+
+
+def json_context(authenticated: bool) -> bytes:
+    authentication = {
+        "@class": "org.springframework.security.authentication.UsernamePasswordAuthenticationToken",
+        "authorities": ["java.util.Collections$UnmodifiableRandomAccessList", []],
+        "details": None,
+        "authenticated": authenticated,
+        "principal": "mallory",
+        "credentials": None,
+    }
+    context = {
+        "@class": "org.springframework.security.core.context.SecurityContextImpl",
+        "authentication": authentication,
+    }
+    return json.dumps(context).encode()
+
+
+async def test_configured_paths_never_name_the_user_of_an_unauthenticated_context(
+    client: aioredis.Redis, prefix: str
+) -> None:
+    now_ms = int(time.time() * 1000)
+    fields = {"creationTime": now_ms, "lastAccessedTime": now_ms, "maxInactiveInterval": 600}
+    key = f"{prefix}sessions:{SPRING_ID}"
+    source = spring_source(client, prefix, "json", Paths("authentication.principal"))
+    await client.hset(key, mapping={**fields, "sessionAttr:SPRING_SECURITY_CONTEXT": json_context(False)})
+    assert await source.lookup(only_key(source, SPRING_ID), time.time()) is None
+    await client.hset(key, mapping={**fields, "sessionAttr:SPRING_SECURITY_CONTEXT": json_context(True)})
+    record = await source.lookup(only_key(source, SPRING_ID), time.time())
+    assert isinstance(record, SessionRecord) and record.user_id == "mallory"

@@ -313,9 +313,13 @@ class Recorder:
 
     def __init__(self) -> None:
         self.seen: list[tuple[RequestView, Observation]] = []
+        self.reads: list[tuple[str, str]] = []
 
     def observe(self, request: RequestView, seen: Observation) -> None:
         self.seen.append((request, seen))
+
+    def source_read(self, source: str, outcome: str) -> None:
+        self.reads.append((source, outcome))
 
 
 class FixedAssertions:
@@ -351,6 +355,10 @@ async def test_each_check_is_observed_once_with_what_made_the_token_invalid(
     assert kinds == [(200, None), (401, "forged"), (401, "unknown"), (401, None)]
     assert recorder.seen[0][1].record is not None and recorder.seen[0][1].record.user_id == "alice"
     assert all(seen.seconds >= 0 and seen.route == "/" for _, seen in recorder.seen)
+    assert recorder.seen[0][1].session_source == "native"
+    assert [seen.session_source for _, seen in recorder.seen[1:]] == ["", "", ""]
+    # A forged token is never read; the live and the unknown one are, once each.
+    assert recorder.reads == [("native", "session"), ("native", "absent")]
 
 
 async def test_the_no_io_fast_path_is_observed_too(store: CountingStore, clock: Clock) -> None:

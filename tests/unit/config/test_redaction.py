@@ -81,6 +81,7 @@ def test_redacted_defaults_render_as_contract_yaml() -> None:
             "audience": "",
         },
         "forward_auth": {"trusted_hops": 0, "proxy": "any"},
+        "sources": [{"kind": "native"}],
     }
 
 

@@ -11,8 +11,6 @@ Jackson mixin tests (``SimpleGrantedAuthorityMixinTests``, ``UserDeserializerTes
 from __future__ import annotations
 
 import json
-import struct
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,20 +24,10 @@ from sidecar.sources.formats.spring import (
     loads_json,
     read_session,
 )
+from tests.support.spring_session import HEADER, NO_SAMPLES, SAMPLES, SEC, VERSIONS, jdk_int, jdk_long, sample, utf
 
-SAMPLES = Path(__file__).resolve().parents[4] / ".." / "shared" / "testdata" / "spring-security"
-VERSIONS = sorted(p.name for p in SAMPLES.iterdir() if p.is_dir()) if SAMPLES.is_dir() else []
-NO_SAMPLES = f"the real Spring Security samples are absent ({SAMPLES})"
-SEC = "org.springframework.security."
 CONTEXT = SEC + "core.context.SecurityContextImpl"
 AUTHORITY = SEC + "core.authority.SimpleGrantedAuthority"
-
-
-def sample(version: str, cls: str) -> bytes:
-    path = SAMPLES / version / f"{SEC}{cls}.serialized"
-    if not path.is_file():
-        pytest.skip(NO_SAMPLES)
-    return path.read_bytes()
 
 
 def in_context(authentication: object) -> dict[str, object]:
@@ -47,34 +35,10 @@ def in_context(authentication: object) -> dict[str, object]:
     return {"@class": CONTEXT, "authentication": authentication}
 
 
-# ------------------------------------------------------------------------------- built JDK values
-
-HEADER = b"\xac\xed\x00\x05"
-
-
-def _utf(text: str) -> bytes:
-    return struct.pack(">H", len(text)) + text.encode("ascii")
-
-
-def _boxed(cls: str, uid: int, code: str, packed: bytes) -> bytes:
-    """java.lang.Long or Integer as ObjectOutputStream writes one: the class, its Number super class, the value."""
-    number = b"\x72" + _utf("java.lang.Number") + struct.pack(">Q", 0x86AC951D0B94E08B) + b"\x02\x00\x00\x78\x70"
-    fields = b"\x00\x01" + code.encode() + _utf("value")
-    return HEADER + b"\x73\x72" + _utf(cls) + struct.pack(">Q", uid) + b"\x02" + fields + b"\x78" + number + packed
-
-
-def jdk_long(value: int) -> bytes:
-    return _boxed("java.lang.Long", 0x3B8BE490CC8F23DF, "J", struct.pack(">q", value))
-
-
-def jdk_int(value: int) -> bytes:
-    return _boxed("java.lang.Integer", 0x12E2A0A4F7818738, "I", struct.pack(">i", value))
-
-
 def rename(stream: bytes, old: str, new: str) -> bytes:
     """The stream with one class renamed in its descriptor (the name's length prefix rewritten with it)."""
-    assert stream.count(_utf(old)) == 1
-    return stream.replace(_utf(old), _utf(new))
+    assert stream.count(utf(old)) == 1
+    return stream.replace(utf(old), utf(new))
 
 
 T0, T1 = 1_700_000_000_000, 1_700_000_600_000
@@ -272,7 +236,7 @@ def test_every_real_sample_gives_the_identity_spring_would_or_is_refused_as_no_c
 def test_a_session_hash_around_a_real_context_reads_its_times_and_user() -> None:
     real = sample("7.2.x", "core.context.TransientSecurityContext")
     # Another attribute holding a gadget class: never parsed, so it cannot matter.
-    gadget = HEADER + b"\x73\x72" + _utf("org.apache.commons.collections.functors.InvokerTransformer")
+    gadget = HEADER + b"\x73\x72" + utf("org.apache.commons.collections.functors.InvokerTransformer")
     session = read_session({**jdk_hash(real), b"sessionAttr:cart": gadget}, "jdk")
     assert (session.creation_ms, session.last_accessed_ms, session.max_inactive_seconds) == (T0, T1, 1800)
     assert expires_at_ms(session) == T1 + 1_800_000
@@ -309,10 +273,10 @@ def test_the_context_attribute_name_is_configurable() -> None:
     [
         (b"creationTime", None, "creationTime is NoneType"),
         (b"lastAccessedTime", b"", "lastAccessedTime is NoneType"),
-        (b"maxInactiveInterval", HEADER + b"\x74" + _utf("1800"), "maxInactiveInterval is str"),
+        (b"maxInactiveInterval", HEADER + b"\x74" + utf("1800"), "maxInactiveInterval is str"),
         (b"creationTime", b"\x00\x00\x01\x8b", "header"),  # not a Java stream at all
         (b"maxInactiveInterval", jdk_long(2**31), "out of range"),
-        (b"sessionAttr:SPRING_SECURITY_CONTEXT", HEADER + b"\x73\x72" + _utf("java.util.PriorityQueue"), "Priority"),
+        (b"sessionAttr:SPRING_SECURITY_CONTEXT", HEADER + b"\x73\x72" + utf("java.util.PriorityQueue"), "Priority"),
     ],
 )
 def test_a_hash_spring_could_not_read_is_refused(field: bytes, value: bytes | None, reason: str) -> None:
