@@ -147,3 +147,18 @@ def test_element_count_is_read_to_the_bound_and_refused_past_it() -> None:
 def test_input_over_the_size_bound_is_refused() -> None:
     with pytest.raises(Refused, match="over the"):
         reader.loads(ENCODER.encode("x" * MAX_INPUT_BYTES))
+
+
+def test_what_flask_session_itself_writes_reads_back() -> None:
+    flask = pytest.importorskip("flask", reason="Flask is not installed")
+    base = pytest.importorskip("flask_session.base", reason="Flask-Session is not installed")
+    serializer = base.MsgSpecSerializer(app=flask.Flask(__name__), format="msgpack")
+    session = base.ServerSideSession({"_user_id": "42", "_fresh": True, "_id": "f" * 128}, sid="s", permanent=True)
+    assert reader.loads(serializer.encode(session)) == {
+        "_user_id": "42",
+        "_fresh": True,
+        "_id": "f" * 128,
+        "_permanent": True,
+    }
+    # Flask-Session's own decoder agrees with ours on what it wrote.
+    assert serializer.decode(serializer.encode(session)) == reader.loads(serializer.encode(session))

@@ -248,3 +248,13 @@ def test_a_tuple_chain_that_would_overflow_the_c_stack_when_hashed_is_refused_be
 def test_opcodes_that_pop_what_the_stack_does_not_hold_are_refused(data: bytes) -> None:
     with pytest.raises(Refused, match=r"MARK that is not there|more than its stack holds"):
         reader.loads(data)
+
+
+def test_what_djangos_redis_cache_serializer_writes_reads_back() -> None:
+    redis_backend = pytest.importorskip("django.core.cache.backends.redis", reason="Django is not installed")
+    serializer = redis_backend.RedisSerializer()
+    assert reader.loads(serializer.dumps(DJANGO_SESSION)) == DJANGO_SESSION
+    # A bare int is left unpickled (redis-py then stores its digits): the caller reads those before loads.
+    assert serializer.dumps(42) == 42
+    with pytest.raises(Refused):
+        reader.loads(b"42")
