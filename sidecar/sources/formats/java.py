@@ -1,9 +1,10 @@
 """A reader of Java Object Serialization streams (protocol version 5) that loads no class and runs no code.
 
 Java deserialization runs the ``readObject`` of whatever class the stream names, which is how gadget chains
-execute code; this reader names the classes it accepts (``ALLOWED``) and refuses every other one before reading
-its data. It walks the stream's grammar (objects, class descriptors with their super classes, strings, arrays,
-enums, block data, back references) and turns what it read into plain values:
+execute code; this reader names the classes it accepts (``ALLOWED``, kept with what each class's data becomes
+in ``java_classes``) and refuses every other one before reading its data. It walks the stream's grammar
+(objects, class descriptors with their super classes, strings, arrays, enums, block data, back references)
+and turns what it read into plain values:
 
 * an object becomes a ``dict`` of its serialized fields (those of every class of its chain, names as
   serialized; a subclass field hides a super class field of the same name) plus ``"@class"``, its class name;
@@ -23,11 +24,24 @@ surrogate is refused (no identity needs one, and it would not survive UTF-8).
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from sidecar.sources.formats import MAX_DEPTH, MAX_ELEMENTS, MAX_INPUT_BYTES, Refused
+from sidecar.sources.formats.java_classes import (
+    ALLOWED,
+    ENUMS,
+    PRIMITIVES,
+    SPRING_CLASSES,
+    SUPER_ONLY,
+    Block,
+    JavaObject,
+    check_class,
+    resolve,
+)
+
+# What other modules import from here; the allowlist itself lives in java_classes.
+__all__ = ["ALLOWED", "SPRING_CLASSES", "check_class", "decode_modified_utf8", "loads", "resolve"]
+
 
 _MAGIC = b"\xac\xed\x00\x05"
 TC_NULL, TC_REFERENCE, TC_CLASSDESC, TC_OBJECT, TC_STRING, TC_ARRAY = 0x70, 0x71, 0x72, 0x73, 0x74, 0x75
@@ -35,57 +49,6 @@ TC_CLASS, TC_BLOCKDATA, TC_ENDBLOCKDATA, TC_RESET, TC_BLOCKDATALONG = 0x76, 0x77
 TC_EXCEPTION, TC_LONGSTRING, TC_PROXYCLASSDESC, TC_ENUM = 0x7B, 0x7C, 0x7D, 0x7E
 _BASE_HANDLE = 0x7E0000
 SC_WRITE_METHOD, SC_SERIALIZABLE, SC_EXTERNALIZABLE, SC_BLOCK_DATA, SC_ENUM = 0x01, 0x02, 0x04, 0x08, 0x10
-
-
-def _char(unit: int) -> str:
-    if 0xD800 <= unit <= 0xDFFF:
-        raise Refused("Java stream: a char that is half a surrogate pair")
-    return chr(unit)
-
-
-# Primitive type codes: struct format and the plain value's converter.
-_PRIMITIVES: dict[str, tuple[str, Callable[[Any], object]]] = {
-    "B": (">b", int), "S": (">h", int), "I": (">i", int), "J": (">q", int),
-    "F": (">f", float), "D": (">d", float), "Z": (">?", bool), "C": (">H", _char),
-}  # fmt: skip
-
-# Classes whose fields become a dict, as written by Spring Security (6.2 to 7.2) for a security context.
-SPRING_CLASSES = frozenset(
-    {
-        "org.springframework.security.core.context.SecurityContextImpl",
-        "org.springframework.security.core.context.TransientSecurityContext",
-        "org.springframework.security.authentication.AbstractAuthenticationToken",
-        "org.springframework.security.authentication.UsernamePasswordAuthenticationToken",
-        "org.springframework.security.authentication.RememberMeAuthenticationToken",
-        # In no sample, but Spring's rules name it (an anonymous session has no identity): read, not refused.
-        "org.springframework.security.authentication.AnonymousAuthenticationToken",
-        "org.springframework.security.authentication.TestingAuthenticationToken",
-        "org.springframework.security.web.authentication.preauth.PreAuthenticatedAuthenticationToken",
-        "org.springframework.security.web.authentication.WebAuthenticationDetails",
-        "org.springframework.security.core.userdetails.User",
-        "org.springframework.security.core.userdetails.User$AuthorityComparator",
-        "org.springframework.security.core.authority.SimpleGrantedAuthority",
-        "org.springframework.security.core.authority.FactorGrantedAuthority",
-        "org.springframework.security.oauth2.client.authentication.OAuth2AuthenticationToken",
-        "org.springframework.security.oauth2.core.user.DefaultOAuth2User",
-        "org.springframework.security.oauth2.core.user.OAuth2UserAuthority",
-        "org.springframework.security.oauth2.core.oidc.user.DefaultOidcUser",
-        "org.springframework.security.oauth2.core.oidc.user.OidcUserAuthority",
-        "org.springframework.security.oauth2.core.oidc.OidcIdToken",
-        "org.springframework.security.oauth2.core.oidc.OidcUserInfo",
-        "org.springframework.security.oauth2.core.AbstractOAuth2Token",
-    }
-)
-# Boxed values: the exact type their ``value`` field reads as.
-_BOXED: dict[str, type] = {
-    "java.lang.Long": int, "java.lang.Integer": int, "java.lang.Short": int, "java.lang.Byte": int,
-    "java.lang.Double": float, "java.lang.Float": float, "java.lang.Boolean": bool, "java.lang.Character": str,
-}  # fmt: skip
-# Super classes that carry no data of their own here; an object of exactly one of them is refused.
-_SUPER_ONLY = frozenset({"java.lang.Number", "java.lang.Enum"})
-# Element classes accepted in arrays only (``Arrays.asList`` keeps one; no object of these classes is read).
-_ARRAY_ONLY = frozenset({"java.lang.Object", "java.lang.String"})
-_ENUMS: frozenset[str] = frozenset()  # no enum reaches a Spring Security context's serialized form
 
 
 @dataclass
@@ -105,22 +68,6 @@ class _Desc:
             out.append(desc)
             desc = desc.super
         return out[::-1]
-
-
-@dataclass
-class _Object:
-    """An object as read: its fields (every class merged) and each class's ``writeObject`` data by name."""
-
-    name: str
-    fields: dict[str, object] = field(default_factory=dict)
-    extra: dict[str, list[object]] = field(default_factory=dict)  # _Block and values, in stream order
-
-
-class _Block:
-    """Primitive data a ``writeObject`` wrote (its blocks joined): kept apart from a ``byte[]`` value."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
 
 
 class _Building:
@@ -291,7 +238,7 @@ class _Reader:
             seen.add(fname)
             if code in ("L", "["):
                 self.field_type()
-            elif code not in _PRIMITIVES:
+            elif code not in PRIMITIVES:
                 raise Refused(f"Java stream: field type code {code!r} in {name}")
             fields.append((fname, code))
             self.count()
@@ -304,10 +251,10 @@ class _Reader:
         desc = self.class_desc()
         if desc is None:
             raise Refused("Java stream: an object without a class")
-        if desc.name.startswith("[") or desc.flags & SC_ENUM or desc.name in _SUPER_ONLY:
+        if desc.name.startswith("[") or desc.flags & SC_ENUM or desc.name in SUPER_ONLY:
             raise Refused(f"Java stream: an object of class {desc.name}")
         index = self.new_handle(_BUILDING)
-        obj = _Object(desc.name)
+        obj = JavaObject(desc.name)
         if desc.flags & SC_EXTERNALIZABLE:
             # Only the class's own writeExternal data is written; without block data its length is unknowable.
             if not desc.flags & SC_BLOCK_DATA:
@@ -320,14 +267,14 @@ class _Reader:
             self.class_data(cls, obj, depth)
         return resolve(obj), index
 
-    def class_data(self, cls: _Desc, obj: _Object, depth: int) -> None:
+    def class_data(self, cls: _Desc, obj: JavaObject, depth: int) -> None:
         # Java writes every primitive field first, then the object fields, each group in descriptor order.
         for fname, code in cls.fields:
-            if code in _PRIMITIVES:
-                fmt, convert = _PRIMITIVES[code]
+            if code in PRIMITIVES:
+                fmt, convert = PRIMITIVES[code]
                 obj.fields[fname] = convert(self.unpack(fmt))
         for fname, code in cls.fields:
-            if code not in _PRIMITIVES:
+            if code not in PRIMITIVES:
                 obj.fields[fname] = self.content(depth + 1)
         if cls.flags & SC_WRITE_METHOD:
             obj.extra[cls.name] = self.annotation(depth)
@@ -342,9 +289,9 @@ class _Reader:
                 length = self.u8() if tc == TC_BLOCKDATA else int.from_bytes(self.take(4), "big", signed=True)
                 chunk = self.take(length)
                 block = items[-1] if items else None
-                if not isinstance(block, _Block):
+                if not isinstance(block, Block):
                     self.count()
-                    block = _Block()
+                    block = Block()
                     items.append(block)
                 block.data += chunk
             elif tc == TC_ENDBLOCKDATA:
@@ -362,8 +309,8 @@ class _Reader:
         code = desc.name[1]
         if code == "B":
             return self.take(size), index
-        if code in _PRIMITIVES:
-            fmt, convert = _PRIMITIVES[code]
+        if code in PRIMITIVES:
+            fmt, convert = PRIMITIVES[code]
             width = struct.calcsize(fmt)
             raw = self.take(size * width)  # checks the size against the bytes left before allocating
             self.count(size)
@@ -374,184 +321,13 @@ class _Reader:
 
     def enum(self) -> tuple[object, int]:
         desc = self.class_desc()
-        if desc is None or desc.name not in _ENUMS:
+        if desc is None or desc.name not in ENUMS:
             raise Refused(f"Java stream: enum class {desc and desc.name} is not accepted")
         index = self.new_handle(_BUILDING)
         tc = self.u8()
         if tc not in (TC_STRING, TC_LONGSTRING):
             raise Refused("Java stream: an enum constant without a name")
         return self.string(tc), index
-
-
-def check_class(name: str) -> None:
-    """Refuse a class descriptor of a class outside the accepted set (arrays: by their element class)."""
-    element = name.lstrip("[")
-    dims = len(name) - len(element)
-    if dims:
-        if dims > 1:
-            raise Refused(f"Java stream: class {name!r} is not accepted (multi-dimensional array)")
-        if element in _PRIMITIVES:
-            return
-        if element.startswith("L") and element.endswith(";"):
-            element = element[1:-1]
-        else:
-            raise Refused(f"Java stream: class {name!r} is not accepted")
-    if element not in ALLOWED and not (dims and element in _ARRAY_ONLY):
-        raise Refused(f"Java stream: class {element!r} is not accepted")
-
-
-# ---------------------------------------------------------------------------------------------- resolving
-
-
-class _Extra:
-    """A cursor over a ``writeObject``'s data: primitives from its block data, values in order."""
-
-    def __init__(self, obj: _Object, cls: str) -> None:
-        if cls not in obj.extra:
-            raise Refused(f"Java stream: {obj.name} without the data its writeObject writes")
-        self.owner, self.items, self.i, self.off = obj.name, obj.extra[cls], 0, 0
-
-    def read(self, n: int) -> bytes:
-        item = self.items[self.i] if self.i < len(self.items) else None
-        if not isinstance(item, _Block) or len(item.data) - self.off < n:
-            raise Refused(f"Java stream: {self.owner}'s writeObject data is short of primitive data")
-        chunk = bytes(item.data[self.off : self.off + n])
-        self.off += n
-        if self.off == len(item.data):
-            self.i, self.off = self.i + 1, 0
-        return chunk
-
-    def read_int(self) -> int:
-        value: int = struct.unpack(">i", self.read(4))[0]
-        return value
-
-    def size(self, n: int | None = None) -> int:
-        """A count of what follows: the one given (a field) or the next int."""
-        n = self.read_int() if n is None else n
-        if n < 0:
-            raise Refused(f"Java stream: {self.owner} declares {n} elements")
-        return n
-
-    def value(self) -> object:
-        if self.off or self.i >= len(self.items) or isinstance(self.items[self.i], _Block):
-            raise Refused(f"Java stream: {self.owner}'s writeObject data lacks a value")
-        self.i += 1
-        return self.items[self.i - 1]
-
-    def values(self, n: int) -> list[object]:
-        if n > len(self.items) - self.i:
-            raise Refused(f"Java stream: {self.owner} declares {n} values, holds {len(self.items) - self.i}")
-        return [self.value() for _ in range(n)]
-
-    def end(self) -> None:
-        if self.i != len(self.items):
-            raise Refused(f"Java stream: {self.owner}'s writeObject data has more than it declares")
-
-
-def _pairs(owner: str, flat: list[object]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in zip(flat[::2], flat[1::2], strict=True):
-        if not isinstance(key, str):
-            raise Refused(f"Java stream: a {owner} key of type {type(key).__name__} (only strings are accepted)")
-        out[key] = value
-    return out
-
-
-def _typed(obj: _Object, name: str, kind: type) -> Any:
-    value = obj.fields.get(name)
-    if type(value) is not kind:  # exactly: a bool is no int here
-        raise Refused(f"Java stream: {obj.name}.{name} is not a {kind.__name__}")
-    return value
-
-
-def _done(e: _Extra, value: object) -> object:
-    e.end()
-    return value
-
-
-def _array_list(o: _Object) -> object:
-    e = _Extra(o, "java.util.ArrayList")
-    e.read_int()  # the capacity
-    return _done(e, e.values(e.size(_typed(o, "size", int))))
-
-
-def _hash_map(o: _Object) -> object:
-    e = _Extra(o, "java.util.HashMap")
-    e.read_int()  # the bucket count
-    return _done(e, _pairs(o.name, e.values(2 * e.size())))
-
-
-def _hash_set(o: _Object) -> object:
-    e = _Extra(o, "java.util.HashSet")
-    e.read(8)  # the capacity and the load factor
-    return _done(e, e.values(e.size()))
-
-
-def _tree_set(o: _Object) -> object:
-    e = _Extra(o, "java.util.TreeSet")
-    e.value()  # the comparator: only ever an accepted class, and the order is kept as written
-    return _done(e, e.values(e.size()))
-
-
-def _tree_map(o: _Object) -> object:
-    e = _Extra(o, "java.util.TreeMap")
-    return _done(e, _pairs(o.name, e.values(2 * e.size())))
-
-
-def _linked_list(o: _Object) -> object:
-    e = _Extra(o, "java.util.LinkedList")
-    return _done(e, e.values(e.size()))
-
-
-def _instant(o: _Object) -> object:
-    e = _Extra(o, "java.time.Ser")
-    kind, seconds, nanos = struct.unpack(">bqi", e.read(13))
-    e.end()
-    if kind != 2:  # java.time.Ser's type for an Instant: other java.time types are not accepted
-        raise Refused(f"Java stream: java.time.Ser of type {kind}")
-    return seconds + nanos / 1e9
-
-
-_UNMOD = "java.util.Collections$Unmodifiable"
-_COLLECTIONS: dict[str, Callable[[_Object], object]] = {
-    "java.util.ArrayList": _array_list,
-    "java.util.LinkedList": _linked_list,
-    "java.util.HashMap": _hash_map,
-    "java.util.LinkedHashMap": _hash_map,
-    "java.util.HashSet": _hash_set,
-    "java.util.LinkedHashSet": _hash_set,
-    "java.util.TreeSet": _tree_set,
-    "java.util.TreeMap": _tree_map,
-    "java.util.Arrays$ArrayList": lambda o: _typed(o, "a", list),
-    _UNMOD + "Collection": lambda o: _typed(o, "c", list),
-    _UNMOD + "List": lambda o: _typed(o, "c", list),
-    _UNMOD + "RandomAccessList": lambda o: _typed(o, "c", list),
-    _UNMOD + "Set": lambda o: _typed(o, "c", list),
-    _UNMOD + "SortedSet": lambda o: _typed(o, "c", list),
-    _UNMOD + "Map": lambda o: _typed(o, "m", dict),
-    _UNMOD + "SortedMap": lambda o: _typed(o, "m", dict),
-    "java.util.Collections$SingletonList": lambda o: [o.fields.get("element")],
-    "java.util.Collections$SingletonSet": lambda o: [o.fields.get("element")],
-    "java.util.Collections$SingletonMap": lambda o: _pairs(o.name, [o.fields.get("k"), o.fields.get("v")]),
-    "java.util.Collections$EmptyList": lambda o: [],
-    "java.util.Collections$EmptySet": lambda o: [],
-    "java.util.Collections$EmptyMap": lambda o: {},
-    "java.time.Ser": _instant,
-}
-ALLOWED = frozenset(SPRING_CLASSES | _BOXED.keys() | _SUPER_ONLY | _ENUMS | _COLLECTIONS.keys())
-
-
-def resolve(obj: _Object) -> object:
-    """The plain value of an object as read (what its class's ``readObject``/``readResolve`` would make of it,
-    for the accepted classes), refusing ``writeObject`` data that no reader here consumes."""
-    if obj.name in _BOXED:
-        return _typed(obj, "value", _BOXED[obj.name])
-    if obj.name in _COLLECTIONS:
-        return _COLLECTIONS[obj.name](obj)
-    for cls, items in obj.extra.items():
-        if items:
-            raise Refused(f"Java stream: unexpected writeObject data for {cls}")
-    return {**obj.fields, "@class": obj.name}
 
 
 def decode_modified_utf8(raw: bytes) -> str:
