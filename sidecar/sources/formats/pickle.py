@@ -66,10 +66,13 @@ def _scan(data: bytes) -> None:
     end = -1
     try:
         for opcode, arg, pos in pickletools.genops(data):
-            if opcode.name in _FORBIDDEN:
-                raise Refused(f"pickle opcode {opcode.name} at byte {pos}: it loads or calls code")
-            machine.step(opcode, arg, pos)
-            if opcode.name == "STOP" and pos is not None:
+            name = opcode.name
+            if name in _FORBIDDEN:
+                raise Refused(f"pickle opcode {name} at byte {pos}: it loads or calls code")
+            if name == "PROTO" and pos:  # pickle.dumps writes it first or not at all; repeated, it is only padding
+                raise Refused(f"pickle opcode PROTO at byte {pos}, not at the start")
+            machine.step(name, arg, pos)
+            if name == "STOP" and pos is not None:
                 end = pos + 1
     except Refused:
         raise
@@ -79,6 +82,17 @@ def _scan(data: bytes) -> None:
         raise Refused("pickle has no STOP opcode")
     if end != len(data):
         raise Refused(f"{len(data) - end} bytes after the pickle's STOP opcode")
+
+
+def _shape(opcode: pickletools.OpcodeInfo) -> tuple[int, bool, int]:
+    """What an opcode pops below its mark (or in all, without one), whether it pops to a mark, what it pushes."""
+    before = opcode.stack_before
+    if pickletools.markobject in before:
+        return before.index(pickletools.markobject), True, len(opcode.stack_after)
+    return len(before), False, len(opcode.stack_after)
+
+
+_SHAPES = {opcode.name: _shape(opcode) for opcode in pickletools.opcodes}
 
 
 class _Machine:
@@ -92,6 +106,7 @@ class _Machine:
 
     _TUPLES = frozenset({"TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "FROZENSET"})
     _GETS = frozenset({"GET", "BINGET", "LONG_BINGET"})
+    _MEMO = frozenset({*_MEMO_WRITES, "MEMOIZE"})
     # Opcodes that give back the container (or value) they took: not a new value.
     _SAME = frozenset({"MEMOIZE", "APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS"})
 
@@ -101,55 +116,55 @@ class _Machine:
         self.memo: dict[int, int] = {}
         self.values = 0
 
-    def step(self, opcode: pickletools.OpcodeInfo, arg: object, pos: int | None) -> None:
-        name = opcode.name
+    def step(self, name: str, arg: object, pos: int | None) -> None:
+        stack = self.stack
         if name == "MARK":
-            self.marks.append(len(self.stack))
+            self.marks.append(len(stack))
             if len(self.marks) > MAX_DEPTH:
                 raise Refused(f"pickle nests marks deeper than {MAX_DEPTH}")
             return
-        popped = self._pop(opcode.stack_before, pos)
-        if name in _MEMO_WRITES or name == "MEMOIZE":
-            if not self.stack and not popped:
-                raise Refused(f"pickle memoizes from an empty stack at byte {pos}")
-            slot = arg if name != "MEMOIZE" else len(self.memo)
-            if not isinstance(slot, int) or not 0 <= slot <= _MAX_PUSHES:
-                raise Refused(f"pickle writes memo slot {slot}, beyond any value it can hold")
-            self.memo[slot] = popped[0] if popped else self.stack[-1]
+        below, marked, after = _SHAPES[name]
+        popped: list[int] = []
+        if marked:
+            if not self.marks:
+                raise Refused(f"pickle pops to a MARK that is not there at byte {pos}")
+            at = self.marks.pop()
+            popped = stack[at:]
+            del stack[at:]
+        if below:
+            if len(stack) - below < (self.marks[-1] if self.marks else 0):
+                raise Refused(f"pickle pops more than its stack holds at byte {pos}")
+            popped = stack[-below:] + popped
+            del stack[-below:]
+        if name in self._MEMO:
+            self._memoize(name, arg, popped, pos)
+        if not after:
+            return
         if name in self._TUPLES:
             height = 1 + max(popped, default=0)
             if height > MAX_DEPTH:
                 raise Refused(f"pickle nests tuples deeper than {MAX_DEPTH} at byte {pos}")
-            pushed = [height]
+            stack.append(height)
         elif name == "EMPTY_TUPLE":
-            pushed = [1]
+            stack.append(1)
         elif name in self._GETS:
-            pushed = [self.memo.get(arg, 0) if isinstance(arg, int) else 0]
-        elif name in ("DUP", "MEMOIZE"):
-            pushed = popped * len(opcode.stack_after)
+            stack.append(self.memo.get(arg, 0) if isinstance(arg, int) else 0)
+        elif name == "DUP" or name == "MEMOIZE":  # noqa: PLR1714  (two string compares beat a set build here)
+            stack.extend(popped * after)
         else:
-            pushed = [0] * len(opcode.stack_after)
-        if pushed and name not in self._SAME:
+            stack.extend((0,) * after)
+        if name not in self._SAME:
             self.values += 1
             if self.values > _MAX_PUSHES:
                 raise Refused(f"pickle pushes more than {_MAX_PUSHES} values")
-        self.stack.extend(pushed)
 
-    def _pop(self, before: list[pickletools.StackObject], pos: int | None) -> list[int]:
-        if pickletools.markobject in before:
-            if not self.marks:
-                raise Refused(f"pickle pops to a MARK that is not there at byte {pos}")
-            at = self.marks.pop()
-            popped, below = self.stack[at:], before.index(pickletools.markobject)
-            del self.stack[at:]
-        else:
-            popped, below = [], len(before)
-        if len(self.stack) - below < (self.marks[-1] if self.marks else 0):
-            raise Refused(f"pickle pops more than its stack holds at byte {pos}")
-        if below:
-            popped = self.stack[-below:] + popped
-            del self.stack[-below:]
-        return popped
+    def _memoize(self, name: str, arg: object, popped: list[int], pos: int | None) -> None:
+        if not popped and len(self.stack) <= (self.marks[-1] if self.marks else 0):
+            raise Refused(f"pickle memoizes from an empty stack at byte {pos}")
+        slot = len(self.memo) if name == "MEMOIZE" else arg
+        if not isinstance(slot, int) or not 0 <= slot <= _MAX_PUSHES:
+            raise Refused(f"pickle writes memo slot {slot}, beyond any value it can hold")
+        self.memo[slot] = popped[0] if popped else self.stack[-1]
 
 
 # ----------------------------------------------------------------------------------------------- plain values

@@ -258,3 +258,9 @@ def test_what_djangos_redis_cache_serializer_writes_reads_back() -> None:
     assert serializer.dumps(42) == 42
     with pytest.raises(Refused):
         reader.loads(b"42")
+
+
+def test_a_proto_opcode_anywhere_but_the_start_is_refused() -> None:
+    # pickle.dumps writes PROTO first or not at all; repeated, it only pads the scan's work.
+    with pytest.raises(Refused, match="PROTO at byte 2"):
+        reader.loads(b"\x80\x04\x80\x04N.")
