@@ -32,7 +32,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from prometheus_client import CollectorRegistry
 
-from sidecar.app import edge_settings
 from sidecar.authz.assertion_issuer import AssertionIssuer
 from sidecar.authz.http import HttpAuthzServer
 from sidecar.authz.observer import DecisionObserver
@@ -50,6 +49,7 @@ from sidecar.sources.cached import CachedSource
 from sidecar.sources.native import NativeSource
 from sidecar.store.cache import SessionCache
 from sidecar.store.memory import MemoryStore
+from sidecar.wiring import edge_settings
 
 RING = KeyRing.of([("k1", b"k" * 32)])
 SETTINGS = edge_settings(Config())  # the defaults: cookie SESSION, x-user-* headers, no routes

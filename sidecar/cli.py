@@ -20,7 +20,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from sidecar import app, workers
+from sidecar import app, workers, wiring
 from sidecar.authz.assertion_issuer import ALGORITHMS
 from sidecar.config import Config, load_config, redacted
 from sidecar.core.durations import parse_duration
@@ -33,16 +33,18 @@ T = TypeVar("T")
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_BAD_INPUT = 2
+# The CLI is not on a request path: give a slow store a fair chance before calling it unreachable.
+CLI_STORE_TIMEOUT = 3.0
 
 
 def _with_manager(config: Config, action: Callable[[SessionManager], Awaitable[T]]) -> T:
     async def run() -> T:
-        store = app.open_store(config, app.CLI_STORE_TIMEOUT)
+        store = wiring.open_store(config, CLI_STORE_TIMEOUT)
         try:
-            async with asyncio.timeout(app.CLI_STORE_TIMEOUT * 2):
-                return await action(app.session_manager(config, store))
+            async with asyncio.timeout(CLI_STORE_TIMEOUT * 2):
+                return await action(wiring.session_manager(config, store))
         except TimeoutError:
-            raise StoreTimeout(f"redis.url: the store did not answer within {app.CLI_STORE_TIMEOUT * 2:.0f}s") from None
+            raise StoreTimeout(f"redis.url: the store did not answer within {CLI_STORE_TIMEOUT * 2:.0f}s") from None
         except app.UNMAPPED_STORE_ERRORS as exc:
             raise StoreUnavailable(f"redis.url: the store is unreachable ({exc})") from None
         finally:

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from sidecar import app
+from sidecar import wiring
 from sidecar.config import load_config
 from sidecar.errors import StoreUnavailable
 from sidecar.store.connect import RedisSettings
@@ -167,7 +167,7 @@ async def test_credentials_and_ca_from_config_files_reach_the_server(
             "SIDECAR_REDIS__TLS_CA_FILE": pki.ca,
         }
     )
-    store = app.open_store(config, 2.0)
+    store = wiring.open_store(config, 2.0)
     try:
         await store.ping()
     finally:

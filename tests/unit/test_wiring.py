@@ -1,4 +1,5 @@
-"""The composition root's pure parts: the assertion reload on SIGHUP, and what the config wires together."""
+"""What the config wires together (sidecar.wiring): the assertion reload on SIGHUP, the native source's memories, the
+forward-auth trust, the session sources and their cookies."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from sidecar.app import (
+from sidecar.authz.forwarded import PROXIES, ForwardedTrust
+from sidecar.config import FORWARD_AUTH_PROXIES, Config, load_config
+from sidecar.core.session import SessionRecord
+from sidecar.keyring import KeyRingSource
+from sidecar.sources.configured import configured_sources
+from sidecar.store.connect import RedisSettings
+from sidecar.store.redis import RedisStore
+from sidecar.wiring import (
     SwappableAssertions,
     assertion_issuer,
     edge_settings,
@@ -17,12 +25,6 @@ from sidecar.app import (
     native_source,
     reload_assertions,
 )
-from sidecar.authz.forwarded import PROXIES, ForwardedTrust
-from sidecar.config import FORWARD_AUTH_PROXIES, Config, load_config
-from sidecar.core.session import SessionRecord
-from sidecar.keyring import KeyRingSource
-from sidecar.store.connect import RedisSettings
-from sidecar.store.redis import RedisStore
 
 RECORD = SessionRecord(session_id="sid-1", user_id="alice", email=None, roles=())
 
@@ -123,3 +125,29 @@ def test_the_config_offers_exactly_the_proxies_the_http_adapter_knows() -> None:
 def test_forward_auth_settings_reach_the_http_adapter_as_configured(proxy: str) -> None:
     environ = {"SIDECAR_FORWARD_AUTH__PROXY": proxy, "SIDECAR_FORWARD_AUTH__TRUSTED_HOPS": "3"}
     assert forwarded_trust(load_config(environ=environ)) == ForwardedTrust(proxy=proxy, trusted_hops=3)
+
+
+def test_every_sources_cookie_is_a_session_cookie_and_the_first_one_is_named_in_the_challenge(tmp_path: Path) -> None:
+    secrets = tmp_path / "express-secrets"
+    secrets.write_text("an-express-app-secret\n")
+    config = Config.model_validate(
+        {"sources": [{"kind": "django"}, {"kind": "native"}, {"kind": "express", "secrets_file": str(secrets)}]}
+    )
+    store = RedisStore.connect(RedisSettings(url="redis://127.0.0.1:1/0", timeout=0.1), "t:")
+    native, _ = native_source(config, store, store, KeyRingSource(store, None))
+    sources, closers = configured_sources(config, native, store.client)
+    assert [source.name for source in sources] == ["django", "native", "express"]
+    assert closers == []  # every source reads the sidecar's own Redis: no client of their own
+    settings = edge_settings(config, sources)
+    assert settings.cookie_name == "sessionid"
+    assert settings.cookie_names == ("sessionid", "SESSION", "connect.sid")
+
+
+def test_a_source_on_its_own_redis_gets_one_client_closed_with_the_sidecar() -> None:
+    own = {"url": "redis://127.0.0.1:1/3"}
+    config = Config.model_validate({"sources": [{"kind": "php", "redis": own}, {"kind": "rails", "redis": own}]})
+    store = RedisStore.connect(RedisSettings(url="redis://127.0.0.1:1/0", timeout=0.1), "t:")
+    native, _ = native_source(config, store, store, KeyRingSource(store, None))
+    sources, closers = configured_sources(config, native, store.client)
+    assert [source.name for source in sources] == ["php", "rails"]
+    assert len(closers) == 1  # one client for the one distinct redis entry
