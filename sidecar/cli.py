@@ -20,7 +20,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from sidecar import app, workers, wiring
+from sidecar import app, wiring, workers
 from sidecar.authz.assertion_issuer import ALGORITHMS
 from sidecar.config import Config, load_config, redacted
 from sidecar.core.durations import parse_duration
