@@ -64,6 +64,12 @@ framework-deps:
 run: $(STAMP)
 	$(BIN)/python -m demo.run
 
+# The same stack reading the sessions of a real Express app (examples/frameworks/express) on its Valkey; it needs
+# Node.js and the example's npm packages (`make framework-deps`), and says so when they are missing.
+.PHONY: run-express
+run-express: $(STAMP)
+	$(BIN)/python -m demo.run express
+
 test: $(STAMP) system-deps framework-deps lint
 	$(BIN)/pytest
 
