@@ -1,4 +1,5 @@
-"""Envoy ext_authz v3 over gRPC: CheckRequest → RequestView, Decision → CheckResponse. Translation only.
+"""Envoy ext_authz v3 over gRPC: CheckRequest → RequestView, Decision → CheckResponse. Translation only: the
+parts of an answer (metadata, which denials are encoded once) come from ``sidecar.authz.answers``.
 
 Headers are read from ``header_map`` when Envoy sends it (``encode_raw_headers: true``: every header line
 separately, raw bytes) and from the ``headers`` map otherwise (duplicates arrive comma-joined there).
@@ -16,8 +17,9 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
+from sidecar.authz.answers import AllowMetadata, Denials, deny_metadata, unanswerable
 from sidecar.authz.service import AuthzService
-from sidecar.core.decision import COOKIE_HEADER, Allow, Decision, Deny, unavailable
+from sidecar.core.decision import COOKIE_HEADER, Allow, Decision, Deny
 from sidecar.core.request import RequestView
 
 log = logging.getLogger("sidecar.authz")
@@ -67,15 +69,15 @@ def _header(key: str, value: str) -> Any:
     return base_pb2.HeaderValue(key=key, value=value)
 
 
-def allow_metadata(allow: Allow) -> Any:
-    """``dynamic_metadata`` of an allow: Envoy emits it under ``envoy.filters.http.ext_authz`` for access logs."""
-    metadata = struct_pb2.Struct()
-    metadata.update({"decision": "allow", "reason": allow.reason})
-    if allow.user_id is not None:
-        metadata["user_id"] = allow.user_id
-    if allow.session_id is not None:
-        metadata["session_id"] = allow.session_id
-    return metadata
+def _struct(metadata: dict[str, str] | dict[str, str | int]) -> Any:
+    """``dynamic_metadata``: Envoy emits it under ``envoy.filters.http.ext_authz`` for access logs."""
+    struct = struct_pb2.Struct()
+    struct.update(metadata)
+    return struct
+
+
+# An allow's dynamic_metadata, built once per session: the CheckResponse takes a copy, so the memo stays as made.
+_allow_struct = AllowMetadata(_struct).of
 
 
 def _encodable(text: str) -> bool:
@@ -114,31 +116,14 @@ def to_check_response(decision: Decision) -> Any:
         return external_auth_pb2.CheckResponse(
             status=_OK_STATUS,
             ok_response=external_auth_pb2.OkHttpResponse(headers=headers, headers_to_remove=to_remove),
-            dynamic_metadata=allow_metadata(decision),
+            dynamic_metadata=_allow_struct(decision),
         )
     return _denied(decision)
 
 
-# Encoded answers for the memoized (constant) denials: a 401/403/503 costs no message building.
-_DENIED_CACHE: dict[Deny, Any] = {}
-_DENIED_CACHE_MAX = 256
-
-
-def _denied(deny: Deny) -> Any:
-    cached = _DENIED_CACHE.get(deny)
-    if cached is not None:
-        return cached
-    response = _build_denied(deny)
-    if deny.status != 302 and len(_DENIED_CACHE) < _DENIED_CACHE_MAX:  # redirects carry the request's URL
-        _DENIED_CACHE[deny] = response
-    return response
-
-
 def _build_denied(deny: Deny) -> Any:
-    metadata = struct_pb2.Struct()
-    metadata.update({"decision": "deny", "reason": deny.reason, "status": deny.status})
     return external_auth_pb2.CheckResponse(
-        dynamic_metadata=metadata,
+        dynamic_metadata=_struct(deny_metadata(deny)),
         status=_DENY_STATUS.get(deny.status, _OTHER_DENY_STATUS),
         denied_response=external_auth_pb2.DeniedHttpResponse(
             status=http_status_pb2.HttpStatus(code=deny.status),
@@ -150,6 +135,10 @@ def _build_denied(deny: Deny) -> Any:
     )
 
 
+# The constant denials' CheckResponse, built once each: a 401/403/503 costs a lookup.
+_denied = Denials(_build_denied).of
+
+
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
     def __init__(self, service: AuthzService) -> None:
         self._service = service
@@ -159,7 +148,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             view = to_request_view(request)
         except Exception:  # a request we cannot read is denied, never raised to Envoy as an error
             log.exception("unreadable CheckRequest; denying with 503")
-            return _denied(unavailable())
+            return _denied(unanswerable())
         return to_check_response(await self._service.check(view))
 
 

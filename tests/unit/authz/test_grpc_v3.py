@@ -184,3 +184,10 @@ def test_constant_denials_are_encoded_once_and_redirects_never_cached() -> None:
     assert grpc_v3.to_check_response(deny) is grpc_v3.to_check_response(deny)
     redirect = Deny(status=302, reason="r", body=b"", headers=(("location", "https://login/?rd=x"),))
     assert grpc_v3.to_check_response(redirect) is not grpc_v3.to_check_response(redirect)
+
+
+def test_an_allows_metadata_is_built_once_per_session_and_each_answer_gets_its_own_copy() -> None:
+    allow = Allow(headers_to_set=(), headers_to_remove=(), user_id="alice", session_id="sid-1")
+    first = grpc_v3.to_check_response(allow)
+    first.dynamic_metadata["user_id"] = "mallory"  # a changed answer leaves the memo as made
+    assert grpc_v3.to_check_response(allow).dynamic_metadata["user_id"] == "alice"
