@@ -7,7 +7,7 @@
 
 Every client bounds connecting and each command by ``timeout`` and retries a failed command at most twice with
 jittered backoff; the request path puts its own deadline over all of it. A command that timed out may have run all
-the same, so the store's writes are safe to replay (store/redis.py: a replay answers what the first run did).
+the same, so the store's writes are safe to replay (store/redis_scripts.py: a replay answers what the first run did).
 Standalone clients wait for a free connection (up to ``timeout``) instead of failing when the pool is full.
 """
 
