@@ -24,14 +24,17 @@ DEMO_ROLES = ("admin", "dev")
 SECRETS_FILE = "express-secrets"
 # Where the example app keeps them: its own choice (passport.user, the default path, holds the user id).
 SOURCES = "[{{kind: native}}, {{kind: express, secrets_file: {path}, email: email, roles: roles}}]"
-_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost"})  # the app is given 127.0.0.1
 
 
-def check_available() -> None:
-    """Fail before anything starts when Node.js or the example's npm packages are missing."""
+def check_available(environ: dict[str, str]) -> None:
+    """Fail before anything starts when Node.js or the example's npm packages are missing, or when the app could
+    not reach the store the sidecar is given."""
     reason = frameworks.skip_reason("express")
     if reason is not None:
         raise LaunchError(f"the Express demo needs Node.js and the example's npm packages: {reason}")
+    if environ.get("SIDECAR_REDIS__URL"):
+        redis_address(environ["SIDECAR_REDIS__URL"])
 
 
 def sidecar_env(workdir: Path) -> dict[str, str]:

@@ -115,7 +115,7 @@ def _create_demo_session(env: dict[str, str]) -> dict[str, Any]:
 def launch(stack: Stack, environ: dict[str, str], demo: str = "native") -> None:
     """Start every process of the demo (registering each in ``stack`` at once) and print how to use it."""
     if demo == "express":
-        express.check_available()  # before anything starts: nothing to stop when Node or npm packages are missing
+        express.check_available(environ)  # before anything starts: nothing to stop when it cannot run
         extra = express.sidecar_env(stack.workdir)
         running = start_stack(stack, environ, extra)
         express.run(stack, running)
