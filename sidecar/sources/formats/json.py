@@ -16,7 +16,7 @@ import math
 import re
 
 from sidecar.sources.formats import MAX_DEPTH, MAX_INPUT_BYTES, Refused
-from sidecar.sources.formats.pickle import to_plain
+from sidecar.sources.formats.plain import to_plain
 
 # A string (escapes included, unrolled so the match is linear) or one bracket: what the nesting scan looks at.
 _TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[{]|[\]}]', re.DOTALL)

@@ -17,6 +17,7 @@ import msgspec
 
 from sidecar.sources.formats import MAX_DEPTH, MAX_ELEMENTS, MAX_INPUT_BYTES, Refused
 from sidecar.sources.formats import pickle as pickle_format
+from sidecar.sources.formats.plain import to_plain
 
 _DECODER = msgspec.msgpack.Decoder()
 # Keys and values both count in the scan (a map of n entries has 2n + 1 items); to_plain bounds values alone.
@@ -47,7 +48,7 @@ def loads(data: bytes) -> object:
         value = _DECODER.decode(data)
     except (msgspec.DecodeError, ValueError, RecursionError) as exc:
         raise Refused(f"not MessagePack: {exc}") from None
-    return pickle_format.to_plain(value, "MessagePack")
+    return to_plain(value, "MessagePack")
 
 
 def _scan(data: bytes) -> None:

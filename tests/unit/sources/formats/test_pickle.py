@@ -224,13 +224,6 @@ def test_input_over_the_size_bound_is_refused_before_parsing() -> None:
         reader.loads(data)
 
 
-def test_to_plain_refuses_types_outside_the_plain_set() -> None:
-    with pytest.raises(Refused, match="value of type Plain"):
-        reader.to_plain({"a": [Plain()]}, "test")
-    with pytest.raises(Refused, match="value of type complex"):
-        reader.to_plain(1j, "test")
-
-
 def test_a_tuple_chain_that_would_overflow_the_c_stack_when_hashed_is_refused_before_unpickling() -> None:
     # EMPTY_DICT, EMPTY_TUPLE, TUPLE1 x 60,000, BININT1 1, SETITEM: hashing the key recurses once per level in C.
     bomb = b"\x80\x04}" + b")" + b"\x85" * 60_000 + b"K\x01s."
