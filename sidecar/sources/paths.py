@@ -92,8 +92,8 @@ def identity(session: object, paths: Paths) -> Identity | None:
     if user is None or user == "":
         return None
     user_id = user_text(user, paths.user_id)
-    email = _email(session, paths.email)
-    roles = _roles(session, paths.roles)
+    email = email_at(session, paths.email)
+    roles = roles_at(session, paths.roles)
     return Identity(user_id, email, roles)
 
 
@@ -107,7 +107,7 @@ def user_text(value: object, where: str) -> str:
     return text
 
 
-def _email(session: object, path: str | None) -> str | None:
+def email_at(session: object, path: str | None) -> str | None:
     value = lookup(session, path) if path else None
     if value is None or value == "":
         return None
@@ -118,7 +118,7 @@ def _email(session: object, path: str | None) -> str | None:
     return value
 
 
-def _roles(session: object, path: str | None) -> tuple[str, ...]:
+def roles_at(session: object, path: str | None) -> tuple[str, ...]:
     value = lookup(session, path) if path else None
     if value is None:
         return ()

@@ -7,9 +7,9 @@ before they are fetched. The expiry is Spring's own: ``lastAccessedTime + maxIna
 interval is negative; not the key's TTL, which the indexed repository sets five minutes later than the expiry.
 
 The identity is Spring Security's: the context's authentication must be there, not anonymous and
-``authenticated``; the user is its name and its authorities are the roles (``formats.spring``). ``user_id``,
-``email`` and ``roles`` paths, when configured, read the security context's tree instead, once Spring's rules
-found an authenticated user in it.
+``authenticated``; the user is its name and its authorities are the roles (``formats.spring``). Each of the
+``user_id``, ``email`` and ``roles`` paths, when configured, reads the security context's tree instead of Spring's
+own value, once Spring's rules found an authenticated user in it.
 
 The sidecar does not touch Spring sessions (it writes nothing to the application's Redis): a user active only on
 the services behind the mesh is logged out after ``maxInactiveInterval``, as if idle (README, "Migrating from an
@@ -29,7 +29,7 @@ from sidecar.errors import CorruptRecord
 from sidecar.sources.base import MAX_CANDIDATES, Lookup
 from sidecar.sources.formats import spring
 from sidecar.sources.framework import NO_EXPIRY_SECONDS, FrameworkKey, Settings, handle, record_of, refusal
-from sidecar.sources.paths import Identity, checked_roles, identity
+from sidecar.sources.paths import Identity, Paths, checked_roles, email_at, lookup, roles_at, user_text
 from sidecar.sources.redis_reader import RedisReader
 
 log = logging.getLogger("sidecar.authz")
@@ -64,6 +64,20 @@ def spring_identity(context: object) -> Identity | None:
     if email is not None and (problem := header_value_problem(email)) is not None:
         raise CorruptRecord(f"the principal's email {problem}")
     return Identity(found.name, email, checked_roles(list(found.authorities), "the authorities"))
+
+
+def with_paths(found: Identity, context: object, paths: Paths) -> Identity | None:
+    """Spring's identity with each configured path read from the context instead of Spring's own value (each on
+    its own: a configured ``email`` alone keeps Spring's name and authorities)."""
+    user_id = found.user_id
+    if paths.user_id:
+        user = lookup(context, paths.user_id)
+        if user is None or user == "":
+            return None
+        user_id = user_text(user, paths.user_id)
+    email = email_at(context, paths.email) if paths.email else found.email
+    roles = roles_at(context, paths.roles) if paths.roles else found.roles
+    return Identity(user_id, email, roles)
 
 
 class SpringSessionSource:
@@ -106,9 +120,8 @@ class SpringSessionSource:
                 return None
             # Spring's rules first, whatever the paths: an anonymous or unauthenticated context is no identity.
             found = spring_identity(session.context)
-            paths = self._settings.paths
-            if found is not None and paths.user_id:
-                found = identity(session.context, paths)
+            if found is not None:
+                found = with_paths(found, session.context, self._settings.paths)
         except CorruptRecord as exc:
             log.error("unusable spring-session session %s…: %s", key.digest[:12], exc)
             return refusal(exc)

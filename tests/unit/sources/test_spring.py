@@ -1,6 +1,7 @@
 import base64
 
-from sidecar.sources.spring import FIELDS, session_id
+from sidecar.sources.paths import Identity, Paths
+from sidecar.sources.spring import FIELDS, session_id, with_paths
 
 SID = "5d9f0a1e-7c2b-4e8f-9a6d-3b1c0e2f4a58"
 
@@ -25,3 +26,19 @@ def test_only_the_fields_a_decision_needs_are_read() -> None:
         "maxInactiveInterval",
         "sessionAttr:SPRING_SECURITY_CONTEXT",
     )
+
+
+SPRINGS = Identity("user", None, ("ROLE_USER",))
+CONTEXT = {"authentication": {"principal": {"username": "user", "attributes": {"email": "u@example.com", "sub": "42"}}}}
+
+
+def test_each_configured_path_replaces_only_its_own_part_of_springs_identity() -> None:
+    email_only = Paths("", "authentication.principal.attributes.email")
+    assert with_paths(SPRINGS, CONTEXT, email_only) == Identity("user", "u@example.com", ("ROLE_USER",))
+    user_only = Paths("authentication.principal.attributes.sub")
+    assert with_paths(SPRINGS, CONTEXT, user_only) == Identity("42", None, ("ROLE_USER",))
+    assert with_paths(SPRINGS, CONTEXT, Paths("")) == SPRINGS
+
+
+def test_a_configured_user_path_that_names_nothing_is_no_identity() -> None:
+    assert with_paths(SPRINGS, CONTEXT, Paths("authentication.principal.attributes.missing")) is None
