@@ -1,31 +1,34 @@
 """The admin listener (``listen.admin``): ``/healthz`` (the process answers), ``/readyz`` (the store answers),
 ``/metrics`` (Prometheus text format) and, when identity assertions are on, ``/.well-known/jwks.json``.
 
-A deliberately tiny HTTP/1.1 responder on asyncio streams: one request per connection, bounded request size and
-time, GET/HEAD only, at most ``max_connections`` at once. Rendering the metrics reads every worker's files in
-multiprocess mode, so it runs in a thread, off the event loop that answers Checks.
-
-Also here: the process's descriptor budget shared by the listeners (``connection_limit``,
-``raise_open_files_limit``).
+The same HTTP/1.1 server as ``listen.http`` (``sidecar.authz.http_listener``: one parser, the same bounds,
+idle timeout and connection limit) with its own handler and tighter limits: one request per connection, its head
+at most ``MAX_REQUEST_BYTES`` and complete within ``READ_TIMEOUT_SECONDS`` of connecting (or ``idle_timeout`` when
+shorter), GET and HEAD only (a method the parser does not know is a malformed request: 400). An oversized request
+is closed without an answer. Rendering the metrics reads every
+worker's files in multiprocess mode, so it runs in a thread, off the event loop that answers Checks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import resource
 from collections.abc import Callable
+from dataclasses import dataclass
+
+from sidecar.authz.http_handler import Handler, Limits, Refusals
+from sidecar.authz.http_listener import (  # the descriptor budget both listeners share; re-exported for app
+    DESCRIPTOR_SHARE,
+    HttpListener,
+    connection_limit,
+    open_files_limit,
+    raise_open_files_limit,
+)
 
 log = logging.getLogger("sidecar.admin")
 
 MAX_REQUEST_BYTES = 8192
 READ_TIMEOUT_SECONDS = 5.0
-# listen.http and listen.admin each hold at most this fraction of the open-files limit, so a flood of one leaves
-# the other, the gRPC listener and the store's connections descriptors to accept and connect with.
-DESCRIPTOR_SHARE = 4
-REFUSAL_WARNING_INTERVAL = 60.0  # a flood over max_connections is logged once a minute, with a count
-
 
 TEXT = "text/plain; charset=utf-8"
 JSON = "application/json"
@@ -46,29 +49,19 @@ def _response(
     return headers if head_only else headers + body
 
 
-def request_target(request_line: bytes) -> tuple[str, str] | None:
-    """(method, path without query) of a request line, or None when it is not HTTP/1.x."""
-    parts = request_line.decode("latin-1").split()
-    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-        return None
-    return parts[0], parts[1].split("?", 1)[0]
-
-
 def answer(
-    request_line: bytes,
+    method: str,
+    target: str,
     ready: Callable[[], bool],
     metrics: Callable[[], bytes] | None = None,
     jwks: Callable[[], bytes] | None = None,
 ) -> bytes:
-    """The response to one request line (pure given its callables: ``metrics`` renders the exposition, ``jwks`` the
-    key set; None where the listener does not serve them)."""
-    target = request_target(request_line)
-    if target is None:
-        return _response("400 Bad Request", b"bad request\n", False)
-    method, path = target
+    """The response to one request (pure given its callables: ``metrics`` renders the exposition, ``jwks`` the
+    key set; None where the listener does not serve them). The query is ignored."""
     if method not in ("GET", "HEAD"):
         return _response("405 Method Not Allowed", b"method not allowed\n", False)
     head = method == "HEAD"
+    path = target.split("?", 1)[0]
     if path == METRICS_PATH and metrics is not None:
         return _response("200 OK", metrics(), head, METRICS_CONTENT_TYPE)
     if path == JWKS_PATH and jwks is not None:
@@ -82,32 +75,58 @@ def answer(
     return _response("404 Not Found", b"not found\n", head)
 
 
-def open_files_limit() -> int | None:
-    """The soft RLIMIT_NOFILE, None when unlimited."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return None if soft == resource.RLIM_INFINITY else soft
+REFUSALS = Refusals(
+    bad_request=_response("400 Bad Request", b"bad request\n", False),
+    too_large=b"",  # closed without an answer, as a slow request is
+    body_too_large=_response("413 Content Too Large", b"content too large\n", False),
+    unanswerable=_response("500 Internal Server Error", b"internal error\n", False),
+)
 
 
-def connection_limit(max_connections: int) -> int:
-    """``max_connections`` lowered to the listener's share of the open-files limit (at least 1)."""
-    limit = open_files_limit()
-    if limit is None:
-        return max_connections
-    return max(1, min(max_connections, limit // DESCRIPTOR_SHARE))
+@dataclass(frozen=True, slots=True)
+class AdminRequest:
+    method: str
+    target: str
 
 
-def raise_open_files_limit() -> tuple[int | None, int | None]:
-    """Raise the soft open-files limit to the hard one (1,024 by default is a few hundred connections per
-    listener); returns (before, after). A limit that cannot be raised stays as it was."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    before = open_files_limit()
-    if hard != soft:
-        with contextlib.suppress(ValueError, OSError):  # an unlimited hard limit can exceed the kernel's nr_open
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return before, open_files_limit()
+@dataclass(frozen=True, slots=True)
+class _RenderMetrics:
+    """A ``/metrics`` request: rendered in a thread (``finish``)."""
+
+    request: AdminRequest
 
 
-class AdminServer:
+class AdminHandler(Handler[AdminRequest, _RenderMetrics, bytes]):
+    waits = _RenderMetrics
+    refusals = REFUSALS
+
+    def __init__(
+        self, ready: Callable[[], bool], metrics: Callable[[], bytes] | None, jwks: Callable[[], bytes] | None
+    ) -> None:
+        self._ready = ready
+        self._metrics = metrics
+        self._jwks = jwks
+
+    def read(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], peer: str) -> AdminRequest:
+        return AdminRequest(method.decode("latin-1"), target.decode("latin-1"))
+
+    def begin(self, request: AdminRequest) -> bytes | _RenderMetrics:
+        metrics = self._metrics is not None and request.target.split("?", 1)[0] == METRICS_PATH
+        if metrics and request.method in ("GET", "HEAD"):
+            return _RenderMetrics(request)
+        return answer(request.method, request.target, self._ready, self._metrics, self._jwks)
+
+    async def finish(self, work: _RenderMetrics) -> bytes:
+        assert self._metrics is not None  # begin asks for rendering only when there are metrics
+        rendered = await asyncio.to_thread(self._metrics)
+        request = work.request
+        return answer(request.method, request.target, self._ready, lambda: rendered, self._jwks)
+
+    def encode(self, request: AdminRequest, target: bytes, answer: bytes, close: bool, head: bool) -> bytes:
+        return answer  # always closing, with or without a body as the method asked
+
+
+class AdminServer(HttpListener[AdminRequest, _RenderMetrics, bytes]):
     def __init__(
         self,
         ready: Callable[[], bool],
@@ -117,78 +136,27 @@ class AdminServer:
         idle_timeout: float = 60.0,
         max_connections: int = 1000,
     ) -> None:
-        self._ready = ready
-        self._metrics = metrics
-        self._jwks = jwks
-        self.idle_timeout = idle_timeout  # listen.idle_timeout: also bounds how long an answer may sit unread
-        self.max_connections = max_connections  # listen.max_connections (start() lowers it to the descriptor share)
-        self._open = 0
-        self._refused = 0  # connections refused since the last warning
-        self._warned_at: float | None = None
-        self._server: asyncio.Server | None = None
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._open >= self.max_connections:
-            self._refusing()
-            writer.transport.abort()  # refused at once, so a flood holds no more descriptors than the bound
-            return
-        self._open += 1
-        unanswerable = (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError)
-        try:
-            with contextlib.suppress(*unanswerable):  # a slow, short or oversized request just gets closed
-                async with asyncio.timeout(min(READ_TIMEOUT_SECONDS, self.idle_timeout)):
-                    head = await reader.readuntil(b"\r\n\r\n")
-                if len(head) <= MAX_REQUEST_BYTES:
-                    line = head.split(b"\r\n", 1)[0]
-                    target = request_target(line)
-                    if target is not None and target[1] == METRICS_PATH and self._metrics is not None:
-                        rendered = await asyncio.to_thread(self._metrics)
-                        response = answer(line, self._ready, lambda: rendered, self._jwks)
-                    else:
-                        response = answer(line, self._ready, self._metrics, self._jwks)
-                    writer.write(response)
-                    async with asyncio.timeout(self.idle_timeout):
-                        await writer.drain()
-        finally:
-            try:
-                if writer.transport.get_write_buffer_size():
-                    writer.transport.abort()  # the client does not read: close() would wait for it forever
-                else:
-                    writer.close()
-                with contextlib.suppress(ConnectionError):
-                    await writer.wait_closed()
-            finally:
-                self._open -= 1
-
-    def _refusing(self) -> None:
-        self._refused += 1
-        now = asyncio.get_running_loop().time()
-        if self._warned_at is None or now - self._warned_at >= REFUSAL_WARNING_INTERVAL:
-            log.warning(
-                "listen.admin: %d connections open, the most allowed (listen.max_connections, at most a share of "
-                "the open-files limit); refused %d new ones",
-                self._open,
-                self._refused,
-            )
-            self._warned_at, self._refused = now, 0
-
-    async def start(self, host: str, port: int) -> None:
-        self.max_connections = connection_limit(self.max_connections)
-        self._server = await asyncio.start_server(self._handle, host, port, limit=MAX_REQUEST_BYTES)
-
-    @property
-    def connections(self) -> int:
-        """Connections open now."""
-        return self._open
+        limits = Limits(
+            max_request_bytes=MAX_REQUEST_BYTES,
+            max_header_lines=MAX_REQUEST_BYTES,  # their bytes bound them
+            request_timeout=min(READ_TIMEOUT_SECONDS, idle_timeout),
+            idle_timeout=idle_timeout,  # listen.idle_timeout: also bounds how long an answer may sit unread
+            max_connections=max_connections,  # listen.max_connections
+            keep_alive=False,
+        )
+        super().__init__(AdminHandler(ready, metrics, jwks), limits, name="listen.admin", log=log)
 
     @property
     def port(self) -> int:
         """The bound port (useful when started on port 0)."""
-        if self._server is None or not self._server.sockets:
-            raise RuntimeError("the admin server is not listening")
-        return int(self._server.sockets[0].getsockname()[1])
+        return self.address[1]
 
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+
+__all__ = [
+    "DESCRIPTOR_SHARE",
+    "AdminServer",
+    "answer",
+    "connection_limit",
+    "open_files_limit",
+    "raise_open_files_limit",
+]

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import resource
+import contextlib
 import threading
 import time
 from collections.abc import Callable
 
 import pytest
 
-from sidecar.admin import DESCRIPTOR_SHARE, AdminServer, answer, connection_limit, raise_open_files_limit
+from sidecar.admin import AdminServer, answer
 
 
 def status_of(response: bytes) -> str:
@@ -18,31 +18,28 @@ def status_of(response: bytes) -> str:
 
 
 @pytest.mark.parametrize(
-    ("line", "ready", "status"),
+    ("method", "target", "ready", "status"),
     [
-        (b"GET /healthz HTTP/1.1", False, "HTTP/1.1 200 OK"),
-        (b"GET /readyz HTTP/1.1", True, "HTTP/1.1 200 OK"),
-        (b"GET /readyz HTTP/1.1", False, "HTTP/1.1 503 Service Unavailable"),
-        (b"GET /readyz?verbose=1 HTTP/1.0", True, "HTTP/1.1 200 OK"),
-        (b"HEAD /healthz HTTP/1.1", True, "HTTP/1.1 200 OK"),
-        (b"GET /nope HTTP/1.1", True, "HTTP/1.1 404 Not Found"),
-        (b"POST /healthz HTTP/1.1", True, "HTTP/1.1 405 Method Not Allowed"),
-        (b"garbage", True, "HTTP/1.1 400 Bad Request"),
-        (b"GET /healthz SPDY/3", True, "HTTP/1.1 400 Bad Request"),
-        (b"\xff\xfe /healthz HTTP/1.1", True, "HTTP/1.1 405 Method Not Allowed"),
+        ("GET", "/healthz", False, "HTTP/1.1 200 OK"),
+        ("GET", "/readyz", True, "HTTP/1.1 200 OK"),
+        ("GET", "/readyz", False, "HTTP/1.1 503 Service Unavailable"),
+        ("GET", "/readyz?verbose=1", True, "HTTP/1.1 200 OK"),
+        ("HEAD", "/healthz", True, "HTTP/1.1 200 OK"),
+        ("GET", "/nope", True, "HTTP/1.1 404 Not Found"),
+        ("POST", "/healthz", True, "HTTP/1.1 405 Method Not Allowed"),
     ],
 )
-def test_answers(line: bytes, ready: bool, status: str) -> None:
-    assert status_of(answer(line, lambda: ready)) == status
+def test_answers(method: str, target: str, ready: bool, status: str) -> None:
+    assert status_of(answer(method, target, lambda: ready)) == status
 
 
 def test_head_has_no_body_but_the_same_length_header() -> None:
-    get, head = answer(b"GET /healthz HTTP/1.1", lambda: True), answer(b"HEAD /healthz HTTP/1.1", lambda: True)
+    get, head = answer("GET", "/healthz", lambda: True), answer("HEAD", "/healthz", lambda: True)
     assert get.startswith(head) and get.endswith(b"ok\n") and head.endswith(b"\r\n\r\n")
 
 
 def test_metrics_are_served_in_the_prometheus_text_format() -> None:
-    response = answer(b"GET /metrics HTTP/1.1", lambda: True, metrics=lambda: b"sidecar_up 1\n")
+    response = answer("GET", "/metrics", lambda: True, metrics=lambda: b"sidecar_up 1\n")
     assert status_of(response) == "HTTP/1.1 200 OK"
     assert b"content-type: text/plain; version=0.0.4; charset=utf-8" in response
     assert response.endswith(b"\r\n\r\nsidecar_up 1\n")
@@ -50,15 +47,15 @@ def test_metrics_are_served_in_the_prometheus_text_format() -> None:
 
 def test_jwks_is_served_as_cacheable_json_only_when_assertions_are_on() -> None:
     jwks = b'{"keys":[]}'
-    response = answer(b"GET /.well-known/jwks.json HTTP/1.1", lambda: True, jwks=lambda: jwks)
+    response = answer("GET", "/.well-known/jwks.json", lambda: True, jwks=lambda: jwks)
     assert status_of(response) == "HTTP/1.1 200 OK"
     assert b"content-type: application/json" in response and b"cache-control: public, max-age=300" in response
     assert response.endswith(jwks)
-    assert status_of(answer(b"GET /.well-known/jwks.json HTTP/1.1", lambda: True)) == "HTTP/1.1 404 Not Found"
+    assert status_of(answer("GET", "/.well-known/jwks.json", lambda: True)) == "HTTP/1.1 404 Not Found"
 
 
 def test_metrics_are_404_where_the_listener_has_none() -> None:
-    assert status_of(answer(b"GET /metrics HTTP/1.1", lambda: True)) == "HTTP/1.1 404 Not Found"
+    assert status_of(answer("GET", "/metrics", lambda: True)) == "HTTP/1.1 404 Not Found"
 
 
 async def test_the_admin_server_renders_metrics_off_the_event_loop_and_answers_over_tcp() -> None:
@@ -136,17 +133,75 @@ async def test_a_client_that_does_not_read_its_metrics_is_dropped_after_idle_tim
         await server.stop()
 
 
-def test_the_connection_limit_is_a_share_of_the_open_files_limit_and_the_soft_limit_can_be_raised() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < 512:
-        pytest.skip("the hard open-files limit is too low to lower and raise")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+async def exchange(server: AdminServer, raw: bytes) -> bytes:
+    """Send ``raw`` on a fresh connection; everything the server answers until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     try:
-        assert connection_limit(1000) == 256 // DESCRIPTOR_SHARE
-        assert connection_limit(10) == 10
-        before, after = raise_open_files_limit()
-        assert before == 256
-        assert after == (None if hard == resource.RLIM_INFINITY else hard)
-        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard
+        writer.write(raw)
+        return await asyncio.wait_for(reader.read(), 5)
     finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"garbage\r\n\r\n", "HTTP/1.1 400 Bad Request"),
+        (b"GET /healthz SPDY/3\r\n\r\n", "HTTP/1.1 400 Bad Request"),
+        (b"\xff\xfe /healthz HTTP/1.1\r\n\r\n", "HTTP/1.1 400 Bad Request"),  # the parser knows no such method
+        (b"BREW /healthz HTTP/1.1\r\n\r\n", "HTTP/1.1 400 Bad Request"),
+        (b"DELETE /healthz HTTP/1.1\r\n\r\n", "HTTP/1.1 405 Method Not Allowed"),
+        (b"GET /readyz?verbose=1 HTTP/1.0\r\n\r\n", "HTTP/1.1 200 OK"),
+    ],
+)
+async def test_requests_the_parser_refuses_get_the_admin_answers_and_are_closed(raw: bytes, status: str) -> None:
+    server = AdminServer(lambda: True)
+    await server.start("127.0.0.1", 0)
+    try:
+        response = await exchange(server, raw)
+    finally:
+        await server.stop()
+    assert status_of(response) == status and b"connection: close\r\n" in response
+
+
+async def test_one_request_per_connection_pipelined_ones_after_it_are_not_answered() -> None:
+    server = AdminServer(lambda: True)
+    await server.start("127.0.0.1", 0)
+    try:
+        response = await exchange(server, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\nGET /nope HTTP/1.1\r\n\r\n")
+        head = await exchange(server, b"HEAD /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+    finally:
+        await server.stop()
+    assert response.count(b"HTTP/1.1 ") == 1 and response.endswith(b"\r\n\r\nok\n")
+    assert status_of(head) == "HTTP/1.1 200 OK" and b"content-length: 3\r\n" in head and head.endswith(b"\r\n\r\n")
+
+
+async def test_a_request_head_over_8_kib_is_closed_without_an_answer() -> None:
+    server = AdminServer(lambda: True)
+    await server.start("127.0.0.1", 0)
+    try:
+        response = await exchange(server, b"GET /healthz HTTP/1.1\r\nx-big: " + b"a" * 9000 + b"\r\n\r\n")
+        assert status_of(await exchange(server, b"GET /healthz HTTP/1.1\r\n\r\n")) == "HTTP/1.1 200 OK"
+    finally:
+        await server.stop()
+    assert response == b""
+
+
+async def test_a_request_sent_slowly_is_dropped_after_the_read_timeout_even_while_it_sends() -> None:
+    server = AdminServer(lambda: True, idle_timeout=0.3)
+    await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        started = time.monotonic()
+        with contextlib.suppress(ConnectionError):
+            for byte in b"GET /healthz HTTP/1.1\r\nhost: x\r\n":  # a byte every 50 ms, never finished
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                if reader.at_eof():
+                    break
+        assert await asyncio.wait_for(reader.read(), 3) == b""
+        assert time.monotonic() - started < 2.0
+        writer.close()
+    finally:
+        await server.stop()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pytest
 
 from sidecar import app
-from sidecar.authz import forwarded, http
+from sidecar.authz import forwarded, http, http_answers, http_protocol
 from sidecar.authz.service import AuthzService
 from sidecar.core.decision import Allow, Deny, EdgeSettings, unavailable
 from sidecar.core.request import RequestView
@@ -131,7 +131,7 @@ def test_denial_keeps_status_body_and_headers() -> None:
 def test_redirect_is_not_cached_and_head_has_no_body() -> None:
     redirect = Deny(status=302, reason="r", body=b"", headers=(("location", "https://l/?rd=x"),))
     assert split(http.encode(redirect))[0] == "HTTP/1.1 302 Found"
-    assert redirect not in http._DENIED
+    assert redirect not in http_answers._DENIED
     deny = Deny(status=401, reason="r", body=b'{"error":"x"}', headers=(("www-authenticate", "Cookie"),))
     status, headers, body = split(http.encode(deny, head_only=True))
     assert status == "HTTP/1.1 401 Unauthorized" and body == b""
@@ -468,7 +468,7 @@ async def test_small_request_body_is_read_and_ignored(served: Served) -> None:
 
 
 async def test_a_request_left_unfinished_is_dropped(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(http, "HEADER_TIMEOUT_SECONDS", 0.1)
+    monkeypatch.setattr(served.server, "limits", dataclasses.replace(served.server.limits, request_timeout=0.1))
     reader, writer = await served.connect()
     try:
         writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n")
@@ -702,14 +702,14 @@ async def test_pipelined_requests_waiting_for_the_store_are_read_only_a_few_ahea
 ) -> None:
     issued = await served.manager.create("alice")
     parsed = 0
-    read_view = http.to_request_view
+    read_view = http.request_view
 
     def counted(*args: object) -> RequestView:
         nonlocal parsed
         parsed += 1
         return read_view(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(http, "to_request_view", counted)
+    monkeypatch.setattr(http, "request_view", counted)
     original = served.store.resolve
 
     async def resolve(*args: object) -> object:
@@ -726,7 +726,7 @@ async def test_pipelined_requests_waiting_for_the_store_are_read_only_a_few_ahea
             ahead.append(parsed - answered)
     finally:
         writer.close()
-    bound = http.MAX_IN_FLIGHT + http.FEED_BYTES // 18
+    bound = http_protocol.MAX_IN_FLIGHT + http_protocol.FEED_BYTES // 18
     assert max(ahead) <= bound, f"up to {max(ahead)} requests read and unanswered (bound {bound})"
 
 
