@@ -126,6 +126,20 @@ def version(dist: str) -> str:
         return "?"
 
 
+def checkout() -> str:
+    """The commit measured, and whether the product's code had changes not committed yet (they are measured)."""
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    )
+    dirty = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--", "sidecar"], capture_output=True, text=True, check=False
+    )
+    if head.returncode != 0:
+        return "? (not a git checkout)"
+    changed = len(dirty.stdout.splitlines())
+    return head.stdout.strip() + (f" + {changed} uncommitted changes in sidecar/" if changed else "")
+
+
 def versions(stack: Stack) -> dict[str, str]:
     client = redis.Redis.from_url(stack.redis_url)
     try:
@@ -135,7 +149,7 @@ def versions(stack: Stack) -> dict[str, str]:
     wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
     wrk_line = (wrk.stdout or wrk.stderr).splitlines()[0] if (wrk.stdout or wrk.stderr) else "wrk"
     return {
-        "session-sidecar": version("session-sidecar"),
+        "session-sidecar": f"{version('session-sidecar')} at {checkout()}",
         "Envoy": processes.envoy_version(),
         "Valkey": str(server.get("valkey_version") or server.get("redis_version")),
         "wrk": " ".join(wrk_line.split()[:2]),

@@ -91,8 +91,8 @@ def disturbance(m: Measured) -> str:
     )
     if mean > 25:
         return (
-            f"**{text}: the machine was not quiet, so absolute numbers are low and noisy** (ratios and CPU µs per "
-            "request much less so)"
+            f"**{text}: the machine was not quiet, so absolute numbers are low and noisy** (ratios of the same "
+            "run and CPU µs per request less so)"
         )
     return text + " (a quiet machine)"
 
@@ -155,8 +155,9 @@ def saturation_section(m: Measured) -> list[str]:
         "## Saturation (closed loop)",
         "",
         "*authz µs/req* is the CPU time (user + system, all threads, `/proc/PID/stat`) of the authz process over "
-        "each fixed-length wrk run divided by the requests of that run: it does not depend on what else the "
-        "machine runs, unlike req/s. *Envoy µs/req* the same for Envoy.",
+        "each fixed-length wrk run divided by the requests of that run: far less disturbed than req/s by what "
+        "else the machine runs, though not immune (a process descheduled more often wakes up more per request). "
+        "*Envoy µs/req* the same for Envoy.",
         "",
         "| scenario | req/s | vs Envoy alone | authz µs/req | Envoy µs/req | p50 ms | p99 ms | requests | errors "
         "| authz OK (Envoy) | CPU % authz / Envoy / wrk / Valkey / other |",
@@ -178,7 +179,7 @@ def saturation_section(m: Measured) -> list[str]:
         "CPU % is each process's user + system time over the measured runs, in % of one core (the machine has "
         f"{os.cpu_count()}); *other* is the rest of the machine's user + system (+ steal) time in `/proc/stat`: "
         "processes that are not part of the bench (other work on the machine). Much *other* means req/s are "
-        "disturbed; CPU µs per request much less so.",
+        "disturbed; CPU µs per request less so.",
         "",
         "| scenario | what it is |",
         "| --- | --- |",
@@ -229,8 +230,9 @@ def sources_section(m: Measured) -> list[str]:
         "",
         "Framework sources are not cached: every request reads the application's Redis (Spring: a pipeline of "
         "`EXISTS` + 4 `HSTRLEN` to bound the fields, then `HMGET`: two round trips; Express: one pipeline of "
-        "`STRLEN`, `GETRANGE`, `PTTL`). The native source is tried first on the framework sidecar (the Spring "
-        "cookie is also named `SESSION`: it is refused as a native token without a read).",
+        "`STRLEN`, `GETRANGE`, `PTTL`). The native source is tried first on the framework sidecar: the Spring "
+        "cookie is also named `SESSION`, and the native source refuses it before any session read (no `EVALSHA` in "
+        "the Spring row below).",
         "",
         "| scenario | req/s | authz µs/req | p50 ms | p99 ms | Redis commands per request |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
