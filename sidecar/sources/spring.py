@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import logging
 import re
+from typing import Literal
 
 from sidecar.core.session import SessionRecord, header_value_problem
 from sidecar.core.tokens import SessionKey
@@ -35,6 +37,8 @@ from sidecar.sources.redis_reader import RedisReader
 log = logging.getLogger("sidecar.authz")
 
 CONTEXT_ATTRIBUTE = "SPRING_SECURITY_CONTEXT"
+CONTEXT_MEMO_ENTRIES = 4096
+CONTEXT_MEMO_MAX_BYTES = 4096  # a typical context is 1-2 KiB; the memo holds at most 16 MiB of keys
 FIELDS = ("creationTime", "lastAccessedTime", "maxInactiveInterval", f"sessionAttr:{CONTEXT_ATTRIBUTE}")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _BASE64_UUID_LENGTH = 48
@@ -87,7 +91,25 @@ class SpringSessionSource:
         self._settings = settings
         self._reader = reader
         self._sessions = f"{settings.key_prefix}sessions:"
+        self._serializer: Literal["jdk", "json"] = "json" if settings.serializer == "json" else "jdk"
         self.cookie_names = (settings.cookie,)
+        # A session's security context is the same bytes on every request (Spring rewrites only the times), and
+        # reading a JDK stream is most of a Spring Check's cost: the identity of recently seen contexts is kept,
+        # keyed by their exact bytes (a changed byte is read anew). Refusals are not kept.
+        self._identity_of = functools.lru_cache(maxsize=CONTEXT_MEMO_ENTRIES)(self._read_identity)
+
+    def _read_identity(self, raw: bytes) -> Identity | None:
+        """The identity in a security context attribute's bytes (Spring's rules, then the configured paths)."""
+        context = None if raw == b"" else spring.read_context(raw, self._serializer)
+        found = spring_identity(context)
+        return None if found is None else with_paths(found, context, self._settings.paths)
+
+    def context_identity(self, raw: bytes | None) -> Identity | None:
+        if raw is None:
+            return None
+        if len(raw) > CONTEXT_MEMO_MAX_BYTES:
+            return self._read_identity(raw)
+        return self._identity_of(raw)
 
     def candidates_now(self, values: tuple[str, ...]) -> tuple[SessionKey, ...]:
         keys: list[SessionKey] = []
@@ -113,15 +135,13 @@ class SpringSessionSource:
             values = await self._reader.hash_fields(key.store_key, FIELDS)
             if values is None:
                 return None
-            fields = {name.encode(): value for name, value in zip(FIELDS, values, strict=True) if value is not None}
-            session = spring.read_session(fields, "json" if self._settings.serializer == "json" else "jdk")
-            expires_ms = spring.expires_at_ms(session)
+            *times, context = values
+            fields = {name.encode(): value for name, value in zip(FIELDS, times, strict=False) if value is not None}
+            expires_ms = spring.expires_at_ms(spring.read_session(fields, self._serializer))
             if expires_ms is not None and expires_ms <= now * 1000:
                 return None
             # Spring's rules first, whatever the paths: an anonymous or unauthenticated context is no identity.
-            found = spring_identity(session.context)
-            if found is not None:
-                found = with_paths(found, session.context, self._settings.paths)
+            found = self.context_identity(context)
         except CorruptRecord as exc:
             log.error("unusable spring-session session %s…: %s", key.digest[:12], exc)
             return refusal(exc)

@@ -8,6 +8,7 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator
+from typing import Literal
 
 import pytest
 import redis.asyncio as aioredis
@@ -16,6 +17,7 @@ from sidecar.core.reasons import Reason
 from sidecar.core.session import SessionRecord
 from sidecar.errors import StoreUnavailable
 from sidecar.sources.formats import MAX_INPUT_BYTES
+from sidecar.sources.formats import spring as spring_format
 from sidecar.sources.framework import FrameworkKey, FrameworkSource, Settings
 from sidecar.sources.kinds import php, rails
 from sidecar.sources.paths import Paths
@@ -229,3 +231,31 @@ async def test_configured_paths_never_name_the_user_of_an_unauthenticated_contex
     await client.hset(key, mapping={**fields, "sessionAttr:SPRING_SECURITY_CONTEXT": json_context(True)})
     record = await source.lookup(only_key(source, SPRING_ID), time.time())
     assert isinstance(record, SessionRecord) and record.user_id == "mallory"
+
+
+async def test_a_security_context_seen_before_is_not_read_again_and_a_changed_one_is(
+    client: aioredis.Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    context = spring_session.sample("7.2.x", "core.context.TransientSecurityContext")
+    read_contexts: list[bytes] = []
+    real = spring_format.read_context
+
+    def counting(raw: bytes, serializer: Literal["jdk", "json"]) -> object:
+        if raw.startswith(context[:64]):
+            read_contexts.append(raw)
+        return real(raw, serializer)
+
+    monkeypatch.setattr(spring_format, "read_context", counting)
+    key = f"{prefix}sessions:{SPRING_ID}"
+    await client.hset(key, mapping=spring_session.session_hash(context, int(time.time() * 1000)))
+    source = spring_source(client, prefix)
+    for _ in range(3):
+        assert isinstance(await source.lookup(only_key(source, SPRING_ID), time.time()), SessionRecord)
+    assert len(read_contexts) == 1
+    # Another username of the same length in the same bytes: a different context, read anew and answered as such.
+    renamed = context.replace(b"\x00\x04user", b"\x00\x04ursu", 1)
+    assert renamed != context
+    await client.hset(key, "sessionAttr:SPRING_SECURITY_CONTEXT", renamed)
+    record = await source.lookup(only_key(source, SPRING_ID), time.time())
+    assert isinstance(record, SessionRecord) and record.user_id == "ursu"
+    assert len(read_contexts) == 2

@@ -102,14 +102,11 @@ def read_session(
 ) -> SpringSession:
     """A session from its hash's fields as Redis returns them; ``Refused`` when a time is missing or not an
     integer, or a value does not read (as Spring Session's own mapper fails on the same hash)."""
-    if serializer not in ("jdk", "json"):
-        raise Refused(f"Spring session: unknown serializer {serializer!r}")
-    read = java.loads if serializer == "jdk" else loads_json
 
     def value(name: str) -> object:
         raw = fields.get(name.encode())
         # RedisSerializer's null is the empty value.
-        return None if raw is None or raw == b"" else read(raw)
+        return None if raw is None or raw == b"" else read_context(raw, serializer)
 
     times = []
     for name, bits in ((CREATION_TIME, 64), (LAST_ACCESSED_TIME, 64), (MAX_INACTIVE_INTERVAL, 32)):
@@ -120,6 +117,15 @@ def read_session(
             raise Refused(f"Spring session: {name} {number} is out of range")
         times.append(number)
     return SpringSession(times[0], times[1], times[2], value(ATTRIBUTE_PREFIX + context_attribute))
+
+
+def read_context(raw: bytes, serializer: Literal["jdk", "json"]) -> object:
+    """One hash value as the configured RedisSerializer wrote it (the security context, or a boxed time)."""
+    if serializer == "jdk":
+        return java.loads(raw)
+    if serializer == "json":
+        return loads_json(raw)
+    raise Refused(f"Spring session: unknown serializer {serializer!r}")
 
 
 def expires_at_ms(session: SpringSession) -> int | None:
