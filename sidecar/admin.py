@@ -96,34 +96,30 @@ class _RenderMetrics:
     request: AdminRequest
 
 
-class AdminHandler(Handler[AdminRequest, _RenderMetrics, bytes]):
-    waits = _RenderMetrics
-    refusals = REFUSALS
+def admin_handler(
+    ready: Callable[[], bool], metrics: Callable[[], bytes] | None, jwks: Callable[[], bytes] | None
+) -> Handler[AdminRequest, _RenderMetrics, bytes]:
+    """Each request answered by ``answer``; ``/metrics`` rendered in a thread first."""
 
-    def __init__(
-        self, ready: Callable[[], bool], metrics: Callable[[], bytes] | None, jwks: Callable[[], bytes] | None
-    ) -> None:
-        self._ready = ready
-        self._metrics = metrics
-        self._jwks = jwks
-
-    def read(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], peer: str) -> AdminRequest:
+    def read(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], peer: str) -> AdminRequest:
         return AdminRequest(method.decode("latin-1"), target.decode("latin-1"))
 
-    def begin(self, request: AdminRequest) -> bytes | _RenderMetrics:
-        metrics = self._metrics is not None and request.target.split("?", 1)[0] == METRICS_PATH
-        if metrics and request.method in ("GET", "HEAD"):
+    def begin(request: AdminRequest) -> bytes | _RenderMetrics:
+        asks_metrics = metrics is not None and request.target.split("?", 1)[0] == METRICS_PATH
+        if asks_metrics and request.method in ("GET", "HEAD"):
             return _RenderMetrics(request)
-        return answer(request.method, request.target, self._ready, self._metrics, self._jwks)
+        return answer(request.method, request.target, ready, metrics, jwks)
 
-    async def finish(self, work: _RenderMetrics) -> bytes:
-        assert self._metrics is not None  # begin asks for rendering only when there are metrics
-        rendered = await asyncio.to_thread(self._metrics)
+    async def finish(work: _RenderMetrics) -> bytes:
+        assert metrics is not None  # begin asks for rendering only when there are metrics
+        rendered = await asyncio.to_thread(metrics)
         request = work.request
-        return answer(request.method, request.target, self._ready, lambda: rendered, self._jwks)
+        return answer(request.method, request.target, ready, lambda: rendered, jwks)
 
-    def encode(self, request: AdminRequest, target: bytes, answer: bytes, close: bool, head: bool) -> bytes:
-        return answer  # always closing, with or without a body as the method asked
+    def encode(request: AdminRequest, target: bytes, response: bytes, close: bool, head: bool) -> bytes:
+        return response  # always closing, with or without a body as the method asked
+
+    return Handler(read=read, begin=begin, finish=finish, encode=encode, waits=_RenderMetrics, refusals=REFUSALS)
 
 
 class AdminServer(HttpListener[AdminRequest, _RenderMetrics, bytes]):
@@ -144,7 +140,7 @@ class AdminServer(HttpListener[AdminRequest, _RenderMetrics, bytes]):
             max_connections=max_connections,  # listen.max_connections
             keep_alive=False,
         )
-        super().__init__(AdminHandler(ready, metrics, jwks), limits, name="listen.admin", log=log)
+        super().__init__(admin_handler(ready, metrics, jwks), limits, name="listen.admin", log=log)
 
     @property
     def port(self) -> int:

@@ -22,6 +22,7 @@ connection; one begun must be complete within ``HEADER_TIMEOUT_SECONDS``.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from sidecar.authz.forwarded import DEFAULT_TRUST, ForwardedTrust
@@ -55,30 +56,23 @@ REFUSALS = Refusals(
 )
 
 
-class AuthzHandler(Handler[RequestView, Pending, Decision]):
-    """A request is a Check: decided by the service (from memory in ``begin`` when it can), answered by
-    ``http_answers``."""
+def authz_handler(service: AuthzService, forwarded: ForwardedTrust) -> Handler[RequestView, Pending, Decision]:
+    """A request is a Check: read by ``http_request``, decided by the service (from memory in ``begin`` when it
+    can), answered by ``http_answers``."""
 
-    waits = Pending
-    refusals = REFUSALS
-
-    def __init__(self, service: AuthzService, forwarded: ForwardedTrust) -> None:
-        self._service = service
-        self.forwarded = forwarded
-
-    def read(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], peer: str) -> RequestView:
-        return request_view(method, target, headers, peer, self.forwarded)
-
-    def begin(self, request: RequestView) -> Decision | Pending:
-        return self._service.begin(request)
-
-    async def finish(self, work: Pending) -> Decision:
-        return await self._service.finish(work)
-
-    def encode(self, request: RequestView, target: bytes, answer: Decision, close: bool, head: bool) -> bytes:
-        if isinstance(answer, Allow) and asks_forward_auth(target, self.forwarded):
+    def encode_answer(request: RequestView, target: bytes, answer: Decision, close: bool, head: bool) -> bytes:
+        if isinstance(answer, Allow) and asks_forward_auth(target, forwarded):
             answer = forward_auth_allow(answer, request)
         return encode(answer, close=close, head_only=head)
+
+    return Handler(
+        read=functools.partial(request_view, forwarded),
+        begin=service.begin,
+        finish=service.finish,
+        encode=encode_answer,
+        waits=Pending,
+        refusals=REFUSALS,
+    )
 
 
 class HttpAuthzServer(HttpListener[RequestView, Pending, Decision]):
@@ -99,9 +93,9 @@ class HttpAuthzServer(HttpListener[RequestView, Pending, Decision]):
             idle_timeout=idle_timeout,  # listen.idle_timeout
             max_connections=max_connections,  # listen.max_connections
         )
-        super().__init__(AuthzHandler(service, forwarded), limits, name="listen.http", log=log)
+        super().__init__(authz_handler(service, forwarded), limits, name="listen.http", log=log)
         # forward_auth.*: which headers name the original request, which X-Forwarded-For hops count
         self.forwarded = forwarded
 
 
-__all__ = ["HEADERS_TO_REMOVE", "AuthzHandler", "HttpAuthzServer", "encode", "forward_auth_allow"]
+__all__ = ["HEADERS_TO_REMOVE", "HttpAuthzServer", "authz_handler", "encode", "forward_auth_allow"]

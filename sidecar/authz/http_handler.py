@@ -7,8 +7,8 @@ handlers; ``http_protocol`` serves one connection with either, ``http_listener``
 
 from __future__ import annotations
 
-import abc
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -39,28 +39,20 @@ W = TypeVar("W")  # what the handler begun and must finish with I/O
 A = TypeVar("A")  # what the handler answers, before it is encoded
 
 
-class Handler(abc.ABC, Generic[Q, W, A]):
-    """What a listener does with a request; the protocol calls ``read`` once per request, ``begin`` in its turn,
-    ``finish`` when ``begin`` returned a ``waits``, and ``encode`` when the answer can be written."""
+@dataclass(frozen=True, slots=True)
+class Handler(Generic[Q, W, A]):
+    """What a listener does with a request: four functions the protocol calls directly (no method of a handler
+    object in between: ``begin`` may be the service's own). ``read`` once per request, ``begin`` in its turn,
+    ``finish`` when ``begin`` returned a ``waits``, ``encode`` when the answer can be written."""
 
+    # The request from its parts as parsed: method, target, (raw name, value) of each header line, peer address.
+    read: Callable[[bytes, bytes, list[tuple[bytes, bytes]], str], Q]
+    begin: Callable[[Q], A | W]  # the answer when it needs no I/O, else the work to finish
+    finish: Callable[[W], Awaitable[A]]
+    # The response bytes of (request, target, answer, close: the connection closes after it, head: it was HEAD).
+    encode: Callable[[Q, bytes, A, bool, bool], bytes]
     waits: type[W]
     refusals: Refusals
-
-    @abc.abstractmethod
-    def read(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], peer: str) -> Q:
-        """The request, from its parts as parsed (``headers``: raw name and value of each line, in order)."""
-
-    @abc.abstractmethod
-    def begin(self, request: Q) -> A | W:
-        """The answer when it needs no I/O, else the work to ``finish``."""
-
-    @abc.abstractmethod
-    async def finish(self, work: W) -> A:
-        """The answer of work ``begin`` could not complete."""
-
-    @abc.abstractmethod
-    def encode(self, request: Q, target: bytes, answer: A, close: bool, head: bool) -> bytes:
-        """The response bytes (``close``: the connection closes after it; ``head``: the request was HEAD)."""
 
 
 class Connection(Protocol):

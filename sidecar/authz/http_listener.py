@@ -53,7 +53,7 @@ class HttpListener(Generic[Q, W, A]):
     """One listening socket; ``name`` is its config key (``listen.http``), in the log lines about it."""
 
     def __init__(self, handler: Handler[Q, W, A], limits: Limits, *, name: str, log: logging.Logger) -> None:
-        self._handler = handler
+        self.handler = handler  # read by each connection as it opens
         self.limits = limits  # read by each connection as it opens
         self.name = name
         self.log = log
@@ -74,7 +74,7 @@ class HttpListener(Generic[Q, W, A]):
     async def start(self, host: str, port: int) -> None:
         self.limits = dataclasses.replace(self.limits, max_connections=connection_limit(self.limits.max_connections))
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: HttpProtocol(self._handler, self), host, port, backlog=BACKLOG)
+        self._server = await loop.create_server(lambda: HttpProtocol(self.handler, self), host, port, backlog=BACKLOG)
 
     def opened(self, connection: Connection) -> bool:
         """Count a new connection in; False when the listener is full and it must be closed at once."""

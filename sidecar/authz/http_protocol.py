@@ -150,7 +150,6 @@ class HttpProtocol(asyncio.Protocol, Generic[Q, W, A]):
         end = len(data)
         budget = self._completed + REQUESTS_PER_TURN
         max_request_bytes = self._limits.max_request_bytes
-        refusals = self._handler.refusals
         chunks: memoryview | None = None  # a burst is fed as views, never copied; the common small read whole
         try:
             while offset < end and self._completed < budget and self._may_parse():
@@ -167,18 +166,19 @@ class HttpProtocol(asyncio.Protocol, Generic[Q, W, A]):
                         chunks = memoryview(data)
                     self._parser.feed_data(chunks[offset - step : offset])
         except _TooLarge:
+            refusals = self._handler.refusals
             self._fail(refusals.body_too_large if self._headers_done else refusals.too_large)
             return
         except httptools.HttpParserCallbackError as exc:
-            too_large = isinstance(exc.__context__, _TooLarge)
-            self._fail(refusals.too_large if too_large else refusals.bad_request)
+            refusals = self._handler.refusals
+            self._fail(refusals.too_large if isinstance(exc.__context__, _TooLarge) else refusals.bad_request)
             return
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # malformed, or Upgrade / CONNECT
-            self._fail(refusals.bad_request)
+            self._fail(self._handler.refusals.bad_request)
             return
         except Exception:  # never a traceback into the event loop
             self._listener.log.exception("%s: unexpected error reading a request", self._listener.name)
-            self._fail(refusals.bad_request)
+            self._fail(self._handler.refusals.bad_request)
             return
         finally:
             if chunks is not None:
@@ -235,20 +235,21 @@ class HttpProtocol(asyncio.Protocol, Generic[Q, W, A]):
         self._in_message = False
         self._size = 0
         self._completed += 1
-        self._cancel_timer()
+        if self._timer is not None:
+            self._cancel_timer()
         if self._last:  # pipelined after a request that closes the connection: never answered
             return
-        parser = self._parser
+        parser, handler = self._parser, self._handler
         method, target = parser.get_method(), self._url
-        request = self._handler.read(method, target, self._headers, self._peer)
+        request = handler.read(method, target, self._headers, self._peer)
         keep_alive = self._limits.keep_alive and parser.should_keep_alive()
         head = method == b"HEAD"
         self._last = not keep_alive
         # An Upgrade or CONNECT request completes here and then fails the parser (a 400): never answer it first.
         work: W | None = None
         if self._task is None and not self._queue and self._writable and not parser.should_upgrade():
-            step = self._handler.begin(request)
-            if not isinstance(step, self._handler.waits):  # no I/O needed: answer now, without a task
+            step = handler.begin(request)
+            if not isinstance(step, handler.waits):  # no I/O needed: answer now, without a task
                 self._respond(request, target, keep_alive, head, step)  # type: ignore[arg-type]  # not a W: an A
                 return
             work = step

@@ -9,8 +9,16 @@ client sent it are the trust rules of ``sidecar.authz.forwarded``.
 
 from __future__ import annotations
 
-from sidecar.authz.forwarded import FORWARDED_NAMES, ForwardedTrust, is_forward_auth, to_request_view
+from sidecar.authz.forwarded import (
+    FORWARD_AUTH_PATH,
+    FORWARDED_NAMES,
+    ForwardedTrust,
+    is_forward_auth,
+    to_request_view,
+)
 from sidecar.core.request import RequestView
+
+_FORWARD_AUTH = FORWARD_AUTH_PATH.encode()
 
 
 def _name_table(names: tuple[str, ...]) -> dict[bytes, str]:
@@ -37,24 +45,22 @@ _NAMES = _name_table(
 )
 
 
-def headers_of(raw: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
-    """(lower-case name, value) of each header line, in arrival order, duplicates kept."""
+def request_view(
+    trust: ForwardedTrust, method: bytes, target: bytes, raw_headers: list[tuple[bytes, bytes]], peer: str
+) -> RequestView:
+    """The request the core decides on: the request line, or on ``/forward-auth`` the one the proxy names.
+    ``raw_headers``: (name, value) of each header line as parsed, in arrival order, duplicates kept."""
     names = _NAMES
-    return tuple(
+    headers = tuple(
         [
             (names.get(name) or name.decode("latin-1").lower(), value.decode("utf-8", "surrogateescape"))
-            for name, value in raw
+            for name, value in raw_headers
         ]
     )
-
-
-def request_view(
-    method: bytes, target: bytes, raw_headers: list[tuple[bytes, bytes]], peer: str, trust: ForwardedTrust
-) -> RequestView:
-    """The request the core decides on: the request line, or on ``/forward-auth`` the one the proxy names."""
-    return to_request_view(method.decode("latin-1"), target.decode("latin-1"), headers_of(raw_headers), peer, trust)
+    return to_request_view(method.decode("latin-1"), target.decode("latin-1"), headers, peer, trust)
 
 
 def asks_forward_auth(target: bytes, trust: ForwardedTrust) -> bool:
     """The request asks on ``/forward-auth`` about one a proxy names (its allow echoes an untouched Cookie)."""
-    return is_forward_auth(target.decode("latin-1"), trust)
+    # Envoy never asks there: most requests are told apart without decoding their target.
+    return target.startswith(_FORWARD_AUTH) and is_forward_auth(target.decode("latin-1"), trust)

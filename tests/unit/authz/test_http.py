@@ -702,14 +702,15 @@ async def test_pipelined_requests_waiting_for_the_store_are_read_only_a_few_ahea
 ) -> None:
     issued = await served.manager.create("alice")
     parsed = 0
-    read_view = http.request_view
+    handler = served.server.handler
+    read_view = handler.read
 
     def counted(*args: object) -> RequestView:
         nonlocal parsed
         parsed += 1
         return read_view(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(http, "request_view", counted)
+    monkeypatch.setattr(served.server, "handler", dataclasses.replace(handler, read=counted))
     original = served.store.resolve
 
     async def resolve(*args: object) -> object:
