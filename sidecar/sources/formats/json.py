@@ -15,11 +15,16 @@ import json
 import math
 import re
 
+from sidecar.core.session import shown
 from sidecar.sources.formats import MAX_DEPTH, MAX_INPUT_BYTES, Refused
 from sidecar.sources.formats.plain import to_plain
 
-# A string (escapes included, unrolled so the match is linear) or one bracket: what the nesting scan looks at.
-_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[{]|[\]}]', re.DOTALL)
+# What the nesting scan stops at outside strings: a bracket, or the quote that opens a string.
+_STRUCTURE = re.compile(r'["\[\]{}]')
+# The rest of a string after its opening quote (escapes included, unrolled so one match is linear). It is tried
+# once per string, from its opening quote only: tried from every quote, an unterminated string would be scanned
+# to the end of the input once per quote in it (quadratic: 35 s for 64 KiB of \").
+_STRING_REST = re.compile(r'[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 # 21 characters hold any 64-bit integer with its sign; longer digit strings are never converted (to_plain
 # then bounds the value to 64 bits).
 _MAX_INT_CHARS = 21
@@ -59,22 +64,33 @@ def loads_object(data: bytes) -> dict[str, object]:
 
 
 def _check_nesting(text: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH, and a string that never ends (JSON would refuse it too); each
+    character is looked at a bounded number of times."""
     depth = 0
-    for match in _TOKENS.finditer(text):
-        first = match.group()[0]
-        if first in "[{":
+    pos = 0
+    while (match := _STRUCTURE.search(text, pos)) is not None:
+        at = match.start()
+        char = text[at]
+        if char == '"':
+            rest = _STRING_REST.match(text, at + 1)
+            if rest is None:
+                raise Refused(f"JSON string at character {at} is not terminated")
+            pos = rest.end()
+            continue
+        if char in "[{":
             depth += 1
             if depth > MAX_DEPTH:
-                raise Refused(f"JSON nests deeper than {MAX_DEPTH} at character {match.start()}")
-        elif first in "]}":
+                raise Refused(f"JSON nests deeper than {MAX_DEPTH} at character {at}")
+        else:
             depth -= 1
+        pos = at + 1
 
 
 def _object(pairs: list[tuple[str, object]]) -> dict[str, object]:
     out: dict[str, object] = {}
     for key, value in pairs:
         if key in out:
-            raise Refused(f"JSON object has the key {key[:64]!r} twice")
+            raise Refused(f"JSON object has the key {shown(key)} twice")
         out[key] = value
     return out
 

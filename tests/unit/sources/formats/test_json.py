@@ -52,6 +52,13 @@ def test_duplicate_keys_are_refused_at_any_depth() -> None:
         reader.loads(b'{"k":1,"\\u006b":2}')  # the same key, escaped
 
 
+def test_a_refusal_quotes_a_long_duplicate_key_cut_short() -> None:
+    key = b"K" * 30_000
+    with pytest.raises(Refused, match=r"'KKKK.*twice") as refused:
+        reader.loads(b'{"' + key + b'":1,"' + key + b'":2}')
+    assert len(str(refused.value)) < 200
+
+
 @pytest.mark.parametrize("data", [b"NaN", b"[Infinity]", b'{"a":-Infinity}', b"1e999", b"[-1E400]"])
 def test_non_finite_numbers_are_refused(data: bytes) -> None:
     with pytest.raises(Refused, match=r"NaN|Infinity|overflows"):
@@ -77,6 +84,27 @@ def test_a_depth_bomb_is_refused_quickly_without_recursion_error() -> None:
 def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
     deep_text = "[{" * 100 + '\\"' + "]}" * 3
     assert reader.loads(f'{{"s":"{deep_text}"}}'.encode()) == {"s": deep_text.replace('\\"', '"')}
+
+
+@pytest.mark.timeout(10)  # the old scan took about 35 s on this input (each quote rescanned the rest)
+def test_an_input_of_unterminated_escaped_quotes_is_refused_at_its_first_string() -> None:
+    data = b'\\"' * (MAX_INPUT_BYTES // 2)  # \"\"\"...: no quote ever closes a string
+    assert len(data) == MAX_INPUT_BYTES
+    with pytest.raises(Refused, match="JSON string at character 1 is not terminated"):
+        reader.loads(data)
+    for prefix in [b"", b"[", b'{"a":']:  # an odd run of backslashes escapes the quote that would close
+        with pytest.raises(Refused, match=f"JSON string at character {len(prefix)} is not terminated"):
+            reader.loads(prefix + b'"' + b"\\" * 60_001 + b'"]}')
+
+
+@pytest.mark.timeout(10)
+def test_many_strings_with_quotes_backslashes_and_brackets_inside_read_back() -> None:
+    items = ['a"b', "[{", '\\"', "\\"] * 2_000
+    data = json.dumps(items).encode()
+    assert len(data) < MAX_INPUT_BYTES
+    assert reader.loads(data) == items
+    with pytest.raises(Refused, match=f"JSON string at character {len(data) - 1} is not terminated"):
+        reader.loads(data[:-1] + b'"')  # the list's end replaced by an opening quote
 
 
 def test_element_count_is_read_to_the_bound_and_refused_past_it() -> None:
