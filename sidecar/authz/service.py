@@ -60,6 +60,18 @@ class Pending:
     at_hand: AtHand = ()
 
 
+@dataclass(slots=True)
+class _Progress:
+    """Where a lookup is: the source asked and the candidate read (before its candidates are known: the first
+    one ``begin`` verified, if any). A store failure falls back on exactly that candidate."""
+
+    source: SessionSource | None = None
+    key: SessionKey | None = None
+
+    def at(self, source: SessionSource, key: SessionKey | None) -> None:
+        self.source, self.key = source, key
+
+
 @dataclass(frozen=True, slots=True)
 class _NeedsIO:
     """``begin`` cannot answer from memory: the candidates it verified on the way."""
@@ -165,54 +177,53 @@ class AuthzService:
         return Found(refused or Reason.UNKNOWN)
 
     async def _found(self, inspection: Inspection, at_hand: AtHand) -> Found:
-        tried: list[tuple[SessionSource, tuple[SessionKey, ...]]] = []
+        progress = _Progress()
         try:
             async with asyncio.timeout(self._deadline):
-                return await self._look_up(inspection, at_hand, tried)
+                return await self._look_up(inspection, at_hand, progress)
         except (StoreError, TimeoutError) as exc:
             log.warning("session store failed: %s", exc or "deadline exceeded")
-            return self._fallback(at_hand, tried)
+            return self._fallback(progress)
 
-    async def _look_up(
-        self,
-        inspection: Inspection,
-        at_hand: AtHand,
-        tried: list[tuple[SessionSource, tuple[SessionKey, ...]]],
-    ) -> Found:
+    async def _look_up(self, inspection: Inspection, at_hand: AtHand, progress: _Progress) -> Found:
         """The first candidate, sources in order and each in header order, that names a live session; else why
-        none did (the first refusal, if a record was refused). ``tried``: each source's candidates, as found."""
+        none did (the first refusal, if a record was refused). ``progress`` follows the source and candidate being
+        read, for the failure policy."""
         refused: Reason | None = None
         looked_up = 0
+        any_keys = False
         for index, source in enumerate(self._sources):
             values = inspection.session_cookies if self._one_source else inspection.values(source.cookie_names)
             if not values:
                 continue
-            keys = await source.candidates(values, at_hand[index] if index < len(at_hand) else None)
-            tried.append((source, keys))
+            known = at_hand[index] if index < len(at_hand) else None
+            progress.at(source, known[0] if known else None)
+            keys = await source.candidates(values, known)
+            any_keys = any_keys or bool(keys)
             for key in keys:
                 if looked_up == MAX_CANDIDATES:
                     break
                 looked_up += 1
+                progress.at(source, key)
                 found = await source.lookup(key, self._clock())
                 self._read(source.name, found)
                 if isinstance(found, Reason):
                     refused = refused or found
                 elif found is not None:
                     return Found(Reason.SESSION, found, source.name)
-        if not any(keys for _, keys in tried):
+        if not any_keys:
             return Found(Reason.FORGED)
         return Found(refused or Reason.UNKNOWN)
 
-    def _fallback(self, at_hand: AtHand, tried: list[tuple[SessionSource, tuple[SessionKey, ...]]]) -> Found:
-        """The store failed: the first candidate's source may still know its identity (failure_policy stale)."""
-        known = tried or [(s, keys) for s, keys in zip(self._sources, at_hand, strict=False) if keys is not None]
-        for source, keys in known:
-            if keys:
-                record = source.fallback(keys[0], self._clock())
-                if record is None:
-                    return Found(Reason.STORE_UNAVAILABLE)
-                return Found(Reason.STALE, record, source.name)
-        return Found(Reason.STORE_UNAVAILABLE)
+    def _fallback(self, progress: _Progress) -> Found:
+        """The store failed while ``progress`` was being read: that candidate's source may still know its identity
+        (failure_policy stale). Never another candidate's: an earlier one was just answered by its store."""
+        if progress.source is None or progress.key is None:
+            return Found(Reason.STORE_UNAVAILABLE)
+        record = progress.source.fallback(progress.key, self._clock())
+        if record is None:
+            return Found(Reason.STORE_UNAVAILABLE)
+        return Found(Reason.STALE, record, progress.source.name)
 
     def _answer(
         self, request: RequestView, inspection: Inspection | None, found: Found | None, started: float

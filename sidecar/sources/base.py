@@ -24,6 +24,19 @@ from sidecar.core.tokens import SessionKey
 # At most this many candidates are looked up per Check, whatever the sources (CONTRACT: "at most 3 are tried").
 MAX_CANDIDATES = 3
 
+# At most this many distinct values of a source's cookies are looked at per Check (each may cost a signature check
+# per configured secret): a browser sends one, or a few for cookies set on several paths or domains, while a
+# client stuffing a 60 KiB Cookie header with forged values would otherwise buy thousands of HMACs per request.
+MAX_VALUES_EXAMINED = 8
+
+
+def examined(values: tuple[str, ...]) -> tuple[str, ...]:
+    """The values a source looks at: the first MAX_VALUES_EXAMINED distinct ones, in header order."""
+    if len(values) <= 1:
+        return values
+    return tuple(dict.fromkeys(values))[:MAX_VALUES_EXAMINED]
+
+
 # A lookup's answer: a live session, the reason its stored record is refused (Reason.RECORD_CORRUPT or
 # RECORD_TOO_LARGE), or None.
 Lookup = SessionRecord | Reason | None

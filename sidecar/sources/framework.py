@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sidecar.core.reasons import Reason
 from sidecar.core.session import RecordTooLarge, SessionRecord
 from sidecar.core.tokens import SessionKey
 from sidecar.errors import CorruptRecord
-from sidecar.sources.base import MAX_CANDIDATES, Lookup
+from sidecar.sources.base import MAX_CANDIDATES, Lookup, examined
 from sidecar.sources.paths import Identity, Paths, identity
 from sidecar.sources.redis_reader import RedisReader
 
@@ -58,7 +58,7 @@ class Settings:
     cookie: str
     key_prefix: str
     serializer: str
-    secrets: tuple[bytes, ...]
+    secrets: tuple[bytes, ...] = field(repr=False)
     paths: Paths
 
 
@@ -105,7 +105,7 @@ class FrameworkSource:
 
     def candidates_now(self, values: tuple[str, ...]) -> tuple[SessionKey, ...]:
         keys: list[SessionKey] = []
-        for value in values:
+        for value in examined(values):
             session_id = self._kind.session_id(value)
             if session_id is not None:
                 digest = handle(self._kind.name, session_id)

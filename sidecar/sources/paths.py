@@ -60,13 +60,18 @@ def _walk(data: object, segments: tuple[str, ...]) -> object:
             name = ".".join(segments[:end])
             if name in data:
                 return _walk(data[name], segments[end:])
-            if name.isdigit() and int(name) in data:  # PHP and pickled maps keep integer keys
+            if _is_index(name) and int(name) in data:  # PHP and pickled maps keep integer keys
                 return _walk(data[int(name)], segments[end:])
         return _MISSING
-    if isinstance(data, list | tuple) and segments[0].isdigit():
+    if isinstance(data, list | tuple) and _is_index(segments[0]):
         index = int(segments[0])
         return _walk(data[index], segments[1:]) if index < len(data) else _MISSING
     return _MISSING
+
+
+def _is_index(name: str) -> bool:
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+    return name.isascii() and name.isdigit()
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,10 +8,14 @@ commands are sent (GETRANGE, STRLEN, PTTL, HSTRLEN, HMGET), so a read-only ACL u
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from redis.exceptions import ResponseError
+
 from sidecar.core.session import RecordTooLarge
+from sidecar.errors import CorruptRecord
 from sidecar.sources.formats import MAX_INPUT_BYTES
 from sidecar.store.connect import RedisClient
 from sidecar.store.redis_errors import store_errors
@@ -21,6 +25,18 @@ from sidecar.store.redis_errors import store_errors
 class StoredString:
     value: bytes
     ttl_ms: int | None  # None: the key never expires
+
+
+@contextlib.contextmanager
+def wrong_type_refused() -> Iterator[None]:
+    """A key of another Redis type where a session belongs (planted, or another app's) is a refused record, not a
+    store failure: the store answered, and what it holds is no session."""
+    try:
+        yield
+    except ResponseError as exc:
+        if "WRONGTYPE" in str(exc):
+            raise CorruptRecord("the session's key holds another Redis type") from None
+        raise
 
 
 class RedisReader:
@@ -42,7 +58,8 @@ class RedisReader:
             pipe.strlen(key)
             pipe.getrange(key, 0, MAX_INPUT_BYTES)
             pipe.pttl(key)
-            length, value, ttl = await pipe.execute()
+            with wrong_type_refused():
+                length, value, ttl = await pipe.execute()
         if int(length) > MAX_INPUT_BYTES:
             raise RecordTooLarge(f"the stored session is {int(length):,} bytes, more than {MAX_INPUT_BYTES:,}")
         ttl = int(ttl)
@@ -58,7 +75,8 @@ class RedisReader:
             pipe.exists(key)
             for field in fields:
                 pipe.hstrlen(key, field)
-            exists, *lengths = await pipe.execute()
+            with wrong_type_refused():
+                exists, *lengths = await pipe.execute()
             if not int(exists):
                 return None
             total = sum(int(n) for n in lengths)

@@ -2,9 +2,10 @@
 
 The ``SESSION`` cookie is the session id (a UUID), base64-encoded by Spring's DefaultCookieSerializer unless the
 app turned that off (both are read). The session is the hash ``<namespace>:sessions:<id>`` (``key_prefix`` is the
-namespace and its colon, ``spring:session:``); only the four fields a decision needs are read (``FIELDS``), measured
-before they are fetched. The expiry is Spring's own: ``lastAccessedTime + maxInactiveInterval``, never when the
-interval is negative; not the key's TTL, which the indexed repository sets five minutes later than the expiry.
+namespace and its colon, ``spring:session:``); only the five fields a decision needs are read (``FIELDS``: the
+times, the security context and Spring Security's "expired" mark), measured before they are fetched. The expiry
+is Spring's own: ``lastAccessedTime + maxInactiveInterval``, never when the interval is negative; not the key's
+TTL, which the indexed repository sets five minutes later than the expiry.
 
 The identity is Spring Security's: the context's authentication must be there, not anonymous and
 ``authenticated``; the user is its name and its authorities are the roles (``formats.spring``). Each of the
@@ -28,7 +29,7 @@ from typing import Literal
 from sidecar.core.session import SessionRecord, header_value_problem
 from sidecar.core.tokens import SessionKey
 from sidecar.errors import CorruptRecord
-from sidecar.sources.base import MAX_CANDIDATES, Lookup
+from sidecar.sources.base import MAX_CANDIDATES, Lookup, examined
 from sidecar.sources.formats import spring
 from sidecar.sources.framework import NO_EXPIRY_SECONDS, FrameworkKey, Settings, handle, record_of, refusal
 from sidecar.sources.paths import Identity, Paths, checked_roles, email_at, lookup, roles_at, user_text
@@ -39,7 +40,16 @@ log = logging.getLogger("sidecar.authz")
 CONTEXT_ATTRIBUTE = "SPRING_SECURITY_CONTEXT"
 CONTEXT_MEMO_ENTRIES = 4096
 CONTEXT_MEMO_MAX_BYTES = 4096  # a typical context is 1-2 KiB; the memo holds at most 16 MiB of keys
-FIELDS = ("creationTime", "lastAccessedTime", "maxInactiveInterval", f"sessionAttr:{CONTEXT_ATTRIBUTE}")
+# Spring Security's concurrent-session control (maximumSessions with SpringSessionBackedSessionRegistry) marks a
+# session it pushed out with this attribute instead of deleting it: such a session is over.
+EXPIRED_ATTRIBUTE = "org.springframework.session.security.SpringSessionBackedSessionInformation.EXPIRED"
+FIELDS = (
+    "creationTime",
+    "lastAccessedTime",
+    "maxInactiveInterval",
+    f"sessionAttr:{EXPIRED_ATTRIBUTE}",
+    f"sessionAttr:{CONTEXT_ATTRIBUTE}",
+)
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _BASE64_UUID_LENGTH = 48
 
@@ -113,7 +123,7 @@ class SpringSessionSource:
 
     def candidates_now(self, values: tuple[str, ...]) -> tuple[SessionKey, ...]:
         keys: list[SessionKey] = []
-        for value in values:
+        for value in examined(values):
             if (sid := session_id(value)) is not None:
                 keys.append(FrameworkKey("", handle(self.name, sid), self._sessions + sid))
                 if len(keys) == MAX_CANDIDATES:
@@ -135,11 +145,13 @@ class SpringSessionSource:
             values = await self._reader.hash_fields(key.store_key, FIELDS)
             if values is None:
                 return None
-            *times, context = values
+            *times, expired, context = values
             fields = {name.encode(): value for name, value in zip(FIELDS, times, strict=False) if value is not None}
             expires_ms = spring.expires_at_ms(spring.read_session(fields, self._serializer))
             if expires_ms is not None and expires_ms <= now * 1000:
                 return None
+            if expired and spring.read_context(expired, self._serializer) is not False:
+                return None  # marked expired by Spring Security (or marked with anything but false: not read as live)
             # Spring's rules first, whatever the paths: an anonymous or unauthenticated context is no identity.
             found = self.context_identity(context)
         except CorruptRecord as exc:

@@ -259,3 +259,27 @@ async def test_a_security_context_seen_before_is_not_read_again_and_a_changed_on
     record = await source.lookup(only_key(source, SPRING_ID), time.time())
     assert isinstance(record, SessionRecord) and record.user_id == "ursu"
     assert len(read_contexts) == 2
+
+
+@pytest.mark.parametrize("marked", [True, False])
+async def test_a_session_spring_security_marked_expired_is_no_session(
+    client: aioredis.Redis, prefix: str, marked: bool
+) -> None:
+    context = spring_session.sample("7.2.x", "core.context.TransientSecurityContext")
+    fields = spring_session.session_hash(context, int(time.time() * 1000))
+    fields[spring_session.EXPIRED_ATTRIBUTE] = spring_session.jdk_bool(marked)  # maximumSessions pushed it out
+    await client.hset(f"{prefix}sessions:{SPRING_ID}", mapping=fields)  # type: ignore[arg-type]
+    source = spring_source(client, prefix)
+    found = await source.lookup(only_key(source, SPRING_ID), time.time())
+    assert (found is None) if marked else isinstance(found, SessionRecord)
+
+
+async def test_a_key_of_another_redis_type_is_a_refused_record_not_a_store_failure(
+    client: aioredis.Redis, prefix: str
+) -> None:
+    await client.hset(prefix + PHP_ID, "planted", "hash")
+    await client.set(f"{prefix}sessions:{SPRING_ID}", b"a string where Spring keeps a hash")
+    php = php_source(client, prefix)
+    assert await php.lookup(only_key(php, PHP_ID), time.time()) is Reason.RECORD_CORRUPT
+    spring = spring_source(client, prefix)
+    assert await spring.lookup(only_key(spring, SPRING_ID), time.time()) is Reason.RECORD_CORRUPT

@@ -46,6 +46,16 @@ def jdk_int(value: int) -> bytes:
     return _boxed("java.lang.Integer", 0x12E2A0A4F7818738, "I", struct.pack(">i", value))
 
 
+def jdk_bool(value: bool) -> bytes:
+    """java.lang.Boolean as ObjectOutputStream writes one (its super class is Object: no Number in between)."""
+    fields = b"\x00\x01Z" + utf("value")
+    head = b"\x73\x72" + utf("java.lang.Boolean") + struct.pack(">Q", 0xCD207280D59CFAEE) + b"\x02" + fields
+    return HEADER + head + b"\x78\x70" + (b"\x01" if value else b"\x00")
+
+
+EXPIRED_ATTRIBUTE = "sessionAttr:org.springframework.session.security.SpringSessionBackedSessionInformation.EXPIRED"
+
+
 def session_hash(context: bytes | None, last_accessed_ms: int, max_inactive_seconds: int = 1800) -> dict[str, bytes]:
     """The hash Spring Session's repositories write for a session (RedisSessionMapper's field names), with the
     JDK serializer: built times around a real security context (None: a session nobody logged in to)."""

@@ -17,7 +17,7 @@ from sidecar.core.decision import Allow, Deny
 from sidecar.core.request import RequestView
 from sidecar.core.session import RecordTooLarge, SessionRecord
 from sidecar.core.tokens import KeyRing, SessionKey, mint_token, session_key
-from sidecar.errors import CorruptRecord
+from sidecar.errors import CorruptRecord, StoreUnavailable
 from sidecar.keyring import KeyRingSource
 from sidecar.lifecycle import SessionManager
 from sidecar.metrics import Metrics
@@ -632,3 +632,52 @@ def test_a_source_whose_cookie_the_settings_do_not_read_is_refused_at_constructi
         AuthzService(SETTINGS, sources=[other], deadline=0.15)
     with pytest.raises(ValueError, match="at least one session source"):
         AuthzService(SETTINGS, deadline=0.15)
+
+
+class ScriptedSource:
+    """A source whose store answers each key as scripted (a record, None, or a failure), and which remembers a
+    last known identity for every key (as failure_policy stale would)."""
+
+    def __init__(self, name: str, cookie: str, answers: dict[str, SessionRecord | Exception | None]) -> None:
+        self.name = name
+        self.cookie_names = (cookie,)
+        self.answers = answers
+        self.fallbacks: list[str] = []
+
+    def candidates_now(self, values: tuple[str, ...]) -> tuple[SessionKey, ...]:
+        return tuple(SessionKey("", value) for value in values)
+
+    async def candidates(
+        self, values: tuple[str, ...], at_hand: tuple[SessionKey, ...] | None
+    ) -> tuple[SessionKey, ...]:
+        return at_hand if at_hand is not None else self.candidates_now(values)
+
+    def lookup_now(self, key: SessionKey, now: float) -> None:
+        return None
+
+    async def lookup(self, key: SessionKey, now: float) -> SessionRecord | None:
+        answer = self.answers[key.digest]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def fallback(self, key: SessionKey, now: float) -> SessionRecord | None:
+        self.fallbacks.append(key.digest)
+        return SessionRecord(session_id=f"last-{key.digest}", user_id=f"last-known-{key.digest}", email=None, roles=())
+
+
+async def test_a_store_failure_falls_back_on_the_candidate_being_read_never_on_one_just_answered(clock: Clock) -> None:
+    down = StoreUnavailable("down")
+    first = ScriptedSource("first", "A", {"gone": None})
+    second = ScriptedSource("second", "B", {"failing": down})
+    settings = replace(SETTINGS, cookie_names=("A", "B"))
+    service = AuthzService(settings, sources=[first, second], deadline=0.15, clock=clock)
+    decision = await service.check(request(cookie="A=gone; B=failing"))
+    # The first source's store said "gone": its last known identity must not come back because the second failed.
+    assert isinstance(decision, Allow) and decision.user_id == "last-known-failing"
+    assert (first.fallbacks, second.fallbacks) == ([], ["failing"])
+
+    within = ScriptedSource("one", "A", {"gone": None, "failing": down})
+    service = AuthzService(replace(SETTINGS, cookie_names=("A",)), sources=[within], deadline=0.15, clock=clock)
+    assert isinstance(await service.check(request(cookie="A=gone; A=failing")), Allow)
+    assert within.fallbacks == ["failing"]

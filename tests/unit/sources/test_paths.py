@@ -37,6 +37,11 @@ def test_numbers_index_lists_and_integer_keys_of_maps() -> None:
     assert lookup({"user": {7: "php-int-key"}}, "user.7") == "php-int-key"
 
 
+def test_only_ascii_digits_index_a_list() -> None:
+    assert lookup({"roles": ["a", "b"]}, "roles.²") is None  # "²".isdigit() is True, int("²") raises
+    assert lookup({"roles": {"²": "x"}}, "roles.²") == "x"
+
+
 def test_a_path_that_names_nothing_is_none() -> None:
     assert lookup({"a": {"b": 1}}, "a.c") is None
     assert lookup({"a": [1]}, "a.5") is None

@@ -24,6 +24,7 @@ def test_only_the_fields_a_decision_needs_are_read() -> None:
         "creationTime",
         "lastAccessedTime",
         "maxInactiveInterval",
+        "sessionAttr:org.springframework.session.security.SpringSessionBackedSessionInformation.EXPIRED",
         "sessionAttr:SPRING_SECURITY_CONTEXT",
     )
 
