@@ -26,6 +26,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from sidecar.core.session import shown
 from sidecar.sources.formats import MAX_DEPTH, MAX_ELEMENTS, MAX_INPUT_BYTES, Refused
 from sidecar.sources.formats.java_classes import (
     ALLOWED,
@@ -37,10 +38,11 @@ from sidecar.sources.formats.java_classes import (
     JavaObject,
     check_class,
     resolve,
+    shown_class,
 )
 
 # What other modules import from here; the allowlist itself lives in java_classes.
-__all__ = ["ALLOWED", "SPRING_CLASSES", "check_class", "decode_modified_utf8", "loads", "resolve"]
+__all__ = ["ALLOWED", "SPRING_CLASSES", "check_class", "decode_modified_utf8", "loads", "resolve", "shown_class"]
 
 
 _MAGIC = b"\xac\xed\x00\x05"
@@ -234,7 +236,7 @@ class _Reader:
             code = chr(self.u8())
             fname = self.utf(self.u16())
             if not fname or fname == "@class" or fname in seen:
-                raise Refused(f"Java stream: field name {fname!r} in {name}")
+                raise Refused(f"Java stream: field name {shown(fname)} in {name}")
             seen.add(fname)
             if code in ("L", "["):
                 self.field_type()

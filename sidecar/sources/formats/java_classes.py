@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sidecar.core.session import shown
 from sidecar.sources.formats import Refused
 
 
@@ -84,21 +85,32 @@ class Block:
         self.data = bytearray()
 
 
+# Java class names share long package prefixes (org.springframework.security. is 29 characters): cut at
+# shown()'s 32 they could not be told apart, so a class name is quoted whole up to this length (every accepted
+# name fits), and only a longer one is cut.
+_SHOWN_CLASS_LENGTH = 100
+
+
+def shown_class(name: str) -> str:
+    """A class name as a message quotes it: repr'd, cut by ``shown()`` when longer than any real one."""
+    return repr(name) if len(name) <= _SHOWN_CLASS_LENGTH else shown(name)
+
+
 def check_class(name: str) -> None:
     """Refuse a class descriptor of a class outside the accepted set (arrays: by their element class)."""
     element = name.lstrip("[")
     dims = len(name) - len(element)
     if dims:
         if dims > 1:
-            raise Refused(f"Java stream: class {name!r} is not accepted (multi-dimensional array)")
+            raise Refused(f"Java stream: class {shown_class(name)} is not accepted (multi-dimensional array)")
         if element in PRIMITIVES:
             return
         if element.startswith("L") and element.endswith(";"):
             element = element[1:-1]
         else:
-            raise Refused(f"Java stream: class {name!r} is not accepted")
+            raise Refused(f"Java stream: class {shown_class(name)} is not accepted")
     if element not in ALLOWED and not (dims and element in _ARRAY_ONLY):
-        raise Refused(f"Java stream: class {element!r} is not accepted")
+        raise Refused(f"Java stream: class {shown_class(element)} is not accepted")
 
 
 class _Extra:
@@ -151,6 +163,10 @@ def _pairs(owner: str, flat: list[object]) -> dict[str, object]:
     for key, value in zip(flat[::2], flat[1::2], strict=True):
         if not isinstance(key, str):
             raise Refused(f"Java stream: a {owner} key of type {type(key).__name__} (only strings are accepted)")
+        if key == "@class":
+            # The key that names an object's class in the plain tree: a map holding it could pose as a Spring
+            # Security object (as field names, java.py refuses it).
+            raise Refused(f"Java stream: a {owner} with the key '@class'")
         out[key] = value
     return out
 

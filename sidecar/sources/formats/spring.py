@@ -41,6 +41,18 @@ from sidecar.sources.formats import json as bounded_json
 _SEC = "org.springframework.security."
 CONTEXT_CLASSES = frozenset({_SEC + "core.context.SecurityContextImpl", _SEC + "core.context.TransientSecurityContext"})
 _ANONYMOUS = _SEC + "authentication.AnonymousAuthenticationToken"
+# The concrete Authentication classes of the accepted set: an authentication of any other class is refused, so
+# that nothing else (a map holding "@class", an abstract class) is read by the token rules.
+_AUTHENTICATIONS = frozenset(
+    {
+        _SEC + "authentication.UsernamePasswordAuthenticationToken",
+        _SEC + "authentication.RememberMeAuthenticationToken",
+        _SEC + "authentication.TestingAuthenticationToken",
+        _SEC + "web.authentication.preauth.PreAuthenticatedAuthenticationToken",
+        _SEC + "oauth2.client.authentication.OAuth2AuthenticationToken",
+        _ANONYMOUS,
+    }
+)
 _USER = _SEC + "core.userdetails.User"
 _OAUTH2_USER = _SEC + "oauth2.core.user.DefaultOAuth2User"
 _OIDC_USER = _SEC + "oauth2.core.oidc.user.DefaultOidcUser"
@@ -144,30 +156,49 @@ def identity(context: object | None) -> SpringIdentity | None:
     whose name cannot be told."""
     if context is None:
         return None
-    if not isinstance(context, dict) or context.get("@class") not in CONTEXT_CLASSES:
+    if _cls(context) not in CONTEXT_CLASSES:
         raise Refused(f"Spring context: {_class_of(context)} is not a security context")
+    assert isinstance(context, dict)  # _cls() found its class
     auth = context.get("authentication")
     if auth is None:
         return None
-    if not isinstance(auth, dict) or not isinstance(auth.get("@class"), str):
+    auth_class = _cls(auth)
+    if auth_class not in _AUTHENTICATIONS:
         raise Refused(f"Spring context: an authentication of {_class_of(auth)}")
-    if auth["@class"] == _ANONYMOUS or auth.get("authenticated") is not True:
+    assert isinstance(auth, dict)
+    if auth_class == _ANONYMOUS or auth.get("authenticated") is not True:
         return None
     principal = auth.get("principal")
     authorities = auth.get("authorities")
     if not isinstance(authorities, list):
         raise Refused(f"Spring context: authorities of {_class_of(authorities)}")
     email = None
-    if isinstance(principal, dict) and principal.get("@class") in (_OAUTH2_USER, _OIDC_USER):
+    if isinstance(principal, dict) and _cls(principal) in (_OAUTH2_USER, _OIDC_USER):
         found = _attributes(principal).get("email")
         email = found if isinstance(found, str) and found else None
     return SpringIdentity(_name(principal), email, tuple(_authority(a) for a in authorities))
 
 
+def _cls(value: object) -> str | None:
+    """The class of an object as read, or None for anything else (a "@class" that is no string included: a
+    membership test on a list or dict would raise TypeError)."""
+    if isinstance(value, dict):
+        cls = value.get("@class")
+        if type(cls) is str:
+            return cls
+    return None
+
+
 def _class_of(value: object) -> str:
     if isinstance(value, dict):
-        return f"class {value.get('@class')!r}"
+        return _quoted_class(value.get("@class"))
     return "null" if value is None else f"a {type(value).__name__}"
+
+
+def _quoted_class(cls: object) -> str:
+    if type(cls) is str:
+        return f"class {java.shown_class(cls)}"
+    return "no class" if cls is None else f"a class name of type {type(cls).__name__}"
 
 
 def _attributes(principal: dict[str, Any]) -> dict[str, Any]:
@@ -181,9 +212,9 @@ def _name(principal: object) -> str:
     """``Authentication.getName()``: a UserDetails' username, an OAuth2 user's name attribute, a string."""
     if isinstance(principal, str):
         name: object = principal
-    elif isinstance(principal, dict) and principal.get("@class") == _USER:
+    elif isinstance(principal, dict) and _cls(principal) == _USER:
         name = principal.get("username")
-    elif isinstance(principal, dict) and principal.get("@class") in (_OAUTH2_USER, _OIDC_USER):
+    elif isinstance(principal, dict) and _cls(principal) in (_OAUTH2_USER, _OIDC_USER):
         key = principal.get("nameAttributeKey")
         name = _attributes(principal).get(key) if isinstance(key, str) else None
         if type(name) is int:  # getName() is the attribute's toString()
@@ -196,8 +227,9 @@ def _name(principal: object) -> str:
 
 
 def _authority(item: object) -> str:
-    if not isinstance(item, dict) or item.get("@class") not in _AUTHORITIES:
+    if _cls(item) not in _AUTHORITIES:
         raise Refused(f"Spring context: an authority of {_class_of(item)}")
+    assert isinstance(item, dict)
     value = item.get("role" if item["@class"] == _SIMPLE_AUTHORITY else "authority")
     if not isinstance(value, str) or not value:
         raise Refused(f"Spring context: {item['@class']} without its authority string")
@@ -230,8 +262,8 @@ class _Normalizer:
             return self.wrapped(node, depth)
         assert isinstance(node, dict)  # what json.loads makes: null, bool, numbers, str, list, dict
         cls = node.get("@class")
-        if cls not in _JSON_MAPS and cls not in java.SPRING_CLASSES:
-            raise Refused(f"Spring JSON: class {cls!r} is not accepted")
+        if type(cls) is not str or (cls not in _JSON_MAPS and cls not in java.SPRING_CLASSES):
+            raise Refused(f"Spring JSON: an object of {_quoted_class(cls)} is not accepted")
         obj = {k: self.value(v, depth + 1) for k, v in node.items() if k != "@class"}
         if cls in _JSON_MAPS:
             return obj
@@ -248,7 +280,10 @@ class _Normalizer:
                     raise Refused(f"Spring JSON: {cls} of {number!r}")
                 return float(number) if cls == "java.time.Instant" else number
         head = node[0] if node else None
-        raise Refused(f"Spring JSON: an array that is no accepted type wrapper (type id {head!r})")
+        shown_head = (
+            java.shown_class(head) if type(head) is str else "null" if head is None else f"a {type(head).__name__}"
+        )
+        raise Refused(f"Spring JSON: an array that is no accepted type wrapper (type id {shown_head})")
 
 
 def _as_java_fields(obj: dict[str, Any]) -> dict[str, Any]:

@@ -382,6 +382,39 @@ def test_a_map_reads_to_a_dict_and_a_key_that_is_not_a_string_is_refused() -> No
         java.loads(HEADER + _hash_map(long_stream(1)[4:] + string("v"), 1))
 
 
+def test_a_map_with_the_key_at_class_is_refused_so_it_cannot_pose_as_a_spring_object() -> None:
+    true = obj(desc("java.lang.Boolean", [("Z", "value", b"")]), b"\x01")
+    token = _hash_map(
+        string("@class")
+        + string(SEC + "authentication.UsernamePasswordAuthenticationToken")
+        + string("authenticated")
+        + true
+        + string("principal")
+        + string("admin")
+        + string("authorities")
+        + obj(desc("java.util.Collections$EmptyList")),
+        4,
+    )
+    posing = HEADER + _hash_map(string("@class") + string(SEC + "core.context.SecurityContextImpl"), 1)
+    for stream in [posing, HEADER + _hash_map(string("authentication") + token, 1)]:
+        with pytest.raises(Refused, match=r"java\.util\.HashMap with the key '@class'"):
+            java.loads(stream)
+    with pytest.raises(Refused, match="key '@class'"):  # its value a map: membership tests must never see it
+        java.loads(HEADER + _hash_map(string("@class") + _hash_map(b"", 0), 1))
+
+
+def test_a_refusal_quotes_a_60_kb_class_or_field_name_cut_short() -> None:
+    name = "K" * 60_000
+    with pytest.raises(Refused, match="is not accepted") as refused:
+        java.loads(HEADER + b"\x73\x72" + utf(name))
+    assert len(str(refused.value)) < 200
+    twice = name[:30_000]  # a field name given twice, in the 64 KiB bound
+    long_field = desc(SEC + "core.userdetails.User", [("I", twice, b""), ("Z", twice, b"")])
+    with pytest.raises(Refused, match="field name") as refused:
+        java.loads(HEADER + obj(long_field))
+    assert len(str(refused.value)) < 200
+
+
 @pytest.mark.parametrize(("entries", "size"), [(string("k"), 1), (string("k") + string("v"), 2), (b"", -1)])
 def test_a_map_whose_declared_size_does_not_match_its_entries_is_refused(entries: bytes, size: int) -> None:
     with pytest.raises(Refused):

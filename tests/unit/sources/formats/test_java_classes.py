@@ -4,14 +4,24 @@ primitive data and values). Whole streams through ``java.loads`` are in test_jav
 
 from __future__ import annotations
 
+import re
 import struct
 
 import pytest
 
 from sidecar.sources.formats import Refused
-from sidecar.sources.formats.java_classes import ALLOWED, SPRING_CLASSES, Block, JavaObject, check_class, resolve
+from sidecar.sources.formats.java_classes import (
+    ALLOWED,
+    SPRING_CLASSES,
+    Block,
+    JavaObject,
+    check_class,
+    resolve,
+    shown_class,
+)
 
 AUTHORITY = "org.springframework.security.core.authority.SimpleGrantedAuthority"
+SPRING_CLASS = "org.springframework.security.core.context.SecurityContextImpl"
 
 
 def block(data: bytes) -> Block:
@@ -86,6 +96,37 @@ def test_an_instant_resolves_to_epoch_seconds_and_other_java_time_types_are_refu
     assert resolve(written("java.time.Ser", struct.pack(">bqi", 2, 1_700_000_000, 500_000_000))) == 1_700_000_000.5
     with pytest.raises(Refused, match=r"java\.time\.Ser of type 3"):  # a LocalDate, say
         resolve(written("java.time.Ser", struct.pack(">bqi", 3, 0, 0)))
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        JavaObject("java.util.Collections$SingletonMap", {"k": "@class", "v": SPRING_CLASS}),
+        written("java.util.HashMap", struct.pack(">ii", 16, 1), "@class", SPRING_CLASS),
+        # A LinkedHashMap's pairs are its super class HashMap's writeObject data.
+        JavaObject(
+            "java.util.LinkedHashMap",
+            {},
+            {"java.util.HashMap": [block(struct.pack(">ii", 16, 2)), "a", 1, "@class", {}]},
+        ),
+        written("java.util.TreeMap", struct.pack(">i", 1), "@class", []),
+    ],
+)
+def test_a_map_with_the_key_at_class_is_refused(obj: JavaObject) -> None:
+    # The plain tree names an object's class with that key: a map holding it could pose as that class.
+    with pytest.raises(Refused, match="with the key '@class'"):
+        resolve(obj)
+
+
+def test_a_class_name_is_quoted_whole_up_to_100_characters_and_cut_past_them() -> None:
+    real = "org.springframework.security.web.authentication.preauth.PreAuthenticatedAuthenticationTokenX"
+    with pytest.raises(Refused, match=re.escape(repr(real))):
+        check_class(real)
+    assert max(map(len, ALLOWED)) <= 100 and shown_class(real) == repr(real)
+    for name in ["K" * 60_000, "[L" + "K" * 60_000 + ";", "[" + "K" * 60_000, "[[" + "K" * 60_000]:
+        with pytest.raises(Refused, match="is not accepted") as refused:
+            check_class(name)
+        assert len(str(refused.value)) < 200
 
 
 def test_collection_wrappers_resolve_to_what_they_wrap_and_refuse_the_wrong_kind() -> None:

@@ -362,6 +362,85 @@ def test_only_authenticated_true_is_a_logged_in_user(flag: object) -> None:
     assert identity(_with(["authentication", "authenticated"], True)) == USER
 
 
+TOKEN_CLASSES = [
+    "authentication.UsernamePasswordAuthenticationToken",
+    "authentication.RememberMeAuthenticationToken",
+    "authentication.TestingAuthenticationToken",
+    "web.authentication.preauth.PreAuthenticatedAuthenticationToken",
+    "oauth2.client.authentication.OAuth2AuthenticationToken",
+]
+
+
+def token(cls: object, **fields: object) -> dict[str, object]:
+    """An authentication as read, of ``cls``, naming ``admin`` with one authority."""
+    base = {"@class": cls, "authenticated": True, "principal": "admin", "authorities": [ADMIN_AUTHORITY]}
+    return {**base, **fields}
+
+
+ADMIN_AUTHORITY = {"@class": AUTHORITY, "role": "ROLE_ADMIN"}
+
+
+@pytest.mark.parametrize("cls", TOKEN_CLASSES)
+def test_each_authentication_token_class_names_its_user(cls: str) -> None:
+    assert identity(in_context(token(SEC + cls))) == SpringIdentity("admin", None, ("ROLE_ADMIN",))
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        SEC + "authentication.AbstractAuthenticationToken",  # abstract: never the class of an object Spring wrote
+        SEC + "core.userdetails.User",
+        SEC + "core.context.SecurityContextImpl",
+        "java.util.HashMap",
+        "x.Evil",
+        None,
+        [],
+        {},
+        1,
+    ],
+)
+def test_an_authentication_of_a_class_that_is_no_token_is_refused(cls: object) -> None:
+    with pytest.raises(Refused, match="an authentication of"):
+        identity(in_context(token(cls)))
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        {"@class": []},
+        {"@class": {}},
+        {"@class": {"@class": CONTEXT}},
+        in_context(token([SEC + TOKEN_CLASSES[0]])),
+        in_context(token(SEC + TOKEN_CLASSES[0], principal={"@class": [], "username": "admin"})),
+        in_context(token(SEC + TOKEN_CLASSES[0], principal={"@class": {}, "attributes": {}})),
+        in_context(token(SEC + TOKEN_CLASSES[0], authorities=[{"@class": [AUTHORITY], "role": "ROLE_ADMIN"}])),
+        in_context(token(SEC + TOKEN_CLASSES[0], authorities=[{"@class": {}, "role": "ROLE_ADMIN"}])),
+    ],
+)
+def test_a_class_name_that_is_no_string_is_refused_not_a_type_error(context: dict[str, object]) -> None:
+    # Only a JDK map could hold such a "@class" (java_classes now refuses the key): identity() refuses it anyway.
+    with pytest.raises(Refused):
+        identity(context)
+
+
+def test_an_anonymous_token_of_any_content_is_no_identity() -> None:
+    anonymous = SEC + "authentication.AnonymousAuthenticationToken"
+    assert identity(in_context(token(anonymous))) is None
+    assert identity(in_context(token(anonymous, principal=None, authorities=None))) is None
+
+
+def test_a_refusal_quotes_a_long_class_name_cut_short() -> None:
+    long_name = "K" * 60_000
+    for context in [{"@class": long_name}, in_context(token(long_name))]:
+        with pytest.raises(Refused, match="KKK") as refused:
+            identity(context)
+        assert len(str(refused.value)) < 200
+    for text in [b'{"@class": "' + long_name.encode() + b'"}', b'["' + long_name.encode() + b'", 1]']:
+        with pytest.raises(Refused, match="KKK") as refused:
+            loads_json(text)
+        assert len(str(refused.value)) < 200
+
+
 # ------------------------------------------------------------------------------- the JSON serializer
 
 
@@ -415,12 +494,22 @@ def test_json_anonymous_and_unauthenticated_tokens_are_no_identity() -> None:
     [
         (b'{"@class": "org.apache.commons.collections.functors.InvokerTransformer"}', "InvokerTransformer"),
         (b'["java.util.PriorityQueue", []]', "PriorityQueue"),
-        (b'{"authentication": null}', "class None is not accepted"),
+        (b'{"authentication": null}', "of no class is not accepted"),
         (b'["a", "b", "c"]', "no accepted type wrapper"),
         (b"[]", "no accepted type wrapper"),
         (b'["java.time.Instant", "2020"]', "no accepted type wrapper"),
         (b'["java.lang.Integer", 1.5]', "java.lang.Integer of 1.5"),
         (b'["java.lang.Long", true]', "no accepted type wrapper"),
+        # A class name that is no string: refused, never a TypeError from a membership test.
+        (b'{"@class": []}', "of a class name of type list is not accepted"),
+        (b'{"@class": {}}', "of a class name of type dict is not accepted"),
+        (b'{"@class": {"@class": "java.util.HashMap"}}', "of type dict is not accepted"),
+        (b'{"@class": 1}', "of type int is not accepted"),
+        (b'{"@class": "java.util.HashMap", "a": {"@class": ["java.util.HashMap"]}}', "of type list"),
+        (b"[[], []]", "type id a list"),
+        (b'[{"@class": "java.util.HashMap"}, []]', "type id a dict"),
+        # A map holding the key "@class": Jackson writes it after the type id, so the key comes twice.
+        (b'{"@class": "java.util.HashMap", "@class": "' + CONTEXT.encode() + b'"}', "twice"),
         # What the bounded JSON parser (formats.json) refuses, refused here too.
         (b'{"@class": "java.util.HashMap", "a": NaN}', "NaN"),
         (b'{"@class": "java.util.HashMap", "a": 1e999}', "overflows"),
