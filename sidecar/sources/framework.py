@@ -96,20 +96,28 @@ def record_of(found: Identity, session_handle: str, now: float, lifetime: float)
     )
 
 
-class FrameworkSource:
-    def __init__(self, kind: Kind, reader: RedisReader, cookie_name: str) -> None:
-        self._kind = kind
-        self._reader = reader
-        self.name = kind.name
-        self.cookie_names = (cookie_name,)
+class UncachedSource:
+    """What every source of another framework's sessions shares: candidates from at most MAX_CANDIDATES of the
+    examined cookie values, no answer without a read, a refused record logged and answered as such, the identity
+    as a record that lives as long as the session, and nothing to fall back on (they are never cached).
+
+    A subclass says how a cookie value becomes a candidate (``_candidate``, no I/O) and what the store holds under
+    it (``_resolve``: the identity and how many seconds it lives, or None; raises CorruptRecord or StoreError)."""
+
+    name: str
+    cookie_names: tuple[str, ...]
+
+    def _candidate(self, value: str) -> FrameworkKey | None:
+        raise NotImplementedError
+
+    async def _resolve(self, key: FrameworkKey, now: float) -> tuple[Identity, float] | None:
+        raise NotImplementedError
 
     def candidates_now(self, values: tuple[str, ...]) -> tuple[SessionKey, ...]:
         keys: list[SessionKey] = []
         for value in examined(values):
-            session_id = self._kind.session_id(value)
-            if session_id is not None:
-                digest = handle(self._kind.name, session_id)
-                keys.append(FrameworkKey("", digest, self._kind.store_key(session_id)))
+            if (key := self._candidate(value)) is not None:
+                keys.append(key)
                 if len(keys) == MAX_CANDIDATES:
                     break
         return tuple(keys)
@@ -126,17 +134,37 @@ class FrameworkSource:
         if not isinstance(key, FrameworkKey):
             return None
         try:
-            stored = await self._reader.string(key.store_key)
-            if stored is None:
-                return None
-            found = identity(self._kind.decode(stored.value), self._kind.paths)
+            resolved = await self._resolve(key, now)
         except CorruptRecord as exc:
-            log.error("unusable %s session %s…: %s", self._kind.name, key.digest[:12], exc)
+            log.error("unusable %s session %s…: %s", self.name, key.digest[:12], exc)
             return refusal(exc)
-        if found is None:
-            return None  # a session without a logged-in user (anonymous): no identity
-        lifetime = NO_EXPIRY_SECONDS if stored.ttl_ms is None else stored.ttl_ms / 1000
+        if resolved is None:
+            return None  # no session, an expired one, or one without a logged-in user
+        found, lifetime = resolved
         return record_of(found, key.digest, now, lifetime)
 
     def fallback(self, key: SessionKey, now: float) -> SessionRecord | None:
         return None
+
+
+class FrameworkSource(UncachedSource):
+    def __init__(self, kind: Kind, reader: RedisReader, cookie_name: str) -> None:
+        self._kind = kind
+        self._reader = reader
+        self.name = kind.name
+        self.cookie_names = (cookie_name,)
+
+    def _candidate(self, value: str) -> FrameworkKey | None:
+        session_id = self._kind.session_id(value)
+        if session_id is None:
+            return None
+        return FrameworkKey("", handle(self._kind.name, session_id), self._kind.store_key(session_id))
+
+    async def _resolve(self, key: FrameworkKey, now: float) -> tuple[Identity, float] | None:
+        stored = await self._reader.string(key.store_key)
+        if stored is None:
+            return None
+        found = identity(self._kind.decode(stored.value), self._kind.paths)
+        if found is None:
+            return None  # a session without a logged-in user (anonymous): no identity
+        return found, NO_EXPIRY_SECONDS if stored.ttl_ms is None else stored.ttl_ms / 1000

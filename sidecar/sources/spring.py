@@ -22,20 +22,15 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import logging
 import re
 from typing import Literal
 
-from sidecar.core.session import SessionRecord, header_value_problem
-from sidecar.core.tokens import SessionKey
+from sidecar.core.session import header_value_problem
 from sidecar.errors import CorruptRecord
-from sidecar.sources.base import MAX_CANDIDATES, Lookup, examined
 from sidecar.sources.formats import spring
-from sidecar.sources.framework import NO_EXPIRY_SECONDS, FrameworkKey, Settings, handle, record_of, refusal
+from sidecar.sources.framework import NO_EXPIRY_SECONDS, FrameworkKey, Settings, UncachedSource, handle
 from sidecar.sources.paths import Identity, Paths, checked_roles, email_at, lookup, roles_at, user_text
 from sidecar.sources.redis_reader import RedisReader
-
-log = logging.getLogger("sidecar.authz")
 
 CONTEXT_ATTRIBUTE = "SPRING_SECURITY_CONTEXT"
 CONTEXT_MEMO_ENTRIES = 4096
@@ -94,7 +89,7 @@ def with_paths(found: Identity, context: object, paths: Paths) -> Identity | Non
     return Identity(user_id, email, roles)
 
 
-class SpringSessionSource:
+class SpringSessionSource(UncachedSource):
     name = "spring-session"
 
     def __init__(self, settings: Settings, reader: RedisReader) -> None:
@@ -121,46 +116,23 @@ class SpringSessionSource:
             return self._read_identity(raw)
         return self._identity_of(raw)
 
-    def candidates_now(self, values: tuple[str, ...]) -> tuple[SessionKey, ...]:
-        keys: list[SessionKey] = []
-        for value in examined(values):
-            if (sid := session_id(value)) is not None:
-                keys.append(FrameworkKey("", handle(self.name, sid), self._sessions + sid))
-                if len(keys) == MAX_CANDIDATES:
-                    break
-        return tuple(keys)
+    def _candidate(self, value: str) -> FrameworkKey | None:
+        sid = session_id(value)
+        return None if sid is None else FrameworkKey("", handle(self.name, sid), self._sessions + sid)
 
-    async def candidates(
-        self, values: tuple[str, ...], at_hand: tuple[SessionKey, ...] | None
-    ) -> tuple[SessionKey, ...]:
-        return at_hand if at_hand is not None else self.candidates_now(values)
-
-    def lookup_now(self, key: SessionKey, now: float) -> Lookup:
-        return None  # never cached: only a read can tell
-
-    async def lookup(self, key: SessionKey, now: float) -> Lookup:
-        if not isinstance(key, FrameworkKey):
+    async def _resolve(self, key: FrameworkKey, now: float) -> tuple[Identity, float] | None:
+        values = await self._reader.hash_fields(key.store_key, FIELDS)
+        if values is None:
             return None
-        try:
-            values = await self._reader.hash_fields(key.store_key, FIELDS)
-            if values is None:
-                return None
-            *times, expired, context = values
-            fields = {name.encode(): value for name, value in zip(FIELDS, times, strict=False) if value is not None}
-            expires_ms = spring.expires_at_ms(spring.read_session(fields, self._serializer))
-            if expires_ms is not None and expires_ms <= now * 1000:
-                return None
-            if expired and spring.read_context(expired, self._serializer) is not False:
-                return None  # marked expired by Spring Security (or marked with anything but false: not read as live)
-            # Spring's rules first, whatever the paths: an anonymous or unauthenticated context is no identity.
-            found = self.context_identity(context)
-        except CorruptRecord as exc:
-            log.error("unusable spring-session session %s…: %s", key.digest[:12], exc)
-            return refusal(exc)
+        *times, expired, context = values
+        fields = {name.encode(): value for name, value in zip(FIELDS, times, strict=False) if value is not None}
+        expires_ms = spring.expires_at_ms(spring.read_session(fields, self._serializer))
+        if expires_ms is not None and expires_ms <= now * 1000:
+            return None
+        if expired and spring.read_context(expired, self._serializer) is not False:
+            return None  # marked expired by Spring Security (or marked with anything but false: not read as live)
+        # Spring's rules first, whatever the paths: an anonymous or unauthenticated context is no identity.
+        found = self.context_identity(context)
         if found is None:
             return None  # no authenticated user in the session
-        lifetime = NO_EXPIRY_SECONDS if expires_ms is None else expires_ms / 1000 - now
-        return record_of(found, key.digest, now, lifetime)
-
-    def fallback(self, key: SessionKey, now: float) -> SessionRecord | None:
-        return None
+        return found, NO_EXPIRY_SECONDS if expires_ms is None else expires_ms / 1000 - now
