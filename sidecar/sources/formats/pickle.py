@@ -33,6 +33,12 @@ _FORBIDDEN = frozenset(
     }
 )  # fmt: skip
 _MEMO_WRITES = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+# The opcodes whose argument is an int of any size (INT and LONG in decimal, LONG1 and LONG4 in binary).
+_BIG_INTS = frozenset({"INT", "LONG", "LONG1", "LONG4"})
+# Integers over 64 bits are refused in the scan, before any dict is built: ints of the form k * (2**61 - 1) all
+# hash alike, so 4,900 such keys took 13 times as long to load as distinct ones (to_plain refused them only
+# after). Ints of at most 64 bits fall about 8 to a hash value.
+_MAX_INT_BITS = 64
 # A dict of n entries pushes 2n + 1 new values (keys, values, the dict): the output walk bounds values to
 # MAX_ELEMENTS, so the scan allows that many keys besides. Memo slots are bounded alike.
 _MAX_PUSHES = 2 * MAX_ELEMENTS + 1
@@ -68,6 +74,8 @@ def _scan(data: bytes) -> None:
             name = opcode.name
             if name in _FORBIDDEN:
                 raise Refused(f"pickle opcode {name} at byte {pos}: it loads or calls code")
+            if name in _BIG_INTS and isinstance(arg, int) and arg.bit_length() > _MAX_INT_BITS:
+                raise Refused(f"pickle integer of {arg.bit_length()} bits at byte {pos}, over {_MAX_INT_BITS}")
             if name == "PROTO" and pos:  # pickle.dumps writes it first or not at all; repeated, it is only padding
                 raise Refused(f"pickle opcode PROTO at byte {pos}, not at the start")
             machine.step(name, arg, pos)
@@ -101,6 +109,10 @@ class _Machine:
     TUPLE1 opcodes, 200 KB, would overflow the C stack inside the unpickler, before any walk of ours. Their
     height is fixed when they are built, so the simulation bounds it; lists, dicts and sets count 0 (they are
     unhashable, and their own depth is bounded by the walk after loading).
+
+    A value of height above 0 is refused as a dict key or a set item: a tuple's hash is computed from its
+    items' and can be inverted, so keys could be made to collide (as with big ints). No key of that kind is read
+    anyway (``to_plain`` keeps str and int keys only), and a set of tuples is no value a session is read for.
     """
 
     _TUPLES = frozenset({"TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "FROZENSET"})
@@ -108,6 +120,13 @@ class _Machine:
     _MEMO = frozenset({*_MEMO_WRITES, "MEMOIZE"})
     # Opcodes that give back the container (or value) they took: not a new value.
     _SAME = frozenset({"MEMOIZE", "APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS"})
+    # Opcodes that hash what they pop (below the container they fill, if any): which of the popped values.
+    _HASHED = {
+        "SETITEM": slice(1, 2),
+        "SETITEMS": slice(1, None, 2),
+        "ADDITEMS": slice(1, None),
+        "FROZENSET": slice(None),
+    }
 
     def __init__(self) -> None:
         self.stack: list[int] = []
@@ -135,6 +154,8 @@ class _Machine:
                 raise Refused(f"pickle pops more than its stack holds at byte {pos}")
             popped = stack[-below:] + popped
             del stack[-below:]
+        if name in self._HASHED:
+            self._check_hashed(name, popped, pos)
         if name in self._MEMO:
             self._memoize(name, arg, popped, pos)
         if not after:
@@ -156,6 +177,11 @@ class _Machine:
             self.values += 1
             if self.values > _MAX_PUSHES:
                 raise Refused(f"pickle pushes more than {_MAX_PUSHES} values")
+
+    def _check_hashed(self, name: str, popped: list[int], pos: int | None) -> None:
+        if any(popped[self._HASHED[name]]):
+            what = "a dict key" if name.startswith("SETITEM") else "a set item"
+            raise Refused(f"pickle uses a tuple or frozenset as {what} at byte {pos}")
 
     def _memoize(self, name: str, arg: object, popped: list[int], pos: int | None) -> None:
         if not popped and len(self.stack) <= (self.marks[-1] if self.marks else 0):

@@ -204,9 +204,81 @@ def test_a_far_memo_slot_is_refused_before_the_unpickler_allocates_for_it() -> N
 
 
 def test_keys_other_than_str_and_int_are_refused() -> None:
-    for key in [(1, 2), 1.5, b"k", None, frozenset()]:
+    for key in [1.5, b"k", None]:
         with pytest.raises(Refused, match="dict key of type"):
             reader.loads(pickle.dumps({key: "v"}, protocol=4))
+    for key in [(1, 2), frozenset(), ()]:
+        with pytest.raises(Refused, match="tuple or frozenset as a dict key"):
+            reader.loads(pickle.dumps({key: "v"}, protocol=4))
+
+
+M61 = 2**61 - 1  # ints k * M61 all hash alike
+
+
+def colliding_keys(count: int) -> bytes:
+    """A protocol 2 dict of ``count`` LONG1 keys k * (2**61 - 1), every one with the same hash, values None."""
+    out = bytearray(b"\x80\x02}(")
+    for k in range(1, count + 1):
+        raw = (k * M61).to_bytes(((k * M61).bit_length() + 8) // 8, "little", signed=True)
+        out += b"\x8a" + bytes([len(raw)]) + raw + b"N"
+        if k % 900 == 0:  # SETITEMS, then a new MARK: the marks stay shallow
+            out += b"u("
+    return bytes(out + b"u.")
+
+
+def test_keys_that_all_hash_alike_are_refused_by_the_scan_before_any_dict_is_built() -> None:
+    data = colliding_keys(4_900)
+    assert len(data) <= MAX_INPUT_BYTES
+    # The scan itself refuses (before, to_plain did, after the unpickler had inserted them all: 0.35 s).
+    with pytest.raises(Refused, match="integer of 65 bits at byte"):
+        reader._scan(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pickle.dumps(2**64, protocol=0),  # LONG: decimal with an L
+        b"I18446744073709551616\n.",  # INT: decimal
+        pickle.dumps(-(2**64), protocol=2),  # LONG1
+        b"\x80\x02\x8b" + (300).to_bytes(4, "little") + b"\x01" * 300 + b".",  # LONG4
+    ],
+)
+def test_integers_over_64_bits_are_refused_in_every_opcode_by_the_scan(data: bytes) -> None:
+    with pytest.raises(Refused, match="bits at byte"):
+        reader._scan(data)
+
+
+def test_integers_of_64_bits_read_in_every_opcode() -> None:
+    values = [2**64 - 1, -(2**63), 2**63 - 1, 0, -1]
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        assert reader.loads(pickle.dumps(values, protocol=protocol)) == values
+    assert reader.loads(b"I18446744073709551615\n.") == 2**64 - 1
+    assert reader.loads(b"I01\n.") is True  # INT's spelling of True
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {(1, 2): "v"},
+        {"a": 1, (): 2},
+        {frozenset({1}): "v"},
+        {(1,)},
+        frozenset({(1, 2)}),
+        frozenset({frozenset()}),
+        [(1,), {(1,): 1}],  # the key a memo reference to a tuple built before
+    ],
+)
+def test_a_tuple_or_frozenset_as_a_dict_key_or_set_item_is_refused_by_the_scan(value: object) -> None:
+    # A tuple's hash can be inverted: keys that all hash alike would come back. (Protocols 2 and 3 write a set
+    # as a call to the global set, refused for that.)
+    for protocol in (4, 5):
+        with pytest.raises(Refused, match=r"tuple or frozenset as a (dict key|set item)"):
+            reader._scan(pickle.dumps(value, protocol=protocol))
+
+
+def test_sets_of_scalars_and_tuples_of_tuples_still_read() -> None:
+    value = {"s": {1, 2}, "f": frozenset({2.5}), "t": ((1,), (frozenset({3}),))}
+    assert reader.loads(pickle.dumps(value, protocol=5)) == {"s": [1, 2], "f": [2.5], "t": [[1], [[3]]]}
 
 
 def test_integers_over_64_bits_and_unencodable_strings_are_refused() -> None:
