@@ -8,7 +8,9 @@ is such a pickle (0x80 alone is msgpack's empty map) and goes to the pickle read
 msgspec decodes, after a structural scan of the bytes that needs no recursion: it walks the type headers only,
 refusing nesting deeper than MAX_DEPTH, more items than the bounds allow, a declared length or count the data
 cannot hold, trailing bytes, and every extension type, including the timestamp (-1) that msgspec would turn into
-a datetime: a session read here holds only plain values. Map keys must then be str or int (``to_plain``).
+a datetime: a session read here holds only plain values. An array or a map as a map key is refused by the scan
+too: msgspec would build a tuple key (whose hash can be inverted, so that keys collide) before ``to_plain``
+refuses every key that is not str or int.
 """
 
 from __future__ import annotations
@@ -56,10 +58,13 @@ def _scan(data: bytes) -> None:
     size = len(data)
     pos = items = 0
     remaining = [1]  # per open container (the top level first), how many items it still holds
+    in_map = [False]  # per open container, whether it is a map (whose items alternate key, value)
     while remaining:
         if remaining[-1] == 0:
             remaining.pop()
+            in_map.pop()
             continue
+        is_key = in_map[-1] and remaining[-1] % 2 == 0
         remaining[-1] -= 1
         if pos >= size:
             raise Refused(f"MessagePack truncated at byte {pos}")
@@ -73,12 +78,15 @@ def _scan(data: bytes) -> None:
             if pos > size:
                 raise Refused(f"MessagePack {kind} at byte {at} declares {count} bytes, more than the data holds")
         elif kind in ("map", "array"):
+            if is_key:
+                raise Refused(f"MessagePack {kind} at byte {at} is a map key; only str and int keys are read")
             slots = 2 * count if kind == "map" else count
             if slots > size - pos:  # every item takes at least one byte
                 raise Refused(f"MessagePack {kind} at byte {at} declares {count} entries, more than the data holds")
             if len(remaining) > MAX_DEPTH:
                 raise Refused(f"MessagePack nests deeper than {MAX_DEPTH} at byte {at}")
             remaining.append(slots)
+            in_map.append(kind == "map")
     if pos > size:
         raise Refused(f"MessagePack truncated at byte {size}")
     if pos != size:

@@ -97,9 +97,30 @@ def test_extension_types_and_timestamps_are_refused() -> None:
 
 def test_integer_keys_are_kept_and_other_keys_refused() -> None:
     assert reader.loads(ENCODER.encode({1: "a", -2: "b"})) == {1: "a", -2: "b"}
-    for data in [b"\x81\x92\x01\x02\x03", b"\x81\xc0\x01", b"\x81\xc3\x01", b"\x81\xca\x00\x00\x00\x00\x01"]:
+    for data in [b"\x81\xc0\x01", b"\x81\xc3\x01", b"\x81\xca\x00\x00\x00\x00\x01", b"\x81\xc4\x01k\x01"]:
         with pytest.raises(Refused, match="dict key of type"):
             reader.loads(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "at"),
+    [
+        (b"\x81\x92\x01\x02\x03", "array at byte 1"),  # {[1, 2]: 3}
+        (b"\x81\x90\x03", "array at byte 1"),
+        (b"\x81\x80\x03", "map at byte 1"),  # msgspec would refuse an unhashable key itself
+        (b"\x82\xa1a\x01\xdc\x00\x01\x01\x02", "array at byte 4"),  # the second key, an array 16
+        (b"\x91\x81\x01\x81\x91\x01\x02", "array at byte 4"),  # a key of a map inside a map value
+    ],
+)
+def test_an_array_or_map_as_a_map_key_is_refused_by_the_scan_before_decoding(data: bytes, at: str) -> None:
+    # msgspec decodes an array key to a tuple, whose hash can be inverted: such keys could all collide.
+    with pytest.raises(Refused, match=f"MessagePack {at} is a map key"):
+        reader._scan(data)
+
+
+def test_arrays_and_maps_as_map_values_and_array_items_still_read() -> None:
+    value = {"a": [[1], {"b": [2]}], 1: {"c": {}}}
+    assert reader.loads(ENCODER.encode(value)) == value
 
 
 def test_invalid_utf8_strings_and_unused_bytes_are_refused() -> None:
