@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 
+from sidecar.core.session import shown
 from sidecar.sources.formats import MAX_DEPTH, MAX_ELEMENTS, MAX_INPUT_BYTES, Refused
 
 _HEADER = b"\x04\x08"
@@ -187,7 +188,9 @@ class _Reader:
             if not isinstance(key, str | int) or isinstance(key, bool):
                 raise Refused(f"Marshal hash at byte {at} has a {type(key).__name__} key at byte {key_at}")
             if key in out:
-                raise Refused(f"Marshal hash at byte {at} has the key {key!r} twice")
+                raise Refused(
+                    f"Marshal hash at byte {at} has the key {shown(key) if isinstance(key, str) else key} twice"
+                )
             item, below = self.value(depth + 1)
             out[key] = item
             height = max(height, 1 + below)
@@ -290,4 +293,4 @@ class _Reader:
             if isinstance(named, bytes):
                 return named.decode("ascii", "replace")
             raise Refused(f"Marshal encoding name at byte {value_at} links to a {type(named).__name__}")
-        raise Refused(f"Marshal instance variable {name[:32]!r} at byte {name_at}; only E and encoding are read")
+        raise Refused(f"Marshal instance variable {shown(name)} at byte {name_at}; only E and encoding are read")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
+from sidecar.core.session import shown
 from sidecar.sources.formats import MAX_DEPTH, MAX_ELEMENTS, MAX_INPUT_BYTES, Refused
 
 _INT = re.compile(rb"i:([+-]?[0-9]{1,20});")
@@ -92,7 +93,7 @@ def _php_session(data: bytes) -> dict[str, object]:
         if not name:
             raise Refused(f"PHP session has an empty variable name at byte {reader.pos}")
         if name in out:
-            raise Refused(f"PHP session has the variable {name[:64]!r} twice")
+            raise Refused(f"PHP session has the variable {shown(name)} twice")
         reader.pos = bar + 1
         out[name] = reader.value(0)
     return out
@@ -200,7 +201,8 @@ class _Reader:
             key_at = self.pos
             key = self._key()
             if key in out:
-                raise Refused(f"PHP array at byte {at} has the key {key!r} twice (at byte {key_at})")
+                quoted = shown(key) if isinstance(key, str) else key
+                raise Refused(f"PHP array at byte {at} has the key {quoted} twice (at byte {key_at})")
             out[key] = self.value(depth)
         if self.data[self.pos : self.pos + 1] != b"}":
             raise Refused(f"PHP array at byte {at} does not end with }} after its {count} entries")

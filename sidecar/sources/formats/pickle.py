@@ -21,6 +21,7 @@ import pickle
 import pickletools
 from typing import NoReturn
 
+from sidecar.core.session import shown
 from sidecar.sources.formats import MAX_DEPTH, MAX_ELEMENTS, MAX_INPUT_BYTES, Refused
 from sidecar.sources.formats.plain import to_plain
 
@@ -60,7 +61,7 @@ def loads(data: bytes) -> object:
 
 class _NoGlobals(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> NoReturn:
-        raise Refused(f"pickle names the global {module}.{name}")
+        raise Refused(f"pickle names the global {shown(f'{module}.{name}')}")
 
     def persistent_load(self, pid: object) -> NoReturn:
         raise Refused("pickle holds a persistent id")

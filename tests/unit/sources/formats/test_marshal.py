@@ -156,6 +156,16 @@ def test_hash_keys_must_be_strings_symbols_or_integers_and_unique() -> None:
         reader.loads(b'\x04\x08{\x07I"\x06a\x06:\x06ETi\x06:\x06ai\x07')  # "a" and :a
 
 
+def test_a_refusal_quotes_a_long_duplicate_key_or_instance_variable_cut_short() -> None:
+    size, name = b"\x02\x30\x75", b"K" * 30_000  # 30,000 as Marshal writes a long length
+    twice = b'\x04\x08{\x07I"' + size + name + b"\x06:\x06ETi\x06:" + size + name + b"i\x07"  # the string, the symbol
+    odd_ivar = b'\x04\x08I"\x06a\x06:' + size + name + b"i\x06"
+    for data, reason in [(twice, "twice"), (odd_ivar, "only E and encoding")]:
+        with pytest.raises(Refused, match=f"'KKKK.*{reason}") as refused:
+            reader.loads(data)
+        assert len(str(refused.value)) < 200
+
+
 def test_the_header_must_be_marshal_4_8() -> None:
     for data in [b"", b"\x04", b"\x04\x07i\x06", b"\x03\x08i\x06", b"{}"]:
         with pytest.raises(Refused, match=r"not Ruby Marshal 4\.8"):

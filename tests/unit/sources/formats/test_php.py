@@ -95,6 +95,17 @@ def test_a_key_repeated_in_one_array_is_refused_even_when_spelled_differently() 
         reader.loads_session(b"a|i:1;a|i:2;", "php")
 
 
+def test_a_refusal_quotes_a_long_duplicate_key_or_variable_cut_short() -> None:
+    key = b"K" * 30_000
+    for data, read in [
+        (b'a:2:{s:30000:"' + key + b'";N;s:30000:"' + key + b'";N;}', reader.loads),
+        (key + b"|i:1;" + key + b"|i:2;", lambda data: reader.loads_session(data, "php")),
+    ]:
+        with pytest.raises(Refused, match=r"'KKKK.*twice") as refused:
+            read(data)
+        assert len(str(refused.value)) < 200
+
+
 @pytest.mark.parametrize(
     ("data", "named"),
     [
