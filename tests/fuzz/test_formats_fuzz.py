@@ -86,6 +86,14 @@ _TOKENS = [
     b"d:NAN;", b"@\x00", b"@\x7f", b";\x00", b"o:\x0bObject\x00", b"u:", b"l+\x7f", b"I", b"\x91", b"\xdd\xff\xff",
     b"\xc7\x01\x05", b"\xd6\xff", b"cos\nsystem\n", b"\x93", b"R", b"b", b"r\xff\xff\xff\x7f", b"(", b"NaN",
     b"1e999", b"\\ud800", b"\xed\xa0\x80", b"\xef\xbb\xbf", b")" + b"\x85" * 40, b"\x94h\x00", b"(" * 40,
+    b"\x8a\x09" + (9 * (2**61 - 1)).to_bytes(9, "little"), b"\x81\x91\x01", b"\x81\x80", b"\x85", b"\x8f",
+]  # fmt: skip
+
+# One short unit repeated up to the size bound: the shapes that make a scan quadratic. Before the JSON scan
+# matched each string once, 64 KiB of \" took 35 s (every quote rescanned the unterminated rest).
+_UNITS = [
+    b'\\"', b'"', b"\\", b'"\\', b"[", b"{", b'{"a":', b'["', b'"a":', b"a:1:{", b's:1:"', b"\x91", b"\x81\x91",
+    b"(", b")\x85", b"}(", b"\x8a\x09" + (9 * (2**61 - 1)).to_bytes(9, "little") + b"N", b'I"\x06', b"[\x06", b"@\x00",
 ]  # fmt: skip
 
 
@@ -199,6 +207,20 @@ def test_random_bytes_give_a_plain_value_or_refused(name: str, data: bytes) -> N
 @given(data=st.data())
 def test_mutated_valid_encodings_give_a_plain_value_or_refused(name: str, data: st.DataObject) -> None:
     run(name, data.draw(mutated(name)))
+
+
+@pytest.mark.parametrize("name", list(READERS))
+@settings(FUZZ, max_examples=40)
+@given(
+    prefix=st.sampled_from([b"", b"[", b'{"a":', b"\x80\x04}(", b"\x04\x08{", b"a:1:{", b"\xdf\x00\x00\x10\x00"]),
+    unit=st.sampled_from(_UNITS),
+    share=st.sampled_from([4, 2, 1]),
+)
+@example(prefix=b"", unit=b'\\"', share=1)
+def test_one_unit_repeated_up_to_the_size_bound_is_answered_quickly(
+    name: str, prefix: bytes, unit: bytes, share: int
+) -> None:
+    run(name, prefix + unit * ((MAX_INPUT_BYTES // share - len(prefix)) // len(unit)))
 
 
 def test_every_seed_reads_as_a_plain_value() -> None:

@@ -4,7 +4,9 @@ Hypothesis feeds random bytes, mutations of the real Spring Security streams (/w
 and of hand-written Spring JSON to ``java.loads``, ``spring.loads_json``, ``spring.read_session`` and
 ``spring.identity``. Properties of every example: nothing but ``Refused`` escapes; what is returned is plain
 (dict with str keys, list, str, bytes, int, float, bool, None) and, walked as a tree (shared values once per
-place), stays within MAX_ELEMENTS nodes and MAX_DEPTH levels; each example ends within the deadline. CI-sized:
+place), stays within MAX_ELEMENTS nodes and MAX_DEPTH levels; ``identity()`` of whatever was read answers a
+SpringIdentity, None or ``Refused`` (a "@class" that is a list or a dict once raised TypeError there); each
+example ends within the deadline. CI-sized:
 a few hundred examples per property; run with ``-s`` to see the examples run and the slowest one.
 """
 
@@ -71,7 +73,8 @@ def run(reader: Callable[[bytes], object], data: bytes) -> None:
         check_plain(value)
         STATS["read"] += 1
         with contextlib.suppress(Refused):
-            spring.identity(value)
+            found = spring.identity(value)
+            assert found is None or isinstance(found, spring.SpringIdentity), type(found)
     elapsed = time.perf_counter() - start
     STATS["examples"] += 1
     STATS["max_seconds"] = max(STATS["max_seconds"], elapsed)
@@ -124,8 +127,14 @@ def mutated(draw: st.DrawFn, seeds: list[bytes]) -> bytes:
 
 # A TC_STRING of up to 63 ASCII characters or a TC_REFERENCE to one of the first 64 handles.
 _VALUES = re.compile(rb"\x74\x00([\x00-\x3f])|\x71\x00\x7e\x00[\x00-\x3f]", re.DOTALL)
+# "@class" and class names among the texts: a map key "@class" (refused: it would pose as a class) and class names
+# where a map's or a field's value is expected.
+_TEXTS = st.one_of(
+    st.text("abcROLE_@.", max_size=12),
+    st.sampled_from(["@class", "org.springframework.security.core.context.SecurityContextImpl", "java.util.HashMap"]),
+)
 _values = st.one_of(
-    st.text("abcROLE_@.", max_size=12).map(lambda t: b"\x74" + struct.pack(">H", len(t)) + t.encode()),
+    _TEXTS.map(lambda t: b"\x74" + struct.pack(">H", len(t.encode())) + t.encode()),
     st.integers(0, 80).map(lambda h: b"\x71" + struct.pack(">I", 0x7E0000 + h)),
     st.just(b"\x70"),
 )
@@ -199,9 +208,12 @@ _leaves = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), 
 
 
 def _extend(children: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    # Mostly a class name, sometimes a "@class" of the wrong kind (a list, a dict, a number: never hashable as
+    # a class name).
+    classes = st.one_of(st.sampled_from(_CLASSES), st.sampled_from(_CLASSES).map(lambda c: [c]), children)
     typed = st.builds(
         lambda cls, fields: {"@class": cls, **fields},
-        st.sampled_from(_CLASSES),
+        classes,
         st.dictionaries(st.sampled_from(_KEYS), children, max_size=5),
     )
     wrapped = st.builds(lambda cls, items: [cls, items], st.sampled_from(_WRAPPERS), st.lists(children, max_size=4))
@@ -218,6 +230,22 @@ def test_mutated_spring_json_is_read_or_refused(data: bytes) -> None:
 
 
 FIELDS = [b"creationTime", b"lastAccessedTime", b"maxInactiveInterval", b"sessionAttr:SPRING_SECURITY_CONTEXT"]
+
+
+@settings(FUZZ)
+@given(
+    st.one_of(mutated(JSON_SEEDS), json_trees, st.sampled_from(JSON_SEEDS)),
+    st.sampled_from([b"1700000000000", b'["java.lang.Long", 1700000000000]', b"1.5", b"[]", b'{"@class": []}']),
+)
+def test_fuzzed_json_session_hashes_are_read_or_refused(context: bytes, time_value: bytes) -> None:
+    fields = dict.fromkeys(FIELDS[:3], time_value) | {FIELDS[3]: context}
+
+    def read(_: bytes) -> object:
+        session = spring.read_session(fields, "json")
+        spring.expires_at_ms(session)
+        return session.context
+
+    run(read, context)
 
 
 @needs_samples
