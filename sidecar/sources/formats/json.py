@@ -2,11 +2,11 @@
 store a session.
 
 Python's ``json`` parses, inside bounds it does not have by itself: the input is UTF-8 of at most
-MAX_INPUT_BYTES; nesting is measured by a linear scan before parsing, so the parser never recurses deeper than
-MAX_DEPTH (and never reaches a RecursionError); NaN and the infinities (spelled out or overflowing, ``1e999``)
-are refused, as are integers over 64 bits; a duplicate key is refused rather than letting the last one win, since
-two readers of the same bytes may disagree on which one counts; a string with a lone surrogate escape
-(``"\\ud800"``) is refused, since it could not be encoded again.
+MAX_INPUT_BYTES; nesting is measured by a linear scan before parsing (which also refuses an unterminated
+string), so the parser never recurses deeper than MAX_DEPTH (and never reaches a RecursionError); NaN and the
+infinities (spelled out or overflowing, ``1e999``) are refused, as are integers over 64 bits; a duplicate key is
+refused rather than letting the last one win, since two readers of the same bytes may disagree on which one
+counts; a string with a lone surrogate escape (``"\\ud800"``) is refused, since it could not be encoded again.
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ walked with ``pickletools.genops`` (which decodes opcodes and never builds anyth
 unpickler's stack follows them, and refused when they hold an opcode that names a global, calls, builds an
 instance or reaches a persistent id; when they nest marks or tuples deeper than ``MAX_DEPTH``, pop what the stack
 does not hold, push more values than the element bound allows, or write a memo slot far beyond any value (the C
-unpickler grows its memo to twice the largest index: a 4-byte index would cost gigabytes). Only
+unpickler grows its memo to twice the largest index: a 4-byte index would cost gigabytes); when they hold an
+integer over 64 bits, or use a tuple or frozenset as a dict key or set item (keys whose hashes all collide would
+make the unpickler's dict inserts quadratic). Only
 then does an ``Unpickler`` whose ``find_class`` and ``persistent_load`` refuse run, as a second wall. What it
 builds is copied by ``to_plain`` into the plain values every reader answers.
 """
