@@ -414,6 +414,15 @@ def test_values_map_one_to_one_onto_the_config(chart: Any) -> None:
     assert fields - keys == ASSERTION_KEY_NOT_IN_VALUES
 
 
+def test_the_sources_list_reaches_the_config_as_given(chart: Any) -> None:
+    sources = [{"kind": "native"}, {"kind": "express", "secrets_file": "/run/express/secrets", "email": "email"}]
+    docs = documents(render(chart, {"sources": sources}))
+    config = yaml.safe_load(one(docs, "ConfigMap", f"{RELEASE}-session-sidecar")["data"]["config.yaml"])
+    assert config["sources"] == sources
+    default = yaml.safe_load(one(documents(render(chart, {})), "ConfigMap")["data"]["config.yaml"])
+    assert default["sources"] == [{"kind": "native"}]
+
+
 def test_redis_urls(chart: Any) -> None:
     def url(values: dict[str, Any]) -> str:
         docs = documents(render(chart, values))
@@ -981,6 +990,10 @@ def test_bad_values_fail_with_the_charts_message(chart: Any, values: dict[str, A
         ({"forward_auth": {"trusted_hops": -1}}, "/forward_auth/trusted_hops"),
         ({"forward_auth": {"proxy": "haproxy"}}, "/forward_auth/proxy"),
         ({"forward_auth": {"hops": 1}}, "/forward_auth"),
+        ({"sources": []}, "/sources"),
+        ({"sources": [{"kind": "memcached"}]}, "/sources/0/kind"),
+        ({"sources": [{"kind": "express", "secrets": ["inline"]}]}, "/sources/0"),
+        ({"sources": [{"kind": "php", "redis": {"host": "x"}}]}, "/sources/0/redis"),
         ({"pdb": {"minAvailable": "half"}}, "/pdb/minAvailable"),
         ({"pdb": {"minAvailable": -1}}, "/pdb/minAvailable"),
     ],

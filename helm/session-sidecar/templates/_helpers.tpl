@@ -221,6 +221,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $_ := set $assertion "keys" $keys }}
 {{- $_ := set $cfg "assertion" $assertion }}
 {{- $_ := set $cfg "forward_auth" $v.forward_auth }}
+{{- $_ := set $cfg "sources" $v.sources }}
 {{- toYaml $cfg }}
 {{- end }}
 
