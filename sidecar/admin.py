@@ -101,7 +101,7 @@ def admin_handler(
 ) -> Handler[AdminRequest, _RenderMetrics, bytes]:
     """Each request answered by ``answer``; ``/metrics`` rendered in a thread first."""
 
-    def read(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], peer: str) -> AdminRequest:
+    def read(method: bytes, target: bytes, headers: list[tuple[str, str]], peer: str) -> AdminRequest:
         return AdminRequest(method.decode("latin-1"), target.decode("latin-1"))
 
     def begin(request: AdminRequest) -> bytes | _RenderMetrics:

@@ -37,7 +37,7 @@ from sidecar.authz.http_answers import (
 )
 from sidecar.authz.http_handler import Handler, Limits, Refusals
 from sidecar.authz.http_listener import HttpListener
-from sidecar.authz.http_request import asks_forward_auth, request_view
+from sidecar.authz.http_request import FORWARD_AUTH_TARGET, HEADER_NAMES, asks_forward_auth, request_view
 from sidecar.authz.service import AuthzService, Pending
 from sidecar.core.decision import Allow, Decision
 from sidecar.core.request import RequestView
@@ -61,7 +61,12 @@ def authz_handler(service: AuthzService, forwarded: ForwardedTrust) -> Handler[R
     can), answered by ``http_answers``."""
 
     def encode_answer(request: RequestView, target: bytes, answer: Decision, close: bool, head: bool) -> bytes:
-        if isinstance(answer, Allow) and asks_forward_auth(target, forwarded):
+        # The prefix test first: Envoy never asks on /forward-auth, and its allows are most of the traffic.
+        if (
+            isinstance(answer, Allow)
+            and target.startswith(FORWARD_AUTH_TARGET)
+            and asks_forward_auth(target, forwarded)
+        ):
             answer = forward_auth_allow(answer, request)
         return encode(answer, close=close, head_only=head)
 
@@ -72,6 +77,7 @@ def authz_handler(service: AuthzService, forwarded: ForwardedTrust) -> Handler[R
         encode=encode_answer,
         waits=Pending,
         refusals=REFUSALS,
+        header_names=HEADER_NAMES,
     )
 
 

@@ -8,8 +8,8 @@ handlers; ``http_protocol`` serves one connection with either, ``http_listener``
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 
@@ -45,14 +45,18 @@ class Handler(Generic[Q, W, A]):
     object in between: ``begin`` may be the service's own). ``read`` once per request, ``begin`` in its turn,
     ``finish`` when ``begin`` returned a ``waits``, ``encode`` when the answer can be written."""
 
-    # The request from its parts as parsed: method, target, (raw name, value) of each header line, peer address.
-    read: Callable[[bytes, bytes, list[tuple[bytes, bytes]], str], Q]
+    # The request from its parts as parsed: method, target, (lower-case name, value) of each header line, in
+    # order, and the peer's address. Values are text with surrogate escapes: bytes that are not UTF-8 (obs-text, a
+    # Cookie can carry them) are sent back unchanged when an answer carries them.
+    read: Callable[[bytes, bytes, list[tuple[str, str]], str], Q]
     begin: Callable[[Q], A | W]  # the answer when it needs no I/O, else the work to finish
     finish: Callable[[W], Awaitable[A]]
     # The response bytes of (request, target, answer, close: the connection closes after it, head: it was HEAD).
     encode: Callable[[Q, bytes, A, bool, bool], bytes]
     waits: type[W]
     refusals: Refusals
+    # Header names as clients spell them → lower case, for the names the handler reads: those cost no decoding.
+    header_names: Mapping[bytes, str] = field(default_factory=dict)
 
 
 class Connection(Protocol):

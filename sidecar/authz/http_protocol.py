@@ -51,7 +51,8 @@ class HttpProtocol(asyncio.Protocol, Generic[Q, W, A]):
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers: list[tuple[str, str]] = []
+        self._names = handler.header_names
         self._size = 0  # bytes of the request being read
         self._in_message = False
         self._headers_done = False
@@ -224,7 +225,10 @@ class HttpProtocol(asyncio.Protocol, Generic[Q, W, A]):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        key = self._names.get(name)
+        if key is None:
+            key = name.decode("latin-1").lower()
+        self._headers.append((key, value.decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
         self._headers_done = True

@@ -1,8 +1,7 @@
 """An HTTP/1.1 request as the parser hands it over → what the core reads (``RequestView``). Pure: no I/O, no state.
 
-Header names arrive as bytes in whatever case the client wrote; the core wants them lower-cased, once, as text.
-Header values become text with ``surrogateescape``, so obs-text and other non-UTF-8 bytes (a Cookie header can
-carry them) stay byte-exact through to the answer. The request line is latin-1, as RFC 9110 reads it. Which
+The server hands headers over lower-cased, as text (``http_protocol``; ``HEADER_NAMES`` spares it decoding the
+names read here); the request line arrives as bytes and is read as latin-1, as RFC 9110 reads it. Which
 request the view is about (the request line, or on ``/forward-auth`` the one the proxy's headers name) and which
 client sent it are the trust rules of ``sidecar.authz.forwarded``.
 """
@@ -18,7 +17,7 @@ from sidecar.authz.forwarded import (
 )
 from sidecar.core.request import RequestView
 
-_FORWARD_AUTH = FORWARD_AUTH_PATH.encode()
+FORWARD_AUTH_TARGET = FORWARD_AUTH_PATH.encode()
 
 
 def _name_table(names: tuple[str, ...]) -> dict[bytes, str]:
@@ -26,7 +25,7 @@ def _name_table(names: tuple[str, ...]) -> dict[bytes, str]:
     return {form.encode(): name for name in names for form in (name, name.title(), name.upper())}
 
 
-_NAMES = _name_table(
+HEADER_NAMES = _name_table(
     (
         *sorted(FORWARDED_NAMES),
         "host",
@@ -46,21 +45,14 @@ _NAMES = _name_table(
 
 
 def request_view(
-    trust: ForwardedTrust, method: bytes, target: bytes, raw_headers: list[tuple[bytes, bytes]], peer: str
+    trust: ForwardedTrust, method: bytes, target: bytes, headers: list[tuple[str, str]], peer: str
 ) -> RequestView:
     """The request the core decides on: the request line, or on ``/forward-auth`` the one the proxy names.
-    ``raw_headers``: (name, value) of each header line as parsed, in arrival order, duplicates kept."""
-    names = _NAMES
-    headers = tuple(
-        [
-            (names.get(name) or name.decode("latin-1").lower(), value.decode("utf-8", "surrogateescape"))
-            for name, value in raw_headers
-        ]
-    )
-    return to_request_view(method.decode("latin-1"), target.decode("latin-1"), headers, peer, trust)
+    ``headers``: (lower-case name, value) of each header line, in arrival order, duplicates kept."""
+    return to_request_view(method.decode("latin-1"), target.decode("latin-1"), tuple(headers), peer, trust)
 
 
 def asks_forward_auth(target: bytes, trust: ForwardedTrust) -> bool:
     """The request asks on ``/forward-auth`` about one a proxy names (its allow echoes an untouched Cookie)."""
     # Envoy never asks there: most requests are told apart without decoding their target.
-    return target.startswith(_FORWARD_AUTH) and is_forward_auth(target.decode("latin-1"), trust)
+    return target.startswith(FORWARD_AUTH_TARGET) and is_forward_auth(target.decode("latin-1"), trust)

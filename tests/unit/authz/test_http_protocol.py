@@ -385,3 +385,22 @@ async def test_a_closing_answer_left_unread_is_dropped_after_idle_timeout() -> N
         writer.close()
     finally:
         await listener.stop()
+
+
+async def test_header_names_reach_the_handler_lower_cased_and_values_byte_exact(served: Served) -> None:
+    handler = served.server.handler
+    seen: list[list[tuple[str, str]]] = []
+
+    def read(method: bytes, target: bytes, headers: list[tuple[str, str]], peer: str) -> RequestView:
+        seen.append(list(headers))
+        return handler.read(method, target, headers, peer)
+
+    served.server.handler = dataclasses.replace(handler, read=read)
+    raw = b"GET /public/x HTTP/1.1\r\nHOST: a\r\nX-Odd-NAME: caf\xff\r\nCookie: a=1\r\n\r\n"
+    reader, writer = await served.connect()
+    try:
+        writer.write(raw)
+        assert (await read_response(reader)).status == 200
+    finally:
+        writer.close()
+    assert seen == [[("host", "a"), ("x-odd-name", "caf\udcff"), ("cookie", "a=1")]]
