@@ -28,6 +28,7 @@ log = logging.getLogger("sidecar.cache")
 
 PING_INTERVAL_SECONDS = 0.2
 LIVENESS_TIMEOUT_SECONDS = 0.6
+CLOSE_TIMEOUT_SECONDS = 1.0
 
 
 class Invalidated(Protocol):
@@ -149,8 +150,11 @@ class InvalidationListener:
                     raise TimeoutError(f"no answer on the invalidation channel for {self._liveness_timeout:.1f}s")
         finally:
             self._lost(source)
-            with contextlib.suppress(RedisError, OSError, RuntimeError):
-                await pubsub.aclose()
+            # Bounded: this also runs when stop() cancels the listener, and a close that waits on a connection
+            # nobody answers any more would keep stop() (and the process's shutdown) waiting with it.
+            with contextlib.suppress(RedisError, OSError, RuntimeError, TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+                    await pubsub.aclose()
 
     async def _keep_listening(self, source: int, open_pubsub: Callable[[], Any]) -> None:
         while True:
