@@ -1,7 +1,7 @@
 """The admin listener (``listen.admin``): ``/healthz`` (the process answers), ``/readyz`` (the store answers),
 ``/metrics`` (Prometheus text format) and, when identity assertions are on, ``/.well-known/jwks.json``.
 
-The same HTTP/1.1 server as ``listen.http`` (``sidecar.authz.http_listener``: one parser, the same bounds,
+The same HTTP/1.1 server as ``listen.http`` (``sidecar.httpserver.listener``: one parser, the same bounds,
 idle timeout and connection limit) with its own handler and tighter limits: one request per connection, its head
 at most ``MAX_REQUEST_BYTES`` and complete within ``READ_TIMEOUT_SECONDS`` of connecting (or ``idle_timeout`` when
 shorter), GET and HEAD only (a method the parser does not know is a malformed request: 400). An oversized request
@@ -16,14 +16,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sidecar.authz.http_handler import Handler, Limits, Refusals
-from sidecar.authz.http_listener import (  # the descriptor budget both listeners share; re-exported for app
-    DESCRIPTOR_SHARE,
-    HttpListener,
-    connection_limit,
-    open_files_limit,
-    raise_open_files_limit,
-)
+from sidecar.httpserver.handler import Handler, Limits, Refusals
+from sidecar.httpserver.listener import HttpListener
 
 log = logging.getLogger("sidecar.admin")
 
@@ -146,13 +140,3 @@ class AdminServer(HttpListener[AdminRequest, _RenderMetrics, bytes]):
     def port(self) -> int:
         """The bound port (useful when started on port 0)."""
         return self.address[1]
-
-
-__all__ = [
-    "DESCRIPTOR_SHARE",
-    "AdminServer",
-    "answer",
-    "connection_limit",
-    "open_files_limit",
-    "raise_open_files_limit",
-]

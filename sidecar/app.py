@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisClusterException, RedisError
 
 from sidecar import logs
-from sidecar.admin import AdminServer, raise_open_files_limit
+from sidecar.admin import AdminServer
 from sidecar.api import servicer as session_api
 from sidecar.api.auth import BearerTokenInterceptor
 from sidecar.authz import grpc_v3
@@ -26,6 +26,7 @@ from sidecar.authz.service import AuthzService
 from sidecar.config import Config
 from sidecar.errors import ConfigError, RuntimeFailure, StoreError
 from sidecar.health import StoreHealth
+from sidecar.httpserver.listener import raise_open_files_limit
 from sidecar.keyring import KeyRingSource
 from sidecar.metrics import Metrics, exposition, process_registry
 from sidecar.store.base import SessionStore

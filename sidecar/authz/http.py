@@ -1,8 +1,8 @@
 """HTTP ext_authz and forward-auth on ``listen.http``: an HTTP/1.1 request → RequestView, Decision → response.
 
 Translation only, like the gRPC adapter: the request is read by ``http_request`` (pure), the answer written by
-``http_answers``, and the connection served by ``http_protocol`` / ``http_listener``, which this handler plugs into
-(the admin listener is the same server with another handler). It serves:
+``http_answers``, and the connection served by ``sidecar.httpserver`` (protocol, listener), which this handler
+plugs into (the admin listener is the same server with another handler). It serves:
 
 - **Envoy** ``http_service``: Envoy sends the client's method and path as the request line and the headers its
   ``allowed_headers`` let through. The answer is ``200`` with the identity headers to set (Envoy copies those
@@ -35,12 +35,12 @@ from sidecar.authz.http_answers import (
     encode,
     forward_auth_allow,
 )
-from sidecar.authz.http_handler import Handler, Limits, Refusals
-from sidecar.authz.http_listener import HttpListener
 from sidecar.authz.http_request import FORWARD_AUTH_TARGET, HEADER_NAMES, asks_forward_auth, request_view
 from sidecar.authz.service import AuthzService, Pending
 from sidecar.core.decision import Allow, Decision
 from sidecar.core.request import RequestView
+from sidecar.httpserver.handler import Handler, Limits, Refusals
+from sidecar.httpserver.listener import HttpListener
 
 log = logging.getLogger("sidecar.authz")
 

@@ -1,6 +1,6 @@
 """An HTTP/1.1 request as the parser hands it over → what the core reads (``RequestView``). Pure: no I/O, no state.
 
-The server hands headers over lower-cased, as text (``http_protocol``; ``HEADER_NAMES`` spares it decoding the
+The server hands headers over lower-cased, as text (``httpserver.protocol``; ``HEADER_NAMES`` spares it decoding the
 names read here); the request line arrives as bytes and is read as latin-1, as RFC 9110 reads it. Which
 request the view is about (the request line, or on ``/forward-auth`` the one the proxy's headers name) and which
 client sent it are the trust rules of ``sidecar.authz.forwarded``.

@@ -956,7 +956,7 @@ async def test_a_value_exactly_at_the_bound_is_read_and_opened(
 
 def spread_connections(store: RedisStore, node: topologies.Node, count: int) -> None:
     """Leave ``count`` idle connections to ``node`` in the store's pool (as a loaded sidecar has): an ASKING sent on
-    one of them and the command on another is what redis-py 8.1 does (sidecar/store/redis_cluster.py, the ASK window)."""
+    one of them and the command on another is what redis-py 8.1 does (sidecar/store/redis_cluster.py, ASK window)."""
     client = store.client
     assert isinstance(client, RedisCluster)
     cluster_node = client.get_node(host="127.0.0.1", port=node.port)

@@ -1,27 +1,5 @@
-"""Fixtures of the HTTP listener tests (helpers in ``http_wire``)."""
+"""The HTTP listener fixtures (``problems``, ``served``) of tests/support/http_fixtures.py."""
 
-from __future__ import annotations
+from tests.support.http_fixtures import problems, served
 
-import logging
-from collections.abc import AsyncIterator, Iterator
-
-import pytest
-
-from tests.unit.authz.http_wire import Problems, Served, serving
-
-
-@pytest.fixture
-def problems() -> Iterator[Problems]:
-    handler = Problems()
-    logging.getLogger().addHandler(handler)
-    try:
-        yield handler
-    finally:
-        logging.getLogger().removeHandler(handler)
-    assert handler.seen == []
-
-
-@pytest.fixture
-async def served(problems: Problems) -> AsyncIterator[Served]:
-    async with serving(problems) as running:
-        yield running
+__all__ = ["problems", "served"]

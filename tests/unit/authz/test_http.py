@@ -18,7 +18,7 @@ from sidecar.errors import RuntimeFailure
 from sidecar.keyring import KeyRingSource
 from sidecar.store.memory import MemoryStore
 from tests.support.edge import RING, SETTINGS
-from tests.unit.authz.http_wire import Problems, Served, closed, read_response, request, serving
+from tests.support.http_wire import Problems, Served, closed, read_response, request, serving
 
 
 async def test_live_session_is_allowed_with_identity_cookie_rewrite_and_removals(served: Served) -> None:

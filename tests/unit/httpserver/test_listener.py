@@ -1,4 +1,4 @@
-"""The HTTP listener (``http_listener``): the connection limit, stopping with a grace period, and the descriptor
+"""The HTTP listener (``httpserver.listener``): the connection limit, stopping with a grace period, and the descriptor
 budget the listeners share."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from sidecar.authz.http_listener import DESCRIPTOR_SHARE, connection_limit, raise_open_files_limit
-from tests.unit.authz.http_wire import Problems, Served, closed, read_response, request, serving
+from sidecar.httpserver.listener import DESCRIPTOR_SHARE, connection_limit, raise_open_files_limit
+from tests.support.http_wire import Problems, Served, closed, read_response, request, serving
 
 
 async def test_stop_closes_idle_connections_and_finishes_answers_in_flight(served: Served) -> None:

@@ -1,4 +1,4 @@
-"""One HTTP/1.1 connection (``http_protocol``), through the ext_authz listener on a loopback port: keep-alive,
+"""One HTTP/1.1 connection (``httpserver.protocol``), through the ext_authz listener on a loopback port: keep-alive,
 pipelining, HEAD, malformed and oversized requests, and the bounds that keep one connection from starving the
 others or growing without bound."""
 
@@ -14,12 +14,13 @@ import time
 
 import pytest
 
-from sidecar.authz import http, http_protocol
-from sidecar.authz.http_handler import Handler, Limits, Refusals
-from sidecar.authz.http_listener import HttpListener
+from sidecar.authz import http
 from sidecar.core.request import RequestView
+from sidecar.httpserver import protocol as http_protocol
+from sidecar.httpserver.handler import Handler, Limits, Refusals
+from sidecar.httpserver.listener import HttpListener
 from tests.support.edge import SETTINGS
-from tests.unit.authz.http_wire import Problems, Served, closed, read_response, request, serving
+from tests.support.http_wire import Problems, Served, closed, read_response, request, serving
 
 
 async def test_keep_alive_answers_several_requests_on_one_connection(served: Served) -> None:

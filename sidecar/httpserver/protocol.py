@@ -22,7 +22,7 @@ from typing import Generic, cast
 
 import httptools
 
-from sidecar.authz.http_handler import A, Connections, Handler, Q, W
+from sidecar.httpserver.handler import A, Connections, Handler, Q, W
 
 # A burst of pipelined requests arrives in a few big reads. Answering one costs ~100 µs of Python, so 5,000 in one go
 # held the loop (and every gRPC Check and the invalidation channel) for 0.6 s. The parser gets FEED_BYTES at a time,

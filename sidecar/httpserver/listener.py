@@ -14,8 +14,8 @@ import logging
 import resource
 from typing import Generic
 
-from sidecar.authz.http_handler import A, Connection, Handler, Limits, Q, W
-from sidecar.authz.http_protocol import HttpProtocol
+from sidecar.httpserver.handler import A, Connection, Handler, Limits, Q, W
+from sidecar.httpserver.protocol import HttpProtocol
 
 # listen.http and listen.admin each hold at most this fraction of the open-files limit, so a flood of one leaves
 # the other, the gRPC listener and the store's connections descriptors to accept and connect with.

@@ -2,7 +2,7 @@
 connections are served under, and the ``Refusals`` it answers requests with that cannot be answered as asked.
 
 ``sidecar.authz.http`` (ext_authz, forward-auth) and ``sidecar.admin`` (health, metrics, JWKS) are the two
-handlers; ``http_protocol`` serves one connection with either, ``http_listener`` accepts them.
+handlers; ``httpserver.protocol`` serves one connection with either, ``httpserver.listener`` accepts them.
 """
 
 from __future__ import annotations
