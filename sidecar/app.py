@@ -36,7 +36,7 @@ from sidecar.wiring import RequestPath, forwarded_trust, reload_assertions, requ
 
 log = logging.getLogger("sidecar")
 
-AUTHZ_SERVICE_NAME = "envoy.service.auth.v3.Authorization"
+AUTHZ_SERVICE_NAME = grpc_v3.SERVICE_NAME
 SHUTDOWN_GRACE_SECONDS = 5.0
 METRICS_REFRESH_SECONDS = 1.0
 # redis-py errors the store may let through unmapped: RedisClusterException (a Cluster with no reachable node) is

@@ -15,7 +15,7 @@ from grpc_health.v1.health import aio as health_aio
 
 from sidecar.authz import grpc_v3
 from sidecar.authz.service import AuthzService
-from sidecar.core.decision import Allow, Deny
+from sidecar.core.decision import Allow, Deny, unavailable
 from sidecar.keyring import KeyRingSource
 from sidecar.lifecycle import SessionManager
 from sidecar.store.memory import MemoryStore
@@ -191,3 +191,22 @@ def test_an_allows_metadata_is_built_once_per_session_and_each_answer_gets_its_o
     first = grpc_v3.to_check_response(allow)
     first.dynamic_metadata["user_id"] = "mallory"  # a changed answer leaves the memo as made
     assert grpc_v3.to_check_response(allow).dynamic_metadata["user_id"] == "alice"
+
+
+def test_the_encoded_answer_is_the_check_response_serialized_and_kept_per_allow() -> None:
+    allow = Allow(headers_to_set=(("x-user-id", "alice"), ("cookie", "a=1")), headers_to_remove=("x-user-email",),
+                  user_id="alice", session_id="s1")  # fmt: skip
+    first = grpc_v3.encoded_response(allow)
+    assert first == grpc_v3.to_check_response(allow).SerializeToString()
+    equal = Allow(headers_to_set=(("x-user-id", "alice"), ("cookie", "a=1")), headers_to_remove=("x-user-email",),
+                  user_id="alice", session_id="s1")  # fmt: skip
+    assert grpc_v3.encoded_response(equal) is first  # kept, not built again
+    other = Allow(headers_to_set=(("x-user-id", "alice"), ("cookie", "a=2")), headers_to_remove=("x-user-email",),
+                  user_id="alice", session_id="s1")  # fmt: skip
+    assert grpc_v3.encoded_response(other) == grpc_v3.to_check_response(other).SerializeToString() != first
+
+
+def test_an_encoded_denial_is_the_check_response_serialized() -> None:
+    deny = unavailable()
+    assert grpc_v3.encoded_response(deny) == grpc_v3.to_check_response(deny).SerializeToString()
+    assert grpc_v3.encoded_response(deny) is grpc_v3.encoded_response(unavailable())
