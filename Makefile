@@ -33,7 +33,8 @@ system-deps:
 	fi
 
 # The real login apps of tests/integration/test_framework_writers.py (examples/frameworks/): PHP with phpredis and Rails'
-# session stack (redis-actionpack, rackup, WEBrick) from Debian, and the Express app's npm packages (npm ci). Django and
+# session stack (redis-actionpack, rackup, WEBrick), Node.js and npm from Debian, and the Express app's npm packages
+# (npm ci). Django and
 # Flask come with the dev extras. Installs only what is missing; a failed install leaves those tests skipped, with why.
 .PHONY: framework-deps
 framework-deps:
@@ -43,9 +44,10 @@ framework-deps:
 	ruby -e 'require "action_dispatch"; require "redis-actionpack"' >/dev/null 2>&1 || missing="$$missing ruby-redis-actionpack"; \
 	command -v rackup >/dev/null 2>&1 || missing="$$missing ruby-rack"; \
 	ruby -e 'require "webrick"' >/dev/null 2>&1 || missing="$$missing ruby-webrick"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing Debian$$missing (the PHP and Rails writer tests run them for real)"; \
+	    echo "installing Debian$$missing (the Express, PHP and Rails writer tests run them for real)"; \
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; } \
 	      || echo "could not install$$missing: those writer tests are skipped"; \
 	  else \
