@@ -34,7 +34,8 @@ system-deps:
 
 # The real login apps of tests/integration/test_framework_writers.py (examples/frameworks/): PHP with phpredis and Rails'
 # session stack (redis-actionpack, rackup, WEBrick), Node.js and npm from Debian, and the Express app's npm packages
-# (npm ci). Django and Flask come with the dev extras. Installs only what is missing; a failed install leaves those tests skipped, with why.
+# (npm ci). Django and Flask come with the dev extras. Installs only what is missing; a failed install leaves those
+# tests skipped, with why.
 .PHONY: framework-deps
 framework-deps:
 	@missing=""; \
