@@ -30,27 +30,27 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import grpc
 import httpx
 import redis
-import yaml
 from throughput import wait_for_quiet
 from throughput_report import load_average, machine
 from throughput_stack import (
     ALONE,
+    BENCH_ERRORS,
     LOOPBACK,
     ROOT,
     Backend,
     BenchError,
     Scenario,
     Stack,
-    envoy_config,
     log,
+    running_stack,
+    show_failure,
     sidecar_env,
     verify_edge,
     wait_up,
@@ -185,39 +185,18 @@ def start_side(stack: Stack, side: Side, kind: str, admin: dict[str, int]) -> Ba
     return Backend(name, proc, grpc_port, http_port)
 
 
-@contextlib.contextmanager
-def running(workdir: Path, sides: dict[str, Side], scenarios: list[Scenario], admin: dict[str, int]) -> Iterator[Stack]:
-    valkey_port = processes.free_port()
-    stack = Stack(
-        workdir=workdir,
-        redis_url=f"redis://{LOOPBACK}:{valkey_port}/0",
-        valkey_port=valkey_port,
-        envoy_admin=processes.free_port(),
-        listeners={s.name: processes.free_port() for s in scenarios},
-        backends={},
-    )
-    try:
-        valkey = processes.start_valkey(valkey_port, workdir / "valkey", workdir / "valkey.log")
-        stack.started.append(valkey)
-        stack.pids["valkey"] = valkey.pid
-        processes.wait_for_port(LOOPBACK, valkey_port, 20, proc=valkey, name="valkey")
+def side_backends(sides: dict[str, Side], admin: dict[str, int]) -> Callable[[Stack], None]:
+    """Every side's sidecars (cache hit, HTTP, cache miss), each importing its own tree."""
+
+    def start(stack: Stack) -> None:
         for side in sides.values():
             for kind in CACHED:
                 backend = start_side(stack, side, kind, admin)
                 stack.backends[backend.name] = backend
         for backend in stack.backends.values():
             wait_up(backend, http=backend.name.endswith("_http"))
-        config = workdir / "envoy.yaml"
-        config.write_text(yaml.safe_dump(envoy_config(stack, scenarios), sort_keys=False))
-        envoy = processes.start_envoy(config, workdir / "envoy.log")
-        stack.started.append(envoy)
-        stack.pids["envoy"] = envoy.pid
-        for s in scenarios:
-            processes.wait_for_port(LOOPBACK, stack.listeners[s.name], 20, proc=envoy, name="envoy")
-        yield stack
-    finally:
-        for proc in reversed(stack.started):
-            processes.stop(proc)
+
+    return start
 
 
 def make_sessions(stack: Stack, side: Side) -> tuple[str, str]:
@@ -281,7 +260,7 @@ def measure(workdir: Path, sides: dict[str, Side], args: argparse.Namespace, sta
     quiet = wait_for_quiet(args.quiet_wait)
     at_start = f"{machine()}, {quiet}"
     admin: dict[str, int] = {}
-    with running(workdir, sides, scenarios, admin) as stack:
+    with running_stack(workdir, scenarios, side_backends(sides, admin)) as stack:
         live = check_sessions(stack, sides, scenarios)
         stack.cookies = {"native": live["after"]}
         for s in scenarios:  # warm-up (discarded): connections, caches, the key ring
@@ -448,10 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with worktrees(workdir, {"before": args.before, "after": args.after}) as sides:
                 result = measure(workdir, sides, args, started)
-        except (BenchError, processes.ProcessError, httpx.HTTPError, redis.RedisError, grpc.RpcError, OSError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            for log_file in sorted(workdir.glob("*.log")):
-                print(f"--- {log_file.name} ---\n{log_file.read_text(errors='replace')[-2000:]}", file=sys.stderr)
+        except BENCH_ERRORS as exc:
+            show_failure(workdir, exc)
             return 1
     text = report(result, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -59,14 +59,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
-import httpx
 import redis
 from throughput_report import Measured, machine, report
 from throughput_sessions import plant_sessions, revocation, spring_available
 from throughput_stack import (
     ALONE,
     BACKEND_LABELS,
+    BENCH_ERRORS,
     CONST_GRPC,
     CONST_HTTP,
     EXPRESS,
@@ -85,6 +84,8 @@ from throughput_stack import (
     machine_busy_seconds,
     rss_mib,
     running_stack,
+    show_failure,
+    start_scenario_backends,
     start_sidecar,
     verify_edge,
     wait_up,
@@ -178,7 +179,9 @@ def measure(workdir: Path, args: argparse.Namespace, notes: dict[str, str], star
     scenarios = chosen(args, notes["http"].startswith("measured"), notes["spring"] == "measured")
     quiet = wait_for_quiet(args.quiet_wait)
     machine_at_start = f"{machine()}, {quiet}"
-    with running_stack(workdir, scenarios, naive_uvloop=not args.naive_asyncio) as stack:
+    with running_stack(
+        workdir, scenarios, start_scenario_backends(scenarios, naive_uvloop=not args.naive_asyncio)
+    ) as stack:
         stack.cookies, bogus = plant_sessions(stack.redis_url, "bench", spring=SPRING in scenarios)
         verify_edge(stack, scenarios, bogus)
         stats = redis.Redis.from_url(stack.redis_url)
@@ -253,10 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         try:
             measured = measure(workdir, args, notes, started)
-        except (BenchError, processes.ProcessError, httpx.HTTPError, redis.RedisError, grpc.RpcError, OSError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            for log_file in sorted(workdir.glob("*.log")):
-                print(f"--- {log_file.name} ---\n{log_file.read_text(errors='replace')[-2000:]}", file=sys.stderr)
+        except BENCH_ERRORS as exc:
+            show_failure(workdir, exc)
             return 1
     text = report(measured, args)
     args.out.write_text(text)

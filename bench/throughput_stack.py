@@ -12,12 +12,14 @@ import os
 import resource
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
+import redis
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -331,8 +333,40 @@ def envoy_counters(stack: Stack) -> dict[str, int]:
     return counters
 
 
+# What a failed run can raise; the bench says what failed and shows the processes' logs instead of a traceback.
+BENCH_ERRORS: tuple[type[Exception], ...] = (
+    BenchError,
+    processes.ProcessError,
+    httpx.HTTPError,
+    redis.RedisError,
+    grpc.RpcError,
+    OSError,
+)
+
+
+def show_failure(workdir: Path, exc: Exception) -> None:
+    print(f"error: {exc}", file=sys.stderr)
+    for log_file in sorted(workdir.glob("*.log")):
+        print(f"--- {log_file.name} ---\n{log_file.read_text(errors='replace')[-2000:]}", file=sys.stderr)
+
+
+def start_scenario_backends(scenarios: list[Scenario], *, naive_uvloop: bool = True) -> Callable[[Stack], None]:
+    """The authz process of every scenario, started at once, then waited for (each takes a second to start)."""
+
+    def start(stack: Stack) -> None:
+        for name in dict.fromkeys(s.backend for s in scenarios if s.backend is not None):
+            stack.backends[name] = start_backend(stack, name, naive_uvloop=naive_uvloop)
+        http_backends = {s.backend for s in scenarios if s.kind == "http"}
+        for backend in stack.backends.values():
+            wait_up(backend, http=backend.name in http_backends)
+
+    return start
+
+
 @contextlib.contextmanager
-def running_stack(workdir: Path, scenarios: list[Scenario], *, naive_uvloop: bool = True) -> Iterator[Stack]:
+def running_stack(workdir: Path, scenarios: list[Scenario], start_backends: Callable[[Stack], None]) -> Iterator[Stack]:
+    """Valkey, the authz processes ``start_backends`` starts (into ``stack.backends``) and one Envoy with a
+    listener per scenario; every process is stopped on the way out, whatever happened."""
     valkey_port = processes.free_port()
     stack = Stack(
         workdir=workdir,
@@ -347,12 +381,7 @@ def running_stack(workdir: Path, scenarios: list[Scenario], *, naive_uvloop: boo
         stack.started.append(valkey)
         stack.pids["valkey"] = valkey.pid
         processes.wait_for_port(LOOPBACK, valkey_port, 20, proc=valkey, name="valkey")
-        # Start every authz process at once, then wait for each (the Python processes take a second to start).
-        for name in dict.fromkeys(s.backend for s in scenarios if s.backend is not None):
-            stack.backends[name] = start_backend(stack, name, naive_uvloop=naive_uvloop)
-        http_backends = {s.backend for s in scenarios if s.kind == "http"}
-        for backend in stack.backends.values():
-            wait_up(backend, http=backend.name in http_backends)
+        start_backends(stack)
         config = workdir / "envoy.yaml"
         config.write_text(yaml.safe_dump(envoy_config(stack, scenarios), sort_keys=False))
         envoy = processes.start_envoy(config, workdir / "envoy.log")

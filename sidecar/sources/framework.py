@@ -12,6 +12,7 @@ request reads Redis, and a logout or expiry is denied on the very next request o
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import logging
 from collections.abc import Callable
@@ -96,7 +97,7 @@ def record_of(found: Identity, session_handle: str, now: float, lifetime: float)
     )
 
 
-class UncachedSource:
+class UncachedSource(abc.ABC):
     """What every source of another framework's sessions shares: candidates from at most MAX_CANDIDATES of the
     examined cookie values, no answer without a read, a refused record logged and answered as such, the identity
     as a record that lives as long as the session, and nothing to fall back on (they are never cached).
@@ -107,11 +108,11 @@ class UncachedSource:
     name: str
     cookie_names: tuple[str, ...]
 
-    def _candidate(self, value: str) -> FrameworkKey | None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _candidate(self, value: str) -> FrameworkKey | None: ...
 
-    async def _resolve(self, key: FrameworkKey, now: float) -> tuple[Identity, float] | None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def _resolve(self, key: FrameworkKey, now: float) -> tuple[Identity, float] | None: ...
 
     def candidates_now(self, values: tuple[str, ...]) -> tuple[SessionKey, ...]:
         keys: list[SessionKey] = []

@@ -96,7 +96,7 @@ def identity(session: object, paths: Paths) -> Identity | None:
     user = lookup(session, paths.user_id)
     if user is None or user == "":
         return None
-    user_id = user_text(user, paths.user_id)
+    user_id = user_text(user, f"the user id at {paths.user_id!r}")
     email = email_at(session, paths.email)
     roles = roles_at(session, paths.roles)
     return Identity(user_id, email, roles)
@@ -105,21 +105,25 @@ def identity(session: object, paths: Paths) -> Identity | None:
 def user_text(value: object, where: str) -> str:
     """A user id as text: frameworks keep it as a string or an integer (a database key)."""
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise CorruptRecord(f"the user id at {where!r} is a {type(value).__name__}, not text or an integer")
+        raise CorruptRecord(f"{where} is a {type(value).__name__}, not text or an integer")
     text = str(value)
     if (problem := header_value_problem(text)) is not None:
-        raise CorruptRecord(f"the user id at {where!r} {problem}")
+        raise CorruptRecord(f"{where} {problem}")
     return text
 
 
 def email_at(session: object, path: str | None) -> str | None:
-    value = lookup(session, path) if path else None
+    return checked_email(lookup(session, path) if path else None, f"the email at {path!r}")
+
+
+def checked_email(value: object, where: str) -> str | None:
+    """An email as the identity carries it: None when there is none, text held to the core's header rules."""
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise CorruptRecord(f"the email at {path!r} is a {type(value).__name__}, not text")
+        raise CorruptRecord(f"{where} is a {type(value).__name__}, not text")
     if (problem := header_value_problem(value)) is not None:
-        raise CorruptRecord(f"the email at {path!r} {problem}")
+        raise CorruptRecord(f"{where} {problem}")
     return value
 
 

@@ -25,11 +25,18 @@ import functools
 import re
 from typing import Literal
 
-from sidecar.core.session import header_value_problem
-from sidecar.errors import CorruptRecord
 from sidecar.sources.formats import spring
 from sidecar.sources.framework import NO_EXPIRY_SECONDS, FrameworkKey, Settings, UncachedSource, handle
-from sidecar.sources.paths import Identity, Paths, checked_roles, email_at, lookup, roles_at, user_text
+from sidecar.sources.paths import (
+    Identity,
+    Paths,
+    checked_email,
+    checked_roles,
+    email_at,
+    lookup,
+    roles_at,
+    user_text,
+)
 from sidecar.sources.redis_reader import RedisReader
 
 CONTEXT_ATTRIBUTE = "SPRING_SECURITY_CONTEXT"
@@ -67,12 +74,9 @@ def spring_identity(context: object) -> Identity | None:
     found = spring.identity(context)
     if found is None:
         return None
-    if (problem := header_value_problem(found.name)) is not None:
-        raise CorruptRecord(f"the principal's name {problem}")
-    email = found.email or None
-    if email is not None and (problem := header_value_problem(email)) is not None:
-        raise CorruptRecord(f"the principal's email {problem}")
-    return Identity(found.name, email, checked_roles(list(found.authorities), "the authorities"))
+    user_id = user_text(found.name, "the principal's name")
+    email = checked_email(found.email, "the principal's email")
+    return Identity(user_id, email, checked_roles(list(found.authorities), "the authorities"))
 
 
 def with_paths(found: Identity, context: object, paths: Paths) -> Identity | None:
@@ -83,7 +87,7 @@ def with_paths(found: Identity, context: object, paths: Paths) -> Identity | Non
         user = lookup(context, paths.user_id)
         if user is None or user == "":
             return None
-        user_id = user_text(user, paths.user_id)
+        user_id = user_text(user, f"the user id at {paths.user_id!r}")
     email = email_at(context, paths.email) if paths.email else found.email
     roles = roles_at(context, paths.roles) if paths.roles else found.roles
     return Identity(user_id, email, roles)

@@ -198,11 +198,10 @@ def raise_if(problems: list[Problem]) -> None:
 
 
 def checked_sources(value: tuple[SourceConfig, ...]) -> tuple[SourceConfig, ...]:
-    """The whole list's rules: at least one entry, at most MAX_SOURCES, one native at most."""
+    """The whole list's rules: at least one entry, one native at most (at most MAX_SOURCES is checked before the
+    entries are validated, by ``Config``)."""
     if not value:
         raise ValueError("must list at least one source (the default is [{kind: native}])")
-    if len(value) > MAX_SOURCES:
-        raise ValueError(f"at most {MAX_SOURCES} sources (got {len(value)})")
     natives = [i for i, source in enumerate(value) if source.kind == kinds.NATIVE]
     if len(natives) > 1:
         raise Problems([((natives[1], "kind"), f"native is listed twice (first at sources[{natives[0]}])")])
