@@ -6,6 +6,14 @@ A test module can tune its ``stack`` with a module-level ``STACK_OPTIONS`` dict,
 
 from __future__ import annotations
 
+import os
+
+# The test process runs gRPC servers and clients in threads and also starts servers with fork + exec. gRPC's fork
+# handlers, run in the forked child before its exec, can abort it while other threads are inside gRPC (a sidecar
+# "exited with code -6 before listening" once in a full run; grpc/grpc#13998, #31885). The child only execs, so
+# the handlers are not needed: turned off before anything imports grpc.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
