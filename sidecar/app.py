@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Callable
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisClusterException, RedisError
 
@@ -25,6 +23,7 @@ from sidecar.authz.observer import DecisionObserver
 from sidecar.authz.service import AuthzService
 from sidecar.config import Config
 from sidecar.errors import ConfigError, RuntimeFailure, StoreError
+from sidecar.grpcserver import AsyncListener, GrpcListener, ThreadedListener
 from sidecar.health import StoreHealth
 from sidecar.httpserver.listener import raise_open_files_limit
 from sidecar.keyring import KeyRingSource
@@ -39,6 +38,9 @@ log = logging.getLogger("sidecar")
 AUTHZ_SERVICE_NAME = grpc_v3.SERVICE_NAME
 SHUTDOWN_GRACE_SECONDS = 5.0
 METRICS_REFRESH_SECONDS = 1.0
+# How long past the store deadline a handler thread waits for a Check finishing on the event loop (which answers
+# within the deadline unless it is stopping or stalled) before it denies with 503.
+CHECK_WAIT_MARGIN_SECONDS = 1.0
 # redis-py errors the store may let through unmapped: RedisClusterException (a Cluster with no reachable node) is
 # not a RedisError. Caught where a traceback would otherwise reach the operator.
 UNMAPPED_STORE_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
@@ -50,36 +52,38 @@ def configure_logging(level: str, fmt: str = "json") -> None:
 
 def grpc_server(
     config: Config, service: AuthzService, store: SessionStore, keys: KeyRingSource
-) -> tuple[grpc.aio.Server, list[str]]:
+) -> tuple[GrpcListener, list[str]]:
     """The gRPC server of listen.grpc with ext_authz and, when api.enabled and listen.api is "", the
     SessionService; and the names of the services whose health follows the store.
 
-    The SessionService uses the same store and key ring as the request path (a token it issues verifies at once)
-    and its methods need the bearer token. Without the API on this server there is no interceptor, so Check pays
-    nothing for it; with it, Check and grpc.health.v1 still need no token (Envoy calls them).
+    Alone with health, ext_authz is served by handler threads (``grpcserver.ThreadedListener``: cache hits never
+    wait for the event loop). Sharing the port with the SessionService, whose methods need the bearer token, it is
+    an asyncio server with the token interceptor; Check and grpc.health.v1 still need no token (Envoy calls them).
+    The SessionService uses the same store and key ring as the request path (a token it issues verifies at once).
     """
     shared_api = config.api.enabled and not config.listen.api
-    interceptors = [BearerTokenInterceptor(config.api.token)] if shared_api else None
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=interceptors)
-    grpc_v3.add_to_server(server, service)
     health_names = [AUTHZ_SERVICE_NAME]
-    if shared_api:
-        session_api.add_to_server(server, session_manager(config, store, keys))
-        health_names.append(session_api.SERVICE_NAME)
-    return server, health_names
+    if not shared_api:
+        threaded = ThreadedListener()
+        wait = config.redis.timeout + CHECK_WAIT_MARGIN_SECONDS
+        grpc_v3.add_to_threaded_server(threaded.server, service, asyncio.get_running_loop(), wait)
+        return threaded, health_names
+    shared = AsyncListener(interceptors=[BearerTokenInterceptor(config.api.token)])
+    grpc_v3.add_to_server(shared.server, service)
+    session_api.add_to_server(shared.server, session_manager(config, store, keys))
+    health_names.append(session_api.SERVICE_NAME)
+    return shared, health_names
 
 
-def api_server(config: Config, store: SessionStore, keys: KeyRingSource) -> grpc.aio.Server | None:
+def api_server(config: Config, store: SessionStore, keys: KeyRingSource) -> AsyncListener | None:
     """The SessionService's own gRPC server for listen.api (None unless api.enabled and listen.api are set): the
     API can then be reachable by login services only (another interface, a NetworkPolicy on its port) while
     listen.grpc is reachable by Envoy only."""
     if not (config.api.enabled and config.listen.api):
         return None
-    server = grpc.aio.server(
-        options=[("grpc.so_reuseport", 0)], interceptors=[BearerTokenInterceptor(config.api.token)]
-    )
-    session_api.add_to_server(server, session_manager(config, store, keys))
-    return server
+    api = AsyncListener(interceptors=[BearerTokenInterceptor(config.api.token)])
+    session_api.add_to_server(api.server, session_manager(config, store, keys))
+    return api
 
 
 def log_serving(config: Config) -> None:
@@ -95,14 +99,10 @@ def log_serving(config: Config) -> None:
         log.info("SessionService API disabled (api.enabled: false)")
 
 
-async def start_grpc(running: contextlib.AsyncExitStack, server: grpc.aio.Server, key: str, address: str) -> None:
-    """Bind ``server`` to ``address`` (the config key ``listen.<key>``), start it, and stop it with ``running``."""
-    try:
-        server.add_insecure_port(address)
-    except RuntimeError as exc:
-        raise RuntimeFailure(f"listen.{key}: cannot listen on {address} ({exc})") from None
-    await server.start()
-    running.push_async_callback(server.stop, SHUTDOWN_GRACE_SECONDS)
+async def start_grpc(running: contextlib.AsyncExitStack, listener: GrpcListener, key: str, address: str) -> None:
+    """Bind ``listener`` to ``address`` (the config key ``listen.<key>``), start it, and stop it with ``running``."""
+    await listener.start(key, address)
+    running.push_async_callback(listener.stop, SHUTDOWN_GRACE_SECONDS)
 
 
 def metrics_refresher(
@@ -147,14 +147,17 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> N
 
         server, health_names = grpc_server(config, path.service, path.sessions, path.keys)
         api = api_server(config, path.sessions, path.keys)
-        health = health_aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        # Each port's health servicer answers for the services its callers use; all follow the store.
+        health: list[tuple[GrpcListener, list[str]]] = [(server, health_names)]
         if api is not None:
-            # One health servicer on both ports: the API's callers probe the port they call, and both follow the store.
-            health_pb2_grpc.add_HealthServicer_to_server(health, api)
-            health_names.append(session_api.SERVICE_NAME)
-        for name in health_names:
-            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            health.append((api, [AUTHZ_SERVICE_NAME, session_api.SERVICE_NAME]))
+
+        async def set_health(ready: bool) -> None:
+            for listener, names in health:
+                for name in names:
+                    await listener.set_health(name, ready)
+
+        await set_health(True)
         await start_grpc(running, server, "grpc", config.listen.grpc)
         if api is not None:
             await start_grpc(running, api, "api", config.listen.api)
@@ -171,9 +174,7 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> N
         async def readiness_changed(ready: bool) -> None:
             # "" stays SERVING (the process answers, public routes work); the named services follow the store,
             # so an Envoy health check on them routes around a replica that has lost its store.
-            status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
-            for name in health_names:
-                await health.set(name, status)
+            await set_health(ready)
 
         store_health = StoreHealth(path.metered.ping, readiness_changed, timeout=max(config.redis.timeout, 0.5))
         store_health.start()
@@ -185,6 +186,9 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> N
             async with asyncio.timeout(max(config.redis.timeout, 1.0)):
                 await path.keys.ring()
         await warn_if_the_key_ring_may_be_evicted(config, path.store)
+        # What start-up built lives as long as the process: out of the collector's sight, a collection pass
+        # no longer walks it (a few % of a Check's CPU, issue #14).
+        gc.freeze()
 
         def hangup() -> None:
             if reload is None:
@@ -199,7 +203,8 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> N
 
         await until_signalled(stop, hangup)
         log.info("shutting down: draining in-flight checks for up to %.0fs", SHUTDOWN_GRACE_SECONDS)
-        await health.enter_graceful_shutdown()
+        for listener, _ in health:
+            await listener.enter_graceful_shutdown()
 
 
 async def warn_if_the_key_ring_may_be_evicted(config: Config, store: RedisStore) -> None:

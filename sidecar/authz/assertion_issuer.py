@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -160,6 +161,7 @@ class AssertionIssuer:
         self._jwks_json = json.dumps(self._jwks, separators=(",", ":"), sort_keys=True).encode("ascii")
         self._cache_size = cache_size
         self._cache: OrderedDict[_CacheKey, tuple[str, int, float]] = OrderedDict()
+        self._lock = threading.Lock()  # issued from gRPC handler threads and the event loop at once
 
     @classmethod
     def from_config(cls, config: AssertionConfig) -> AssertionIssuer:
@@ -201,22 +203,24 @@ class AssertionIssuer:
             return None
         key: _CacheKey = (record.session_id, record.user_id, record.email, record.roles, audience, claims)
         cache = self._cache
-        hit = cache.get(key)
-        if hit is not None:
-            token, iat, renew_at = hit
-            if iat <= now < renew_at:
-                cache.move_to_end(key)
-                return token
+        with self._lock:
+            hit = cache.get(key)
+            if hit is not None:
+                token, iat, renew_at = hit
+                if iat <= now < renew_at:
+                    cache.move_to_end(key)
+                    return token
         payload = assertion_claims(
             record, issuer=settings.issuer, audience=audience, now=now, ttl=settings.ttl, claims=claims
         )
         token = jwt.encode(payload, self._key, algorithm=self._algorithm, headers=self._jws_header)
         issued, expires = payload["iat"], payload["exp"]
         if self._cache_size and isinstance(issued, int) and isinstance(expires, int):  # ints by construction
-            cache[key] = (token, issued, expires - settings.ttl / 2)
-            cache.move_to_end(key)  # a renewed entry is the most recently used one
-            while len(cache) > self._cache_size:
-                cache.popitem(last=False)
+            with self._lock:
+                cache[key] = (token, issued, expires - settings.ttl / 2)
+                cache.move_to_end(key)  # a renewed entry is the most recently used one
+                while len(cache) > self._cache_size:
+                    cache.popitem(last=False)
         return token
 
     def jwks(self) -> dict[str, object]:

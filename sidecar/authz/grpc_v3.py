@@ -7,6 +7,7 @@ separately, raw bytes) and from the ``headers`` map otherwise (duplicates arrive
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from typing import Any
@@ -19,7 +20,7 @@ from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from sidecar.authz.answers import AllowMetadata, Denials, deny_metadata, unanswerable
-from sidecar.authz.service import AuthzService
+from sidecar.authz.service import AuthzService, Pending
 from sidecar.core.decision import COOKIE_HEADER, Allow, Decision, Deny
 from sidecar.core.request import RequestView
 
@@ -183,11 +184,57 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         return encoded_response(await self._service.check(view))
 
 
-def add_to_server(server: grpc.aio.Server, service: AuthzService) -> None:
-    check = grpc.unary_unary_rpc_method_handler(
-        AuthorizationServicer(service).Check,
+class ThreadedCheck:
+    """Check on a sync ``grpc.server``'s handler thread: what the service can answer from memory is answered in
+    the thread (``begin``); a check that needs a store read is finished on ``loop``, where the stores live, and
+    the thread waits for it. The wait is bounded: ``finish`` meets the store deadline itself, and a loop that is
+    gone (shutting down) leaves the thread a 503 after ``wait_seconds``, never an error Envoy could allow."""
+
+    def __init__(self, service: AuthzService, loop: asyncio.AbstractEventLoop, wait_seconds: float) -> None:
+        self._service = service
+        self._loop = loop
+        self._wait_seconds = wait_seconds
+
+    def __call__(self, request: Any, context: grpc.ServicerContext) -> bytes:
+        try:
+            view = to_request_view(request)
+        except Exception:  # a request we cannot read is denied, never raised to Envoy as an error
+            log.exception("unreadable CheckRequest; denying with 503")
+            return _encoded_denial(unanswerable())
+        step = self._service.begin(view)
+        return encoded_response(self._finish(step) if isinstance(step, Pending) else step)
+
+    def _finish(self, pending: Pending) -> Decision:
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._service.finish(pending), self._loop)
+        except RuntimeError:  # the loop is closed: the process is stopping
+            return unanswerable()
+        try:
+            return future.result(self._wait_seconds)
+        except Exception:  # timed out or cancelled: the loop is stopping or stalled
+            future.cancel()
+            log.warning(
+                "a Check waiting on the event loop got no answer in %.1fs; denying with 503", self._wait_seconds
+            )
+            return unanswerable()
+
+
+def _register(server: Any, check: Any) -> None:
+    handler = grpc.unary_unary_rpc_method_handler(
+        check,
         request_deserializer=external_auth_pb2.CheckRequest.FromString,
         response_serializer=None,  # Check answers encoded bytes
     )
-    handler = grpc.method_handlers_generic_handler(SERVICE_NAME, {"Check": check})
-    server.add_generic_rpc_handlers((handler,))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, {"Check": handler}),))
+
+
+def add_to_server(server: grpc.aio.Server, service: AuthzService) -> None:
+    """ext_authz on a ``grpc.aio`` server (the model of a port the SessionService shares)."""
+    _register(server, AuthorizationServicer(service).Check)
+
+
+def add_to_threaded_server(
+    server: grpc.Server, service: AuthzService, loop: asyncio.AbstractEventLoop, wait_seconds: float
+) -> None:
+    """ext_authz on a sync ``grpc.server``: cache hits in its handler threads, store reads on ``loop``."""
+    _register(server, ThreadedCheck(service, loop, wait_seconds))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,6 +80,7 @@ class DecisionObserver:
         self._sample_allows = sample_allows
         self._clock = clock
         self._sample = sample
+        self._tracker_lock = threading.Lock()  # decisions come from gRPC handler threads and the event loop
 
     def observe(self, request: RequestView, seen: Observation) -> None:
         decision = seen.decision
@@ -98,7 +100,9 @@ class DecisionObserver:
         tracker, source = self.tracker, request.source
         if tracker is None or not source:
             return
-        if tracker.record(source, self._clock()):
+        with self._tracker_lock:
+            flagged = tracker.record(source, self._clock())
+        if flagged:
             if self.metrics is not None:
                 self.metrics.repeat_offenders.inc()
             abuse_log.warning(
@@ -114,4 +118,6 @@ class DecisionObserver:
     def sync(self) -> None:
         """Refresh the gauges that are states, not events (called periodically)."""
         if self.metrics is not None and self.tracker is not None:
-            self.metrics.offending_sources.set(self.tracker.flagged(self._clock()))
+            with self._tracker_lock:
+                flagged = self.tracker.flagged(self._clock())
+            self.metrics.offending_sources.set(flagged)

@@ -19,6 +19,7 @@ and rotations leave this replica's memory at once, before the channel's message 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -51,26 +52,32 @@ class RefusedRecords:
         self._ttl = ttl
         self._max_entries = max_entries
         self._entries: OrderedDict[str, tuple[SessionKey, Reason, float]] = OrderedDict()
+        self._lock = threading.Lock()  # asked from gRPC handler threads, written on the event loop
 
     def refuse(self, key: SessionKey, reason: Reason, now: float) -> None:
-        self._entries[key.digest] = (key, reason, now + self._ttl)
-        self._entries.move_to_end(key.digest)
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
+        with self._lock:
+            self._entries[key.digest] = (key, reason, now + self._ttl)
+            self._entries.move_to_end(key.digest)
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
 
     def reason(self, key: SessionKey, now: float) -> Reason | None:
         """Why ``key``'s record was refused, while that is remembered; else None."""
-        entry = self._entries.get(key.digest)
-        if entry is None or entry[0] != key:
+        if not self._entries:  # the common case, asked on every Check: no lock taken
             return None
-        if now >= entry[2]:
-            del self._entries[key.digest]
-            return None
-        return entry[1]
+        with self._lock:
+            entry = self._entries.get(key.digest)
+            if entry is None or entry[0] != key:
+                return None
+            if now >= entry[2]:
+                del self._entries[key.digest]
+                return None
+            return entry[1]
 
     def invalidate(self, digests: Iterable[str]) -> None:
-        for digest in digests:
-            self._entries.pop(digest, None)
+        with self._lock:
+            for digest in digests:
+                self._entries.pop(digest, None)
 
     def __len__(self) -> int:
         return len(self._entries)

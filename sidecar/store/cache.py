@@ -2,6 +2,8 @@
 
 Entries are bounded in count and bytes (LRU), live at most ``ttl``, never past the session's own expiry, and
 never past the moment its last-seen time is due for a refresh (so the idle timer still moves in the store).
+Lookups come from gRPC handler threads as well as the event loop, writes and invalidations from the loop: one
+lock makes each operation whole, so a lookup that begins after an invalidation returned never sees its entry.
 The cache serves hits only while the invalidation channel is connected: revoke, rotate and revoke-user are
 published by the store's scripts and evict entries on every replica; a lost channel flushes the cache and
 turns it off until it is back. An epoch counter keeps a read that raced an invalidation from being cached.
@@ -13,6 +15,7 @@ below is the same cache seen as a SessionStore; only the store contract suite's 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -51,40 +54,43 @@ class SessionCache:
         self.epoch = 0
         self.live = False  # serving hits only while the invalidation channel is connected
         self.hits = self.misses = self.invalidations = self.flushes = 0
+        self._lock = threading.Lock()
 
     def get(self, key: SessionKey, now: float, *, count_miss: bool = True) -> SessionRecord | None:
         """The cached record, or None. ``count_miss=False``: a glance before deciding whether to read the store;
         the read's own ``get`` counts the miss, so a Check counts one lookup however often it glanced."""
         if not self.live:
             return None
-        entry = self._entries.get(key.digest)
-        if entry is None or entry[0] != key:
-            self.misses += count_miss
-            return None
-        _, record, until, _ = entry
-        if now >= until or needs_touch(record, now):
-            self._drop(key.digest)
-            self.misses += count_miss
-            return None
-        self._entries.move_to_end(key.digest)
-        self.hits += 1
-        return record
+        with self._lock:
+            entry = self._entries.get(key.digest)
+            if entry is None or entry[0] != key:
+                self.misses += count_miss
+                return None
+            _, record, until, _ = entry
+            if now >= until or needs_touch(record, now):
+                self._drop(key.digest)
+                self.misses += count_miss
+                return None
+            self._entries.move_to_end(key.digest)
+            self.hits += 1
+            return record
 
     def put(self, key: SessionKey, record: SessionRecord, now: float, epoch: int) -> None:
         """Cache a record read at ``epoch``; skipped when an invalidation arrived since (the read may be stale)."""
-        if not self.live or epoch != self.epoch:
-            return
         next_touch = record.last_seen_at + touch_interval(record)
         until = min(now + self._ttl, expires_at(record), next_touch)
         if until <= now:
             return
         size = record_size(record)
-        self._drop(key.digest)
-        self._entries[key.digest] = (key, record, until, size)
-        self._bytes += size
-        while self._entries and (len(self._entries) > self._max_entries or self._bytes > self._max_bytes):
-            oldest = next(iter(self._entries))
-            self._drop(oldest)
+        with self._lock:
+            if not self.live or epoch != self.epoch:
+                return
+            self._drop(key.digest)
+            self._entries[key.digest] = (key, record, until, size)
+            self._bytes += size
+            while self._entries and (len(self._entries) > self._max_entries or self._bytes > self._max_bytes):
+                oldest = next(iter(self._entries))
+                self._drop(oldest)
 
     def _drop(self, digest: str) -> None:
         entry = self._entries.pop(digest, None)
@@ -92,12 +98,17 @@ class SessionCache:
             self._bytes -= entry[3]
 
     def invalidate(self, digests: Iterable[str]) -> None:
-        self.epoch += 1
-        for digest in digests:
-            self.invalidations += 1
-            self._drop(digest)
+        with self._lock:
+            self.epoch += 1
+            for digest in digests:
+                self.invalidations += 1
+                self._drop(digest)
 
     def flush(self) -> None:
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
         self.epoch += 1
         self.flushes += 1
         self._entries.clear()
@@ -105,11 +116,14 @@ class SessionCache:
 
     def set_live(self, live: bool) -> None:
         """Connected (True) or lost (False) invalidation channel: either way nothing cached before is trusted."""
-        self.flush()
-        self.live = live
+        with self._lock:
+            self._flush()
+            self.live = live
 
     def stats(self) -> CacheStats:
-        return CacheStats(self.hits, self.misses, self.invalidations, len(self._entries), self._bytes, self.flushes)
+        with self._lock:
+            entries, size = len(self._entries), self._bytes
+        return CacheStats(self.hits, self.misses, self.invalidations, entries, size, self.flushes)
 
 
 class LocalEvictions:
