@@ -77,17 +77,49 @@ _PUBLIC = Allow(headers_to_set=(), headers_to_remove=(), reason="public")
 _ALLOW_PUBLIC = _bare_allow(_PUBLIC)
 
 
-def allow_response(allow: Allow, *, close: bool = False) -> bytes:
-    """``200``: the headers to set, the client-sent ones to remove (never a name in both), and the metadata."""
-    if not allow.headers_to_set and not allow.headers_to_remove and allow.user_id is None and allow.reason == "public":
-        return _ALLOW_PUBLIC[close]
+def _allow_head(allow: Allow) -> bytes:
+    """An allow's answer up to its last header line (keep-alive: CRLF follows; closing: the Connection line)."""
     text = _ALLOW_HEAD + _allow_lines(allow)
     for name, value in allow.headers_to_set:
         text += f"{name}: {_checked(value)}\r\n"
     if allow.headers_to_remove:
         text += f"{HEADERS_TO_REMOVE}: {','.join(allow.headers_to_remove)}\r\n"
-    head = text.encode("utf-8", "surrogateescape")  # a rewritten Cookie header stays byte-exact
-    return head + (_CONNECTION_CLOSE + b"\r\n" if close else b"\r\n")
+    return text.encode("utf-8", "surrogateescape")  # a rewritten Cookie header stays byte-exact
+
+
+# The keep-alive answer of each allow seen last: a session's repeated request gets an equal Allow (the same
+# identity headers, cookie rewrite, removals and metadata), so its answer is a lookup, not a string built and
+# encoded. Bounded: at most MAX_MEMOIZED_ALLOWS entries, each an answer of at most MAX_MEMOIZED_ALLOW_BYTES naming
+# at most MAX_MEMOIZED_ALLOW_HEADERS headers (an Allow holds nothing its answer does not name), so requests crafted
+# to make many large distinct allows (a public route with many spoofed x-user-* names) hold ~8 MB at most.
+MAX_MEMOIZED_ALLOWS = 2048
+MAX_MEMOIZED_ALLOW_BYTES = 1024
+MAX_MEMOIZED_ALLOW_HEADERS = 16
+_allow_answers: dict[Allow, bytes] = {}
+
+
+def allow_response(allow: Allow, *, close: bool = False) -> bytes:
+    """``200``: the headers to set, the client-sent ones to remove (never a name in both), and the metadata."""
+    answer = _allow_answers.get(allow)
+    if answer is None:
+        if (
+            not allow.headers_to_set
+            and not allow.headers_to_remove
+            and allow.user_id is None
+            and allow.reason == "public"
+        ):
+            return _ALLOW_PUBLIC[close]
+        answer = _allow_head(allow) + b"\r\n"  # raises UnsafeHeader before anything is kept
+        if (
+            len(answer) <= MAX_MEMOIZED_ALLOW_BYTES
+            and len(allow.headers_to_set) + len(allow.headers_to_remove) <= MAX_MEMOIZED_ALLOW_HEADERS
+        ):
+            if len(_allow_answers) >= MAX_MEMOIZED_ALLOWS:
+                del _allow_answers[next(iter(_allow_answers))]  # the oldest: a session still active comes back
+            _allow_answers[allow] = answer
+    if close:
+        return answer[:-2] + _CONNECTION_CLOSE + b"\r\n"
+    return answer
 
 
 def deny_response(deny: Deny, *, close: bool = False, head_only: bool = False) -> bytes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from sidecar.authz import forwarded, http_answers
 from sidecar.core.decision import Allow, Deny, unavailable
 from sidecar.core.request import RequestView
@@ -110,3 +112,40 @@ def test_a_header_value_with_crlf_becomes_a_503_never_a_split_response() -> None
     status, headers, _ = split(http_answers.encode(allow))
     assert status == "HTTP/1.1 503 Service Unavailable"
     assert not any(name == "x-user-roles" for name, _ in headers)
+
+
+def test_equal_allows_are_answered_from_one_memoized_encoding() -> None:
+    def allow() -> Allow:  # a fresh, equal object each time, as each request's decision is
+        return Allow(headers_to_set=(("x-user-id", "memo"),), headers_to_remove=("cookie",), user_id="memo")
+
+    first = http_answers.encode(allow())
+    assert http_answers.encode(allow()) is first
+    assert allow() in http_answers._allow_answers
+    closing = http_answers.encode(allow(), close=True)
+    assert closing == first[:-2] + b"connection: close\r\n\r\n"
+    other = http_answers.encode(Allow(headers_to_set=(("x-user-id", "other"),), headers_to_remove=()))
+    assert ("x-user-id", "other") in split(other)[1] and other != first
+
+
+def test_an_unsafe_allow_is_refused_every_time_and_never_memoized() -> None:
+    allow = Allow(headers_to_set=(("x-user-id", "a\r\nx-user-roles: admin"),), headers_to_remove=(), user_id="u")
+    for _ in range(2):
+        assert split(http_answers.encode(allow))[0] == "HTTP/1.1 503 Service Unavailable"
+    assert allow not in http_answers._allow_answers
+
+
+def test_the_allow_memo_is_bounded_in_count_and_answer_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_answers, "MAX_MEMOIZED_ALLOWS", 8)
+    monkeypatch.setattr(http_answers, "_allow_answers", {})
+    large = Allow(headers_to_set=(), headers_to_remove=tuple(f"x-user-{i:04}" for i in range(200)))
+    answer = http_answers.encode(large)
+    assert len(answer) > http_answers.MAX_MEMOIZED_ALLOW_BYTES and answer.endswith(b"x-user-0199\r\n\r\n")
+    assert large not in http_answers._allow_answers, "an answer over the size bound is built each time"
+    many = Allow(headers_to_set=(), headers_to_remove=tuple(f"x-user-{i}" for i in range(17)))
+    assert len(http_answers.encode(many)) < http_answers.MAX_MEMOIZED_ALLOW_BYTES
+    assert many not in http_answers._allow_answers, "an allow naming over 16 headers is built each time"
+    allows = [Allow(headers_to_set=(("x-user-id", f"u{i}"),), headers_to_remove=()) for i in range(20)]
+    for allow in allows:
+        assert ("x-user-id", allow.headers_to_set[0][1]) in split(http_answers.encode(allow))[1]
+    assert len(http_answers._allow_answers) == 8
+    assert list(http_answers._allow_answers) == allows[-8:], "the oldest are dropped first"
