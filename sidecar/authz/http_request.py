@@ -18,6 +18,11 @@ from sidecar.authz.forwarded import (
 from sidecar.core.request import RequestView
 
 FORWARD_AUTH_TARGET = FORWARD_AUTH_PATH.encode()
+# The method tokens as text, so the common ones cost no decoding (the parser accepts only known tokens).
+_METHODS = {
+    token.encode(): token
+    for token in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "PROPFIND", "CONNECT")
+}
 
 
 def _name_table(names: tuple[str, ...]) -> dict[bytes, str]:
@@ -49,7 +54,10 @@ def request_view(
 ) -> RequestView:
     """The request the core decides on: the request line, or on ``/forward-auth`` the one the proxy names.
     ``headers``: (lower-case name, value) of each header line, in arrival order, duplicates kept."""
-    return to_request_view(method.decode("latin-1"), target.decode("latin-1"), tuple(headers), peer, trust)
+    text = _METHODS.get(method)
+    if text is None:
+        text = method.decode("latin-1")
+    return to_request_view(text, target.decode("latin-1"), tuple(headers), peer, trust)
 
 
 def asks_forward_auth(target: bytes, trust: ForwardedTrust) -> bool:

@@ -239,6 +239,16 @@ def test_without_trusted_hops_the_peer_is_the_source_whatever_x_forwarded_for_sa
     assert view("/forward-auth", *XFF).source == "10.1.2.3"
 
 
+def test_the_request_line_view_takes_its_source_by_the_same_rule() -> None:
+    for target in ("/x", "/forward-authx", "/forward-auth"):
+        assert view(target, *XFF).source == "10.1.2.3"
+        assert view(target, *XFF, trust=ForwardedTrust(trusted_hops=2)).source == "1.1.1.1"
+    assert view("/x", trust=ForwardedTrust(trusted_hops=1)).source == "10.1.2.3"  # fewer entries than hops
+    seen = view("/x?y", ("host", ""), ("host", "b"), ("x-forwarded-proto", " https ,http"), ("host", "c"))
+    assert (seen.method, seen.scheme, seen.host, seen.path) == ("GET", "https", "b", "/x?y")
+    assert (seen.context, seen.alternates, seen.conflict) == ((), (), "")
+
+
 @pytest.mark.parametrize(("hops", "source"), [(1, "2.2.2.2"), (2, "1.1.1.1"), (3, "6.6.6.6"), (4, "10.0.0.9")])
 def test_trusted_hops_count_x_forwarded_for_entries_from_the_right_over_all_lines(hops: int, source: str) -> None:
     assert client_address(XFF, "10.0.0.9", hops) == source
