@@ -153,6 +153,11 @@ class HttpProtocol(asyncio.Protocol, Generic[Q, W, A]):
         max_request_bytes = self._limits.max_request_bytes
         chunks: memoryview | None = None  # a burst is fed as views, never copied; the common small read whole
         try:
+            if offset == 0 and 0 < end <= FEED_BYTES and self._size + end <= max_request_bytes and self._may_parse():
+                # The common read, all of it in one step: what the loop below would do, without its bookkeeping.
+                self._size += end
+                offset = end
+                self._parser.feed_data(data)  # a complete request resets _size
             while offset < end and self._completed < budget and self._may_parse():
                 room = max_request_bytes - self._size
                 if room <= 0:
@@ -190,7 +195,10 @@ class HttpProtocol(asyncio.Protocol, Generic[Q, W, A]):
             self._inbox, self._offset = b"", 0
         if self._in_message and self._timer is None:
             self._timer = self._loop.call_later(self._limits.request_timeout, self._timed_out)
-        self._flow()
+        if not (
+            self._reading and offset == end and self._writable and not self._last and len(self._queue) < MAX_IN_FLIGHT
+        ):
+            self._flow()  # else reading goes on as it is, with no input left for a later turn
 
     def _flow(self) -> None:
         """Read while there is room to: no input left unparsed, answers drained, few requests in flight."""
