@@ -29,7 +29,7 @@ from sidecar.errors import RuntimeFailure
 
 # Enough handler threads that a few Checks waiting on the store leave others to answer cache hits; few enough that
 # the GIL is not handed around more than it must be (4 measured fastest for constant answers on 2 cores, #14).
-CHECK_THREADS = 8
+CHECK_THREADS = 4
 SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
 
 
@@ -41,7 +41,7 @@ class GrpcListener(Protocol):
 
     async def set_health(self, service: str, serving: bool) -> None: ...
 
-    async def start(self, key: str, address: str) -> None: ...
+    async def start(self, key: str, address: str) -> int: ...
 
     async def stop(self, grace: float) -> None: ...
 
@@ -52,11 +52,13 @@ def _status(serving: bool) -> Any:
     return health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def _bind(server: Any, key: str, address: str) -> None:
+def _bind(server: Any, key: str, address: str) -> int:
+    """The port bound (the one chosen when ``address`` asks for port 0)."""
     try:
-        server.add_insecure_port(address)
+        port: int = server.add_insecure_port(address)
     except RuntimeError as exc:
         raise RuntimeFailure(f"listen.{key}: cannot listen on {address} ({exc})") from None
+    return port
 
 
 class ThreadedListener:
@@ -72,9 +74,10 @@ class ThreadedListener:
     async def set_health(self, service: str, serving: bool) -> None:
         self._health.set(service, _status(serving))
 
-    async def start(self, key: str, address: str) -> None:
-        _bind(self.server, key, address)
+    async def start(self, key: str, address: str) -> int:
+        port = _bind(self.server, key, address)
         self.server.start()
+        return port
 
     async def stop(self, grace: float) -> None:
         # The loop keeps running while in-flight Checks drain: those waiting on a store read finish on it.
@@ -101,9 +104,10 @@ class AsyncListener:
     async def set_health(self, service: str, serving: bool) -> None:
         await self._health.set(service, _status(serving))
 
-    async def start(self, key: str, address: str) -> None:
-        _bind(self.server, key, address)
+    async def start(self, key: str, address: str) -> int:
+        port = _bind(self.server, key, address)
         await self.server.start()
+        return port
 
     async def stop(self, grace: float) -> None:
         await self.server.stop(grace)

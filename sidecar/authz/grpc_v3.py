@@ -205,9 +205,11 @@ class ThreadedCheck:
         return encoded_response(self._finish(step) if isinstance(step, Pending) else step)
 
     def _finish(self, pending: Pending) -> Decision:
+        finishing = self._service.finish(pending)
         try:
-            future = asyncio.run_coroutine_threadsafe(self._service.finish(pending), self._loop)
+            future = asyncio.run_coroutine_threadsafe(finishing, self._loop)
         except RuntimeError:  # the loop is closed: the process is stopping
+            finishing.close()
             return unanswerable()
         try:
             return future.result(self._wait_seconds)

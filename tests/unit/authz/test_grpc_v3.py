@@ -1,7 +1,10 @@
-"""The ext_authz v3 gRPC adapter: translation both ways, and a real grpc.aio server answering Check and Health."""
+"""The ext_authz v3 gRPC adapter: translation both ways, and real grpc.aio and sync (threaded) servers answering
+Check and Health."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +19,7 @@ from grpc_health.v1.health import aio as health_aio
 from sidecar.authz import grpc_v3
 from sidecar.authz.service import AuthzService
 from sidecar.core.decision import Allow, Deny, unavailable
+from sidecar.grpcserver import ThreadedListener
 from sidecar.keyring import KeyRingSource
 from sidecar.lifecycle import SessionManager
 from sidecar.store.memory import MemoryStore
@@ -210,3 +214,60 @@ def test_an_encoded_denial_is_the_check_response_serialized() -> None:
     deny = unavailable()
     assert grpc_v3.encoded_response(deny) == grpc_v3.to_check_response(deny).SerializeToString()
     assert grpc_v3.encoded_response(deny) is grpc_v3.encoded_response(unavailable())
+
+
+@pytest.fixture
+async def threaded_server() -> AsyncIterator[tuple[str, SessionManager, MemoryStore]]:
+    """ext_authz on a sync grpc.server (the default model of listen.grpc): store reads finish on this loop."""
+    store = MemoryStore()
+    keys = KeyRingSource(store, RING)
+    service = AuthzService(SETTINGS, store, keys, deadline=0.15)
+    listener = ThreadedListener(threads=2)
+    grpc_v3.add_to_threaded_server(listener.server, service, asyncio.get_running_loop(), wait_seconds=1.0)
+    port = await listener.start("grpc", "127.0.0.1:0")
+    manager = SessionManager(store, keys, cookie_name="SESSION", idle_timeout=60, absolute_timeout=600)
+    try:
+        yield f"127.0.0.1:{port}", manager, store
+    finally:
+        await listener.stop(0)
+
+
+async def test_a_threaded_check_that_needs_the_store_is_finished_on_the_event_loop(
+    threaded_server: tuple[str, SessionManager, MemoryStore],
+) -> None:
+    address, manager, store = threaded_server
+    issued = await manager.create("alice")
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+        cookie = [("cookie", f"SESSION={issued.token}".encode())]
+        allowed = await stub.Check(check_request(raw=cookie), timeout=2)
+        store.down = True
+        failed = await stub.Check(check_request(raw=cookie), timeout=2)
+        no_cookie = await stub.Check(check_request(), timeout=2)  # answered in the handler thread
+        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+    assert allowed.status.code == code_pb2.OK
+    assert {h.header.key: h.header.value for h in allowed.ok_response.headers}["x-user-id"] == "alice"
+    assert failed.denied_response.status.code == 503
+    assert no_cookie.denied_response.status.code == 401
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_threaded_check_the_event_loop_does_not_finish_in_time_is_a_503_not_an_error() -> None:
+    store = MemoryStore()
+    keys = KeyRingSource(store, RING)
+    service = AuthzService(SETTINGS, store, keys, deadline=0.15)
+    manager = SessionManager(store, keys, cookie_name="SESSION", idle_timeout=60, absolute_timeout=600)
+    issued = asyncio.run(manager.create("alice"))
+    request = check_request(raw=[("cookie", f"SESSION={issued.token}".encode())])
+    stalled = asyncio.new_event_loop()  # never run: nothing handed to it is ever finished
+    try:
+        started = time.monotonic()
+        answer = grpc_v3.ThreadedCheck(service, stalled, wait_seconds=0.2)(request, None)
+        waited = time.monotonic() - started
+        stalled.run_until_complete(asyncio.sleep(0))  # lets the cancelled hand-off close its coroutine
+    finally:
+        stalled.close()
+    assert external_auth_pb2.CheckResponse.FromString(answer).denied_response.status.code == 503
+    assert 0.2 <= waited < 2
+    closed = grpc_v3.ThreadedCheck(service, stalled, wait_seconds=5)(request, None)  # a closed loop: no wait
+    assert external_auth_pb2.CheckResponse.FromString(closed).denied_response.status.code == 503

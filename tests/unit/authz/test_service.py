@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import secrets
+import sys
+import threading
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -529,13 +532,13 @@ async def test_the_invalidation_of_a_refused_key_makes_the_next_check_read_the_s
 def verifications(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts the native source's MAC checks of a request's cookies (one entry per call)."""
     calls: list[int] = []
-    real = native.tokens_to_try
+    real = native.VerifiedTokens.keys
 
-    def counted(ring: KeyRing, values: Any) -> tuple[str, ...]:
+    def counted(self: native.VerifiedTokens, ring: KeyRing, values: Any) -> tuple[SessionKey, ...]:
         calls.append(1)
-        return real(ring, values)
+        return real(self, ring, values)
 
-    monkeypatch.setattr(native, "tokens_to_try", counted)
+    monkeypatch.setattr(native.VerifiedTokens, "keys", counted)
     return calls
 
 
@@ -681,3 +684,65 @@ async def test_a_store_failure_falls_back_on_the_candidate_being_read_never_on_o
     service = AuthzService(replace(SETTINGS, cookie_names=("A",)), sources=[within], deadline=0.15, clock=clock)
     assert isinstance(await service.check(request(cookie="A=gone; A=failing")), Allow)
     assert within.fallbacks == ["failing"]
+
+
+async def test_threads_answering_from_the_cache_never_serve_a_session_after_its_invalidation_was_applied(
+    store: CountingStore, clock: Clock
+) -> None:
+    """gRPC handler threads decide cache hits (``check_now``) while the event loop caches, revokes and applies the
+    channel's invalidations: a lookup begun after an invalidation returned never answers with that session, and
+    no race surfaces as an error (a 503) or an exception."""
+    service, cached, _cache, manager = cached_service(store, clock)
+    tokens: list[str] = []
+    revoked: set[int] = set()  # indexes into tokens whose invalidation has been applied (returned)
+    stop = threading.Event()
+    found: list[tuple[int, int, int, int]] = []  # per thread: hits, revoked tokens asked, violations, 503s
+    errors: list[BaseException] = []
+
+    def read(seed: int) -> None:
+        rng = random.Random(seed)
+        hits = asked_revoked = violations = unavailable = 0
+        try:
+            while not stop.is_set():
+                index = rng.randrange(len(tokens))
+                was_revoked = index in revoked  # before the lookup begins
+                decision = service.check_now(request(cookie=f"SESSION={tokens[index]}"))
+                asked_revoked += was_revoked
+                if isinstance(decision, Allow):
+                    hits += 1
+                    violations += was_revoked
+                elif isinstance(decision, Deny) and decision.status == 503:
+                    unavailable += 1
+        except BaseException as exc:
+            errors.append(exc)
+        found.append((hits, asked_revoked, violations, unavailable))
+
+    for i in range(8):
+        tokens.append((await manager.create(f"user{i}")).token)
+        assert isinstance(await service.check(request(cookie=f"SESSION={tokens[-1]}")), Allow)  # now cached
+    live = list(range(len(tokens)))
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # hand the GIL around often, so the threads interleave inside the cache
+    threads = [threading.Thread(target=read, args=(seed,)) for seed in range(6)]
+    try:
+        for thread in threads:
+            thread.start()
+        for cycle in range(300):
+            index = live.pop(cycle * 7 % len(live))
+            await manager.revoke(tokens[index])
+            cached.invalidate([session_key(tokens[index]).digest])  # the channel's message for the revocation
+            revoked.add(index)
+            tokens.append((await manager.create(f"user{len(tokens)}")).token)
+            assert isinstance(await service.check(request(cookie=f"SESSION={tokens[-1]}")), Allow)
+            live.append(len(tokens) - 1)
+            await asyncio.sleep(0)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        sys.setswitchinterval(switch)
+    assert not errors
+    hits, asked_revoked, violations, unavailable = (sum(column) for column in zip(*found, strict=True))
+    assert hits > 100 and asked_revoked > 100  # both sides of the race were exercised
+    assert violations == 0
+    assert unavailable == 0

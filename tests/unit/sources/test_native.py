@@ -12,8 +12,9 @@ from sidecar.core.session import RecordTooLarge, SessionRecord, new_session
 from sidecar.core.tokens import ENTROPY_BYTES, KeyRing, SessionKey, mint_token, session_key
 from sidecar.errors import CorruptRecord
 from sidecar.keyring import KeyRingSource
+from sidecar.sources import native
 from sidecar.sources.base import MAX_CANDIDATES
-from sidecar.sources.native import NativeSource, tokens_to_try
+from sidecar.sources.native import NativeSource, VerifiedTokens
 from sidecar.store.memory import MemoryStore
 
 RING = KeyRing.of([("k1", b"\x01" * 32)])
@@ -45,9 +46,37 @@ TOKENS_TO_TRY: list[tuple[str, list[str], tuple[str, ...]]] = [
 
 
 @pytest.mark.parametrize(("cookies", "expected"), [c[1:] for c in TOKENS_TO_TRY], ids=[c[0] for c in TOKENS_TO_TRY])
-def test_tokens_to_try_skips_unverified_and_stops_at_three(cookies: list[str], expected: tuple[str, ...]) -> None:
+def test_verified_tokens_skip_unverified_ones_and_stop_at_three(cookies: list[str], expected: tuple[str, ...]) -> None:
     assert MAX_CANDIDATES == 3
-    assert tokens_to_try(RING, cookies) == expected
+    verified = VerifiedTokens()
+    keys = tuple(session_key(token) for token in expected)
+    assert verified.keys(RING, cookies) == keys
+    assert verified.keys(RING, cookies) == keys  # the same from the memo
+
+
+def test_a_verified_token_is_remembered_and_a_forged_one_never(monkeypatch: pytest.MonkeyPatch) -> None:
+    macs: list[str] = []
+    real = native.verify_token
+    monkeypatch.setattr(native, "verify_token", lambda ring, token: macs.append(token) or real(ring, token))
+    verified = VerifiedTokens()
+    for _ in range(3):
+        assert verified.keys(RING, [FORGED, V1]) == (session_key(V1),)
+    assert macs == [FORGED, V1, FORGED, FORGED]  # V1's MAC once; a forged token is checked every time
+    assert len(verified) == 1
+
+
+def test_a_token_verified_under_one_key_ring_is_checked_again_under_another() -> None:
+    verified = VerifiedTokens()
+    assert verified.keys(RING, [V1]) == (session_key(V1),)
+    assert verified.keys(FORGER, [V1]) == ()  # the ring changed (the shared key was remade): V1 no longer verifies
+    assert verified.keys(KeyRing.of(RING.keys), [V1]) == (session_key(V1),)  # an equal ring, a new object
+
+
+def test_the_verified_token_memo_is_bounded() -> None:
+    verified = VerifiedTokens(max_entries=2)
+    for token in (V1, V2, V3, V4):
+        verified.keys(RING, [token])
+        assert len(verified) <= 2
 
 
 class Planted(MemoryStore):
