@@ -26,6 +26,9 @@ COOKIE_HEADER = "cookie"
 REALM = "session-sidecar"
 
 
+MAX_MEMOIZED_ALLOWS = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class EdgeSettings:
     cookie_name: str  # named in the 401 challenge; the first source's cookie
@@ -48,6 +51,10 @@ class EdgeSettings:
     # strip_prefixes and their underscore spellings (x_user_id): an upstream framework that maps "_" to "-" (CGI,
     # WSGI, PHP) would read x_user_id as X-User-Id, so a client-sent one is removed like the dashed one.
     spoof_prefixes: tuple[str, ...] = field(init=False)
+    # The allows of the sessions seen last (see ``allow``): bounded, full it starts over.
+    allows: dict[tuple[object, ...], Decision] = field(
+        default_factory=dict, init=False, compare=False, hash=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         names = (self.user_id_header, self.email_header, self.roles_header, self.session_header, self.assertion_header)
@@ -181,6 +188,30 @@ def allow(
     SESSION with a record, PUBLIC without), or deny with 403 when
     those would not fit in ``max_header_bytes``: an upstream answering 431 to every request of a session is worse
     than a clear denial naming the reason."""
+    key: tuple[object, ...] | None = None
+    if record is not None:
+        # The answer depends on these alone, and a logged-in user's requests repeat them: built once, then
+        # looked up (issue #14). ``extra`` (the assertion) is in the key, so a renewed token builds a new one.
+        key = (record.user_id, record.email, record.roles, record.session_id, inspection.cookie_changed,
+               inspection.cookie_header, inspection.spoofable_headers, extra, reason)  # fmt: skip
+        known = settings.allows.get(key)
+        if known is not None:
+            return known
+    decision = _allow(settings, inspection, record, extra, reason)
+    if key is not None:
+        if len(settings.allows) >= MAX_MEMOIZED_ALLOWS:
+            settings.allows.clear()
+        settings.allows[key] = decision
+    return decision
+
+
+def _allow(
+    settings: EdgeSettings,
+    inspection: Inspection,
+    record: SessionRecord | None,
+    extra: tuple[tuple[str, str], ...],
+    reason: Reason | None,
+) -> Decision:
     added = identity_headers(settings, record) if record is not None else []
     added.extend(extra)
     if record is not None and header_bytes(added) > settings.max_header_bytes:

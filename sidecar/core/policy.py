@@ -14,7 +14,7 @@ longest matching prefix wins.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 
@@ -72,10 +72,16 @@ def readings(path: str) -> tuple[frozenset[str], bool]:
     return frozenset(forms), lossy
 
 
+MAX_MATCHED_TARGETS = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class RoutePolicy:
     # Sorted longest prefix first so the first hit is the most specific rule.
     routes: tuple[Route, ...]
+    # The rule of each request target seen last: a pure function of the target, asked on every Check, while a
+    # service sees few distinct targets (bounded: full, it starts over; a dict is safe across handler threads).
+    _matched: dict[str, Route] = field(default_factory=dict, init=False, compare=False, hash=False, repr=False)
 
     @classmethod
     def of(cls, routes: Iterable[Route]) -> RoutePolicy:
@@ -91,6 +97,15 @@ class RoutePolicy:
         return DEFAULT_ROUTE
 
     def match(self, path: str) -> Route:
+        route = self._matched.get(path)
+        if route is None:
+            route = self._match(path)
+            if len(self._matched) >= MAX_MATCHED_TARGETS:
+                self._matched.clear()
+            self._matched[path] = route
+        return route
+
+    def _match(self, path: str) -> Route:
         forms, lossy = readings(path)
         matched = {self._match_canonical(form) for form in forms}
         if lossy:

@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from sidecar.core import decision as decision_module
 from sidecar.core.decision import (
     NO_SESSION,
     Allow,
@@ -616,3 +617,33 @@ def test_nothing_looked_up_is_decided_as_no_session() -> None:
     assert decide(SETTINGS, request, inspect(SETTINGS, request)) == decide(
         SETTINGS, request, inspect(SETTINGS, request), NO_SESSION
     )
+
+
+def test_an_allow_is_built_once_per_identity_and_request_shape_and_rebuilt_when_either_changes() -> None:
+    settings = replace(SETTINGS)  # its own memo
+    cookie = ("cookie", f"SESSION={V1}; theme=dark")
+
+    def decided(record: SessionRecord, *headers: tuple[str, str]) -> Decision:
+        request = _request("/app", *headers)
+        return decide(settings, request, inspect(settings, request), _found(record))
+
+    first = decided(FULL, cookie)
+    assert decided(FULL, cookie) is first  # the same session, the same request shape: looked up
+    renamed = decided(_session(email="new@example.com"), cookie)
+    assert isinstance(renamed, Allow) and renamed is not first
+    assert ("x-user-email", "new@example.com") in renamed.headers_to_set
+    spoofed = decided(FULL, cookie, ("x-user-admin", "1"))
+    assert isinstance(spoofed, Allow) and "x-user-admin" in spoofed.headers_to_remove
+    other_cookies = decided(FULL, ("cookie", f"SESSION={V1}; theme=light"))
+    assert isinstance(other_cookies, Allow) and ("cookie", "theme=light") in other_cookies.headers_to_set
+    fresh = replace(SETTINGS)
+    assert decide(fresh, _request("/app", cookie), inspect(fresh, _request("/app", cookie)), _found(FULL)) == first
+
+
+def test_the_allow_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decision_module, "MAX_MEMOIZED_ALLOWS", 3)
+    settings = replace(SETTINGS)
+    for i in range(10):
+        request = _request("/app", ("cookie", f"SESSION={V1}"))
+        decide(settings, request, inspect(settings, request), _found(_session(session_id=f"sid-{i}")))
+        assert len(settings.allows) <= 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from sidecar.core import policy as policy_module
 from sidecar.core.policy import DEFAULT_ROUTE, Route, RoutePolicy, canonical_path, missing_roles
 
 PUBLIC = Route("/public", public=True)
@@ -197,3 +198,18 @@ def test_missing_roles(required: tuple[str, ...], held: list[str], expected: tup
 
 def test_missing_roles_accepts_any_iterable() -> None:
     assert missing_roles(AUDIT, iter(["admin"])) == ("auditor",)
+
+
+def test_a_targets_rule_is_matched_once_and_remembered_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    policy = RoutePolicy.of([Route("/public", public=True), Route("/admin", roles=("admin",))])
+    calls: list[str] = []
+    real = RoutePolicy._match
+    monkeypatch.setattr(RoutePolicy, "_match", lambda self, path: calls.append(path) or real(self, path))
+    assert policy.match("/admin/x?y=1").roles == ("admin",)
+    assert policy.match("/admin/x?y=1").roles == ("admin",)
+    assert policy.match("/public/%2e%2e/admin").roles == ("admin",)  # each target read its own way
+    assert calls == ["/admin/x?y=1", "/public/%2e%2e/admin"]
+    monkeypatch.setattr(policy_module, "MAX_MATCHED_TARGETS", 2)
+    for i in range(5):
+        policy.match(f"/p{i}")
+        assert len(policy._matched) <= 2
