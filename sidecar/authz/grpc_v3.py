@@ -49,21 +49,15 @@ def to_request_view(request: Any) -> RequestView:
     http = attributes.request.http
     entries = http.header_map.headers
     if entries:
+        # A list built and then frozen, each field read once: protobuf attribute reads are what this costs.
         headers = tuple(
-            (entry.key.lower(), _text(entry.raw_value) if entry.raw_value else entry.value) for entry in entries
+            [(entry.key.lower(), _text(raw) if (raw := entry.raw_value) else entry.value) for entry in entries]
         )
     else:
         headers = tuple((key.lower(), value) for key, value in http.headers.items())
     context = tuple(attributes.context_extensions.items()) if attributes.context_extensions else ()
-    return RequestView(
-        method=http.method,
-        scheme=http.scheme,
-        host=http.host,
-        path=http.path,
-        headers=headers,
-        source=attributes.source.address.socket_address.address,
-        context=context,
-    )
+    source = attributes.source.address.socket_address.address
+    return RequestView(http.method, http.scheme, http.host, http.path, headers, source, context)
 
 
 def _header(key: str, value: str) -> Any:
