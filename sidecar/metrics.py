@@ -1,8 +1,10 @@
 """Prometheus metrics of one sidecar process, and their exposition for ``/metrics`` on ``listen.admin``.
 
-Everything the request path counts goes through :class:`Metrics`, whose children are bound once, so a Check
-pays a few locked increments and no label lookups. The cache keeps plain integer counters (it must not know about
-Prometheus); :meth:`Metrics.sync_cache` turns their growth into counter increments once a second.
+Everything the request path counts goes through :class:`Metrics`, whose children are bound once (no label lookups
+per Check). The decisions are not counted into Prometheus one by one: the observer tallies them in plain numbers per
+thread (``sidecar.tally``) and adds their growth here once a second and before each exposition
+(:meth:`Metrics.add_decisions`, :meth:`Metrics.add_check_seconds`). The cache keeps plain integer counters too (it
+must not know about Prometheus); :meth:`Metrics.sync_cache` turns their growth into counter increments.
 
 Under ``serve --workers N`` the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers start: each one
 writes its values to files there (prometheus_client's multiprocess mode) and worker 0's ``/metrics`` adds them up,
@@ -11,8 +13,11 @@ so one scrape sees the whole pod. ``sidecar_workers_active`` is a live sum of th
 
 from __future__ import annotations
 
+import bisect
+import math
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -35,6 +40,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # From the in-process fast path (tens of µs) to the store deadline and Envoy's timeout (150 / 250 ms).
 CHECK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0)
+# The upper bounds of sidecar_check_duration_seconds as prometheus_client stores them (+Inf last).
+CHECK_BOUNDS = (*CHECK_BUCKETS, math.inf)
 STORE_BUCKETS = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 
 # The kinds of invalid session cookies the reasons table names (forged, unknown), in its order.
@@ -65,6 +72,9 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        # Multiprocess mode: every worker writes its values to files that worker 0's exposition adds up; it cannot
+        # ask the others to publish a tally first, so there each decision is counted as it is made.
+        self.shared = multiprocess_dir() is not None
         self._seen = (0, 0, 0, 0)  # the cache's hits, misses, invalidations and flushes at the last sync
         self.decisions = Counter(
             "sidecar_decisions",
@@ -157,6 +167,24 @@ class Metrics:
         child.inc()
         self.check_seconds.observe(seconds)
 
+    def add_decisions(self, counts: Mapping[tuple[str, int, str], float]) -> None:
+        """Count decisions by (outcome, status, reason text), as many of each as ``counts`` says."""
+        for (outcome, status, reason), count in counts.items():
+            key = (outcome, status, reason)
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = self.decisions.labels(outcome, str(status), metric_label(reason))
+            child.inc(count)
+
+    def add_check_seconds(self, buckets: Mapping[int, float], total: float) -> None:
+        """Add observations to sidecar_check_duration_seconds by bucket index (``check_bucket``) and their sum:
+        what as many ``observe`` calls would have added (tests/unit/test_metrics.py compares the expositions)."""
+        histogram = self.check_seconds
+        for index, count in buckets.items():
+            histogram._buckets[index].inc(count)  # the values observe() increments
+        if total:
+            histogram._sum.inc(total)
+
     def sync_cache(self, stats: CacheCounts) -> None:
         """Add the cache's counter growth since the last call (its counters only grow)."""
         counts = (stats.hits, stats.misses, stats.invalidations, stats.flushes)
@@ -166,6 +194,11 @@ class Metrics:
                 counter.inc(now - before)
         self._seen = counts
         self.cache_entries.set(stats.entries)
+
+
+def check_bucket(seconds: float) -> int:
+    """The index of the sidecar_check_duration_seconds bucket ``seconds`` falls in (the first bound >= it)."""
+    return bisect.bisect_left(CHECK_BOUNDS, seconds)
 
 
 def process_registry() -> CollectorRegistry:

@@ -3,6 +3,11 @@
 The decision log has one line per denial and a sampled fraction (``log.sample_allows``) of allows, at INFO on the
 ``sidecar.decision`` logger. A line names the session only by its non-secret handle (``session_id``) and the
 request path without its query string; never a token, a cookie or a header value the client sent.
+
+Counting costs a Check no allocation and no lock: ``decided`` adds to plain numbers owned by the calling thread
+(``sidecar.tally``), and ``sync`` (once a second, and before every ``/metrics`` exposition) adds their growth to the
+Prometheus metrics. The fields of a log line, and the ``Observation`` they come from, are built only for a line
+that is written.
 """
 
 from __future__ import annotations
@@ -18,12 +23,16 @@ from sidecar.core.abuse import RepeatedInvalidTokens
 from sidecar.core.decision import Allow, Decision
 from sidecar.core.request import RequestView
 from sidecar.core.session import SessionRecord
-from sidecar.metrics import Metrics
+from sidecar.metrics import Metrics, check_bucket
+from sidecar.tally import Counts, ThreadTallies
 
 decision_log = logging.getLogger("sidecar.decision")
 abuse_log = logging.getLogger("sidecar.abuse")
 
 MAX_LOGGED_PATH = 256
+_SUM = "check_seconds_sum"  # the tally key of the summed Check durations (the buckets' keys are their indexes)
+_ALLOW = "allow"
+_DENY = "deny"
 
 
 def logged_path(path: str) -> str:
@@ -81,21 +90,58 @@ class DecisionObserver:
         self._clock = clock
         self._sample = sample
         self._tracker_lock = threading.Lock()  # decisions come from gRPC handler threads and the event loop
+        # None: counted straight into Prometheus (no metrics, or multiprocess mode: see Metrics.shared).
+        self._tallies = ThreadTallies() if metrics is not None and not metrics.shared else None
 
-    def observe(self, request: RequestView, seen: Observation) -> None:
-        decision = seen.decision
+    def decided(
+        self,
+        request: RequestView,
+        decision: Decision,
+        seconds: float,
+        *,
+        route: str | None,
+        record: SessionRecord | None,
+        invalid: str | None,
+        session_source: str = "",
+    ) -> None:
+        """One decided Check, by the fields of an ``Observation`` (built only if a log line is written)."""
         allowed = isinstance(decision, Allow)
-        if self.metrics is not None:
-            self.metrics.decided("allow" if allowed else "deny", decision.status, decision.reason, seen.seconds)
-        if seen.invalid is not None:
-            self._invalid_token(request, seen.invalid)
+        tallies = self._tallies
+        if tallies is not None:
+            counts = tallies.mine()
+            key = (_ALLOW if allowed else _DENY, decision.status, decision.reason)
+            counts[key] = counts.get(key, 0) + 1
+            bucket = check_bucket(seconds)
+            counts[bucket] = counts.get(bucket, 0) + 1
+            counts[_SUM] = counts.get(_SUM, 0.0) + seconds
+        elif self.metrics is not None:
+            self.metrics.decided(_ALLOW if allowed else _DENY, decision.status, decision.reason, seconds)
+        if invalid is not None:
+            self._invalid_token(request, invalid)
         if allowed and not (self._sample_allows and self._sample() < self._sample_allows):
             return
         if decision_log.isEnabledFor(logging.INFO):
+            seen = Observation(decision, route, record, invalid, seconds, session_source)
             decision_log.info("decision", extra={"fields": decision_fields(request, seen)})
 
+    def observe(self, request: RequestView, seen: Observation) -> None:
+        """``decided`` for a caller holding an ``Observation``."""
+        self.decided(
+            request,
+            seen.decision,
+            seen.seconds,
+            route=seen.route,
+            record=seen.record,
+            invalid=seen.invalid,
+            session_source=seen.session_source,
+        )
+
     def _invalid_token(self, request: RequestView, kind: str) -> None:
-        if self.metrics is not None:
+        if self._tallies is not None:
+            counts = self._tallies.mine()
+            key = ("invalid", kind)
+            counts[key] = counts.get(key, 0) + 1
+        elif self.metrics is not None:
             self.metrics.invalid_token_kinds[kind].inc()
         tracker, source = self.tracker, request.source
         if tracker is None or not source:
@@ -112,12 +158,36 @@ class DecisionObserver:
 
     def source_read(self, source: str, outcome: str) -> None:
         """One read of a session source's store, by what it found (session, absent, refused)."""
-        if self.metrics is not None:
+        if self._tallies is not None:
+            counts = self._tallies.mine()
+            key = ("read", source, outcome)
+            counts[key] = counts.get(key, 0) + 1
+        elif self.metrics is not None:
             self.metrics.source_reads.labels(source, outcome).inc()
 
     def sync(self) -> None:
-        """Refresh the gauges that are states, not events (called periodically)."""
+        """Publish the counts tallied since the last call and refresh the gauges that are states, not events
+        (called once a second and before every exposition)."""
+        if self.metrics is not None and self._tallies is not None:
+            self._publish(self.metrics, self._tallies.growth())
         if self.metrics is not None and self.tracker is not None:
             with self._tracker_lock:
                 flagged = self.tracker.flagged(self._clock())
             self.metrics.offending_sources.set(flagged)
+
+    @staticmethod
+    def _publish(metrics: Metrics, grown: Counts) -> None:
+        """Add what the threads tallied since the last publication to the Prometheus metrics."""
+        decisions: dict[tuple[str, int, str], float] = {}
+        buckets: dict[int, float] = {}
+        for key, count in grown.items():
+            if isinstance(key, int):
+                buckets[key] = count
+            elif isinstance(key, tuple) and key[0] in (_ALLOW, _DENY):
+                decisions[key] = count
+            elif isinstance(key, tuple) and key[0] == "invalid":
+                metrics.invalid_token_kinds[key[1]].inc(count)
+            elif isinstance(key, tuple) and key[0] == "read":
+                metrics.source_reads.labels(key[1], key[2]).inc(count)
+        metrics.add_decisions(decisions)
+        metrics.add_check_seconds(buckets, grown.get(_SUM, 0.0))

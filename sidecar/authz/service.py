@@ -239,14 +239,21 @@ class AuthzService:
         except Exception:
             log.exception("check failed unexpectedly; denying with 503")
             decision, found = unavailable(), None
-        if self._observer is not None:
+        observer = self._observer
+        if observer is not None:
             try:
+                seconds = time.perf_counter() - started
                 route = inspection.route.prefix if inspection is not None else None
-                record = found.record if found is not None else None
-                invalid = RULES[found.reason].invalid if found is not None else None
-                origin = found.source if found is not None else ""
-                seen = Observation(decision, route, record, invalid, time.perf_counter() - started, origin)
-                self._observer.observe(request, seen)
+                if found is None:
+                    record, invalid, origin = None, None, ""
+                else:
+                    record, invalid, origin = found.record, RULES[found.reason].invalid, found.source
+                if isinstance(observer, DecisionObserver):  # no Observation built unless a log line is written
+                    observer.decided(
+                        request, decision, seconds, route=route, record=record, invalid=invalid, session_source=origin
+                    )
+                else:  # another observer (a test's recorder) gets the whole Observation
+                    observer.observe(request, Observation(decision, route, record, invalid, seconds, origin))
             except Exception:  # the answer matters more than its record
                 log.exception("recording a decision failed")
         return decision

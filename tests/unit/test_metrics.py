@@ -9,9 +9,16 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
-from sidecar.metrics import INVALID_TOKEN_KINDS, Metrics, exposition, prepare_multiprocess_dir
+from sidecar.metrics import (
+    CHECK_BUCKETS,
+    INVALID_TOKEN_KINDS,
+    Metrics,
+    check_bucket,
+    exposition,
+    prepare_multiprocess_dir,
+)
 from sidecar.store.cache import CacheStats
 
 
@@ -40,6 +47,43 @@ def test_decision_labels_come_from_the_reasons_table() -> None:
     metrics.decided("deny", 401, "made_up", 0.001)
     assert value(registry, "sidecar_decisions_total", outcome="deny", status="403", reason="missing_roles") == 1
     assert value(registry, "sidecar_decisions_total", outcome="deny", status="401", reason="other") == 1
+
+
+def exposed(registry: CollectorRegistry) -> list[str]:
+    """The exposition's lines but the *_created timestamps (serving processes disable them: process_registry)."""
+    return [line for line in generate_latest(registry).decode().splitlines() if "_created" not in line]
+
+
+# On, between and beyond the bucket bounds (0.15 is one; 3.0 is only under +Inf), in no particular order.
+DURATIONS = (0.00005, 0.0001, 0.00010001, 0.0003, 0.15, 0.1500001, 0.0, 3.0, 0.00025, 0.042, 0.00005, 1.0)
+
+
+def test_tallied_decisions_expose_exactly_as_if_each_had_been_counted_when_made() -> None:
+    one_by_one, tallied = CollectorRegistry(), CollectorRegistry()
+    direct, batched = Metrics(one_by_one), Metrics(tallied)
+    outcomes = [("allow", 200, "session"), ("deny", 403, "missing_roles:admin"), ("deny", 401, "session_invalid")]
+    decisions: dict[tuple[str, int, str], float] = {}
+    buckets: dict[int, float] = {}
+    total = 0.0
+    for i, seconds in enumerate(DURATIONS):
+        outcome, status, reason = outcomes[i % len(outcomes)]
+        direct.decided(outcome, status, reason, seconds)
+        decisions[outcomes[i % len(outcomes)]] = decisions.get(outcomes[i % len(outcomes)], 0) + 1
+        buckets[check_bucket(seconds)] = buckets.get(check_bucket(seconds), 0) + 1
+        total += seconds
+    batched.add_decisions(decisions)
+    batched.add_check_seconds(buckets, total)
+    assert exposed(tallied) == exposed(one_by_one)
+    assert value(tallied, "sidecar_check_duration_seconds_count") == len(DURATIONS)
+
+
+def test_a_duration_lands_in_the_bucket_observe_puts_it_in() -> None:
+    for seconds in (*DURATIONS, *CHECK_BUCKETS):
+        registry = CollectorRegistry()
+        Metrics(registry).check_seconds.observe(seconds)
+        counted = Metrics(CollectorRegistry())
+        counted.add_check_seconds({check_bucket(seconds): 1}, seconds)
+        assert exposed(counted.registry) == exposed(registry), seconds
 
 
 def test_the_invalid_token_counter_has_the_kinds_the_reasons_table_names() -> None:
