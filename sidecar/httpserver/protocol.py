@@ -110,8 +110,31 @@ class HttpProtocol(asyncio.Protocol, Generic[Q, W, A]):
         self._last_active = self._loop.time()
         if self._offset < len(self._inbox):  # reading is paused with input left; keep the bytes in order regardless
             self._inbox, self._offset = self._inbox[self._offset :] + data, 0
-        else:
-            self._inbox, self._offset = data, 0
+            self._feed()
+            return
+        size = len(data)
+        queue = self._queue
+        if (
+            size <= FEED_BYTES
+            and self._size + size <= self._limits.max_request_bytes
+            and self._writable
+            and not self._last
+            and len(queue) < MAX_IN_FLIGHT
+        ):
+            # The common read, all of it one step of _feed (a request or a few, nothing left from before), without
+            # its bookkeeping: the same bounds, the same refusals.
+            self._size += size
+            try:
+                self._parser.feed_data(data)  # a complete request resets _size
+            except Exception as exc:  # each kind refused as _feed refuses it
+                self._refuse(exc)
+                return
+            if self._in_message and self._timer is None:
+                self._timer = self._loop.call_later(self._limits.request_timeout, self._timed_out)
+            if not (self._reading and self._writable and not self._last and len(queue) < MAX_IN_FLIGHT):
+                self._flow()
+            return
+        self._inbox, self._offset = data, 0
         self._feed()
 
     def eof_received(self) -> bool | None:
@@ -151,13 +174,8 @@ class HttpProtocol(asyncio.Protocol, Generic[Q, W, A]):
         end = len(data)
         budget = self._completed + REQUESTS_PER_TURN
         max_request_bytes = self._limits.max_request_bytes
-        chunks: memoryview | None = None  # a burst is fed as views, never copied; the common small read whole
+        chunks: memoryview | None = None  # a burst is fed as views, never copied
         try:
-            if offset == 0 and 0 < end <= FEED_BYTES and self._size + end <= max_request_bytes and self._may_parse():
-                # The common read, all of it in one step: what the loop below would do, without its bookkeeping.
-                self._size += end
-                offset = end
-                self._parser.feed_data(data)  # a complete request resets _size
             while offset < end and self._completed < budget and self._may_parse():
                 room = max_request_bytes - self._size
                 if room <= 0:
@@ -171,20 +189,8 @@ class HttpProtocol(asyncio.Protocol, Generic[Q, W, A]):
                     if chunks is None:
                         chunks = memoryview(data)
                     self._parser.feed_data(chunks[offset - step : offset])
-        except _TooLarge:
-            refusals = self._handler.refusals
-            self._fail(refusals.body_too_large if self._headers_done else refusals.too_large)
-            return
-        except httptools.HttpParserCallbackError as exc:
-            refusals = self._handler.refusals
-            self._fail(refusals.too_large if isinstance(exc.__context__, _TooLarge) else refusals.bad_request)
-            return
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # malformed, or Upgrade / CONNECT
-            self._fail(self._handler.refusals.bad_request)
-            return
-        except Exception:  # never a traceback into the event loop
-            self._listener.log.exception("%s: unexpected error reading a request", self._listener.name)
-            self._fail(self._handler.refusals.bad_request)
+        except Exception as exc:
+            self._refuse(exc)
             return
         finally:
             if chunks is not None:
@@ -199,6 +205,20 @@ class HttpProtocol(asyncio.Protocol, Generic[Q, W, A]):
             self._reading and offset == end and self._writable and not self._last and len(self._queue) < MAX_IN_FLIGHT
         ):
             self._flow()  # else reading goes on as it is, with no input left for a later turn
+
+    def _refuse(self, exc: Exception) -> None:
+        """Answer input the parser or a bound refused, and close: called while ``exc`` (raised feeding the parser)
+        is being handled, so a bug's traceback is logged with it."""
+        refusals = self._handler.refusals
+        if isinstance(exc, _TooLarge):
+            self._fail(refusals.body_too_large if self._headers_done else refusals.too_large)
+        elif isinstance(exc, httptools.HttpParserCallbackError):
+            self._fail(refusals.too_large if isinstance(exc.__context__, _TooLarge) else refusals.bad_request)
+        elif isinstance(exc, (httptools.HttpParserError, httptools.HttpParserUpgrade)):  # malformed, Upgrade, CONNECT
+            self._fail(refusals.bad_request)
+        else:  # never a traceback into the event loop
+            self._listener.log.exception("%s: unexpected error reading a request", self._listener.name)
+            self._fail(refusals.bad_request)
 
     def _flow(self) -> None:
         """Read while there is room to: no input left unparsed, answers drained, few requests in flight."""

@@ -5,6 +5,7 @@ others or growing without bound."""
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import contextlib
 import dataclasses
 import logging
@@ -405,3 +406,79 @@ async def test_header_names_reach_the_handler_lower_cased_and_values_byte_exact(
     finally:
         writer.close()
     assert seen == [[("host", "a"), ("x-odd-name", "caf\udcff"), ("cookie", "a=1")]]
+
+
+_OK = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+_BAD = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+_BODY = b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+_FAILED = b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+@contextlib.asynccontextmanager
+async def _small_listener() -> collections.abc.AsyncIterator[HttpListener[bytes, _Never, bytes]]:
+    """A listener whose bounds are below FEED_BYTES, so a whole request arrives in one read and one parser step."""
+
+    def read_target(method: bytes, target: bytes, headers: list[tuple[str, str]], peer: str) -> bytes:
+        if target == b"/fail":
+            raise RuntimeError("a handler bug")
+        return target
+
+    handler: Handler[bytes, _Never, bytes] = Handler(
+        read=read_target,
+        begin=lambda target: _OK,
+        finish=_never,
+        encode=lambda request, target, response, close, head: response,
+        waits=_Never,
+        refusals=Refusals(_BAD, _LARGE, _BODY, _FAILED),
+    )
+    limits = Limits(max_request_bytes=200, max_header_lines=4, request_timeout=5, idle_timeout=5, max_connections=4)
+    assert limits.max_request_bytes < http_protocol.FEED_BYTES
+    listener = HttpListener(handler, limits, name="test", log=logging.getLogger("test"))
+    await listener.start("127.0.0.1", 0)
+    try:
+        yield listener
+    finally:
+        await listener.stop()
+
+
+async def _answers(listener: HttpListener[bytes, _Never, bytes], *reads: bytes) -> bytes:
+    """All the connection answers to ``reads``, each written (and read by the server) on its own, until it closes."""
+    reader, writer = await asyncio.open_connection(*listener.address)
+    try:
+        for data in reads:
+            writer.write(data)
+            await writer.drain()
+            await asyncio.sleep(0.05)  # one read each on the server's side
+        writer.write_eof()
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+
+
+def _sized(size: int, *headers: bytes) -> bytes:
+    """A request of exactly ``size`` bytes with ``headers`` (lines, without CRLF) before its padding header."""
+    head = b"GET / HTTP/1.1\r\n" + b"".join(line + b"\r\n" for line in headers) + b"x: "
+    return head + b"p" * (size - len(head) - 4) + b"\r\n\r\n"
+
+
+async def test_one_read_holding_a_whole_request_is_held_to_the_same_bounds(problems: Problems) -> None:
+    async with _small_listener() as listener:
+        assert await _answers(listener, _sized(200)) == _OK  # exactly max_request_bytes
+        assert await _answers(listener, _sized(201)) == _LARGE
+        assert await _answers(listener, _sized(100) + _sized(100)) == _OK * 2  # each request counted on its own
+        assert await _answers(listener, _sized(120, b"a: 1", b"b: 2", b"c: 3")) == _OK  # 4 header lines
+        assert await _answers(listener, _sized(120, b"a: 1", b"b: 2", b"c: 3", b"d: 4")) == _LARGE
+        post = b"POST / HTTP/1.1\r\ncontent-length: 170\r\n\r\n"
+        assert await _answers(listener, post + b"b" * 170) == _BODY  # the head was read: its body is too large
+        assert await _answers(listener, b"GET / HTTP/1.1\r\nbad header\r\n\r\n") == _BAD
+        assert await _answers(listener, b"GET /fail HTTP/1.1\r\n\r\n") == _BAD  # a handler bug reading it
+    assert problems.seen == [], "a read refused is answered and closed, never an error of the loop"
+
+
+async def test_a_request_read_in_parts_counts_every_part_against_the_size_bound() -> None:
+    async with _small_listener() as listener:
+        request = _sized(200)
+        assert await _answers(listener, request[:150], request[150:]) == _OK
+        too_large = _sized(250)
+        assert await _answers(listener, too_large[:150], too_large[150:]) == _LARGE
