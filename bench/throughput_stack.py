@@ -10,8 +10,10 @@ import contextlib
 import copy
 import os
 import resource
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +66,9 @@ GRPC_MISS = Scenario("grpc_miss", "sidecar gRPC, cache off (miss)", "sidecar_mis
 NAIVE = Scenario("naive", "naive grpc.aio + Redis GET", "naive", "grpc")
 CONST_GRPC = Scenario("const_grpc", "constant sync gRPC (4 threads)", "const_grpc", "grpc", reads_session=False)
 HTTP_HIT = Scenario("http_hit", "sidecar HTTP, cache hit", "sidecar_http", "http")
+# The same, Envoy reaching the sidecar over unix sockets (listen.grpc / listen.http: unix:/path), one process.
+GRPC_HIT_UNIX = Scenario("grpc_hit_unix", "sidecar gRPC over a unix socket, cache hit", "sidecar_unix", "grpc")
+HTTP_HIT_UNIX = Scenario("http_hit_unix", "sidecar HTTP over a unix socket, cache hit", "sidecar_unix", "http")
 CONST_HTTP = Scenario("const_http", "constant uvloop + httptools HTTP", "const_http", "http", reads_session=False)
 SPRING = Scenario("spring", "sidecar gRPC, Spring Session (uncached)", "sidecar_sources", "grpc", session="spring")
 EXPRESS = Scenario("express", "sidecar gRPC, Express (uncached)", "sidecar_sources", "grpc", session="express")
@@ -73,6 +78,7 @@ BACKEND_LABELS = {
     "sidecar_hit": "sidecar (gRPC, cache hit)",
     "sidecar_miss": "sidecar (gRPC, cache off)",
     "sidecar_http": "sidecar (HTTP, cache hit)",
+    "sidecar_unix": "sidecar (gRPC and HTTP on unix sockets, cache hit)",
     "sidecar_sources": "sidecar (gRPC, sources native + spring-session + express)",
     "naive": "naive_authz.py",
     "const_grpc": "constant_grpc.py",
@@ -89,6 +95,8 @@ class Backend:
     proc: subprocess.Popen[bytes]
     grpc_port: int | None
     http_port: int | None = None
+    grpc_socket: Path | None = None  # listen.grpc / listen.http as unix:/path (then the ports are None)
+    http_socket: Path | None = None
 
 
 @dataclass
@@ -130,11 +138,17 @@ def sources_config(workdir: Path) -> Path:
     return config
 
 
-def start_sidecar(stack: Stack, name: str, *, cache: bool, config: Path | None = None) -> Backend:
+def start_sidecar(stack: Stack, name: str, *, cache: bool, config: Path | None = None, unix: bool = False) -> Backend:
     grpc_port, http_port, admin_port = (processes.free_port() for _ in range(3))
     env = sidecar_env(stack.redis_url, cache=cache, grpc=grpc_port, http=http_port, admin=admin_port)
+    sockets: tuple[Path | None, Path | None] = (None, None)
+    if unix:
+        sockets = (stack.workdir / f"{name}-grpc.sock", stack.workdir / f"{name}-http.sock")
+        env["SIDECAR_LISTEN__GRPC"], env["SIDECAR_LISTEN__HTTP"] = (f"unix:{path}" for path in sockets)
     proc = processes.start_sidecar(env=env, config=config, log_path=stack.workdir / f"{name}.log", hermetic=True)
     stack.started.append(proc)
+    if unix:
+        return Backend(name, proc, None, None, *sockets)
     return Backend(name, proc, grpc_port, http_port)
 
 
@@ -164,6 +178,8 @@ def start_backend(stack: Stack, name: str, *, naive_uvloop: bool) -> Backend:
         return start_sidecar(stack, name, cache=False)
     if name == "sidecar_http":
         return start_sidecar(stack, name, cache=True)
+    if name == "sidecar_unix":
+        return start_sidecar(stack, name, cache=True, unix=True)
     if name == "sidecar_sources":
         return start_sidecar(stack, name, cache=True, config=sources_config(stack.workdir))
     if name == "naive":
@@ -177,7 +193,22 @@ def start_backend(stack: Stack, name: str, *, naive_uvloop: bool) -> Backend:
     raise BenchError(f"no such authz backend: {name}")
 
 
+def wait_for_socket(path: Path, backend: Backend) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if backend.proc.poll() is not None:
+            raise BenchError(f"{backend.name} exited with {backend.proc.returncode} before listening on {path}")
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as probe:
+            probe.connect(str(path))
+            return
+        time.sleep(0.05)
+    raise BenchError(f"{backend.name}: nothing listens on {path} after 30 s")
+
+
 def wait_up(backend: Backend, *, http: bool = False) -> None:
+    for path in (backend.grpc_socket, backend.http_socket):
+        if path is not None:
+            wait_for_socket(path, backend)
     if backend.grpc_port is not None:
         processes.wait_for_port(LOOPBACK, backend.grpc_port, 30, proc=backend.proc, name=backend.name)
     if backend.http_port is not None and (http or backend.grpc_port is None):
@@ -236,12 +267,14 @@ def _address(port: int) -> dict[str, Any]:
     return {"socket_address": {"address": LOOPBACK, "port_value": port}}
 
 
-def _cluster(template: dict[str, Any], name: str, port: int) -> dict[str, Any]:
+def _cluster(template: dict[str, Any], name: str, at: int | Path) -> dict[str, Any]:
+    """A copy of ``template`` named ``name`` whose one endpoint is loopback port ``at`` or the unix socket ``at``."""
     cluster = copy.deepcopy(template)
     cluster["name"] = name
+    address = {"pipe": {"path": str(at)}} if isinstance(at, Path) else _address(at)
     cluster["load_assignment"] = {
         "cluster_name": name,
-        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(port)}}]}],
+        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
     }
     return cluster
 
@@ -253,8 +286,9 @@ def _ext_authz(filters: list[dict[str, Any]]) -> dict[str, Any]:
     raise BenchError("Envoy template has no ext_authz filter")
 
 
-def http_authz_parts(name: str, port: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The ext_authz ``http_service`` filter of envoy-http.yaml and its cluster (named ``name``), at ``port``."""
+def http_authz_parts(name: str, port: int | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ext_authz ``http_service`` filter of envoy-http.yaml and its cluster (named ``name``), at ``port`` (or
+    a unix socket)."""
     template = yaml.safe_load(HTTP_TEMPLATE.read_text())
     resources = template["static_resources"]
     for listener in resources["listeners"]:
@@ -264,7 +298,7 @@ def http_authz_parts(name: str, port: int) -> tuple[dict[str, Any], dict[str, An
                 server_uri = found["typed_config"]["http_service"]["server_uri"]
                 cluster = _cluster(_named(resources["clusters"], server_uri["cluster"]), name, port)
                 server_uri["cluster"] = name
-                server_uri["uri"] = f"http://{LOOPBACK}:{port}"
+                server_uri["uri"] = f"http://{LOOPBACK}:{port}" if isinstance(port, int) else "http://sidecar"
                 return found, cluster
     raise BenchError(f"{HTTP_TEMPLATE.name} has no ext_authz filter with an http_service")
 
@@ -304,13 +338,15 @@ def envoy_config(stack: Stack, scenarios: list[Scenario]) -> dict[str, Any]:
             filters.pop(at)
         elif scenario.kind == "grpc":
             assert scenario.backend is not None
-            grpc_port = stack.backends[scenario.backend].grpc_port
+            backend = stack.backends[scenario.backend]
+            grpc_port = backend.grpc_port if backend.grpc_socket is None else backend.grpc_socket
             assert grpc_port is not None
             authz["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] = cluster_name
             clusters.append(_cluster(grpc_cluster, cluster_name, grpc_port))
         else:
             assert scenario.backend is not None
-            http_port = stack.backends[scenario.backend].http_port
+            backend = stack.backends[scenario.backend]
+            http_port = backend.http_port if backend.http_socket is None else backend.http_socket
             assert http_port is not None
             http_filter, http_cluster = http_authz_parts(cluster_name, http_port)
             filters[at] = http_filter

@@ -8,6 +8,7 @@ import gc
 import logging
 import signal
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisClusterException, RedisError
@@ -22,10 +23,11 @@ from sidecar.authz.http import HttpAuthzServer
 from sidecar.authz.observer import DecisionObserver
 from sidecar.authz.service import AuthzService
 from sidecar.config import Config
+from sidecar.config.models.listen import unix_path
 from sidecar.errors import ConfigError, RuntimeFailure, StoreError
 from sidecar.grpcserver import AsyncListener, GrpcListener, ThreadedListener
 from sidecar.health import StoreHealth
-from sidecar.httpserver.listener import raise_open_files_limit
+from sidecar.httpserver.listener import HttpListener, raise_open_files_limit
 from sidecar.keyring import KeyRingSource
 from sidecar.metrics import Metrics, exposition, process_registry
 from sidecar.store.base import SessionStore
@@ -263,23 +265,28 @@ async def start_http(
         log.info("HTTP ext_authz disabled (listen.http is empty)")
         return None
     server = HttpAuthzServer(service, forwarded=forwarded, idle_timeout=idle_timeout, max_connections=max_connections)
-    host, port = split_address(address)
-    try:
-        await server.start(host, port)
-    except OSError as exc:
-        raise RuntimeFailure(f"listen.http: cannot listen on {address} ({exc})") from None
+    await listen_on(server, "http", address)
     running.push_async_callback(server.stop, SHUTDOWN_GRACE_SECONDS)
     bound_host, bound_port = server.address
-    log.info("serving HTTP ext_authz on %s:%d (forward-auth: /forward-auth)", bound_host, bound_port)
+    where = f"unix:{bound_host}" if unix_path(address) is not None else f"{bound_host}:{bound_port}"
+    log.info("serving HTTP ext_authz on %s (forward-auth: /forward-auth)", where)
     return server
 
 
-async def start_admin(admin: AdminServer, address: str, jwks: bool = False) -> None:
-    host, port = split_address(address)
+async def listen_on(listener: HttpListener[Any, Any, Any], key: str, address: str) -> None:
+    """Start ``listener`` on ``address`` (``listen.<key>``): ``host:port``, ``[v6]:port`` or ``unix:/path``."""
+    path = unix_path(address)
     try:
-        await admin.start(host, port)
+        if path is not None:
+            await listener.start_unix(path)
+        else:
+            await listener.start(*split_address(address))
     except OSError as exc:
-        raise RuntimeFailure(f"listen.admin: cannot listen on {address} ({exc})") from None
+        raise RuntimeFailure(f"listen.{key}: cannot listen on {address} ({exc})") from None
+
+
+async def start_admin(admin: AdminServer, address: str, jwks: bool = False) -> None:
+    await listen_on(admin, "admin", address)
     served = "/healthz, /readyz, /metrics" + (" and /.well-known/jwks.json" if jwks else "")
     log.info("serving %s on %s", served, address)
 

@@ -20,6 +20,7 @@ from types import FrameType
 
 from sidecar import metrics
 from sidecar.config import Config
+from sidecar.config.models.listen import unix_path
 from sidecar.errors import BadInput
 
 log = logging.getLogger("sidecar.workers")
@@ -48,9 +49,12 @@ def worker_environments(config: Config, workers: int) -> list[dict[str, str]]:
     addresses = {key: address for key in _PER_WORKER if (address := getattr(listen, key))}
     if workers > 1:
         for key, address in addresses.items():
+            if unix_path(address) is not None:
+                raise BadInput(f"--workers: listen.{key} is a unix socket ({address}); workers need TCP ports")
             if address.endswith(":0"):
                 raise BadInput(f"--workers: listen.{key} needs a fixed port (worker i listens on port + i)")
-        _refuse_colliding_ranges({**addresses, "admin": listen.admin} if listen.admin else addresses, workers)
+        admin = {"admin": listen.admin} if listen.admin and unix_path(listen.admin) is None else {}
+        _refuse_colliding_ranges({**addresses, **admin}, workers)
     environments = []
     for i in range(workers):
         env = {

@@ -76,6 +76,12 @@ class HttpListener(Generic[Q, W, A]):
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: HttpProtocol(self.handler, self), host, port, backlog=BACKLOG)
 
+    async def start_unix(self, path: str) -> None:
+        """Listen on the unix socket ``path`` (a stale socket file there is replaced)."""
+        self.limits = dataclasses.replace(self.limits, max_connections=connection_limit(self.limits.max_connections))
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(lambda: HttpProtocol(self.handler, self), path, backlog=BACKLOG)
+
     def opened(self, connection: Connection) -> bool:
         """Count a new connection in; False when the listener is full and it must be closed at once."""
         if len(self._connections) >= self.limits.max_connections:
@@ -106,11 +112,13 @@ class HttpListener(Generic[Q, W, A]):
 
     @property
     def address(self) -> tuple[str, int]:
-        """The bound (host, port) of the first socket (the port picked for port 0)."""
+        """The bound (host, port) of the first socket (the port picked for port 0); (path, 0) on a unix socket."""
         if self._server is None or not self._server.sockets:
             raise RuntimeError(f"{self.name} is not listening")
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return str(host), int(port)
+        name = self._server.sockets[0].getsockname()
+        if isinstance(name, str):
+            return name, 0
+        return str(name[0]), int(name[1])
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, let answers in flight finish for up to ``grace`` seconds, then drop the rest."""

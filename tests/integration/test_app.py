@@ -522,3 +522,72 @@ def test_served_listeners_apply_the_configured_connection_cap_and_idle_timeout(v
             sock.close()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=15)
+
+
+def _wait_for_socket(path: Path, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else proc.returncode
+        try:
+            with socket.socket(socket.AF_UNIX) as probe:
+                probe.connect(str(path))
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {path}")
+
+
+def _http_over_unix(path: Path, request: bytes) -> bytes:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(str(path))
+        sock.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
+def test_every_listener_serves_on_a_unix_socket(valkey_url: str, tmp_path: Path) -> None:
+    sockets = {key: tmp_path / f"{key}.sock" for key in ("grpc", "http", "admin")}
+    sockets["http"].write_text("a stale file of a previous run")  # not a socket: refused, named
+    env = {"PATH": "/usr/bin:/bin", "SIDECAR_REDIS__URL": valkey_url}
+    env.update({f"SIDECAR_LISTEN__{key.upper()}": f"unix:{path}" for key, path in sockets.items()})
+    refused = subprocess.run(
+        [sys.executable, "-m", "sidecar", "serve"], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert refused.returncode == 1 and f"listen.http: cannot listen on unix:{sockets['http']}" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    sockets["http"].unlink()
+    token = create_session(valkey_url, "alice")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "serve"],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        for path in sockets.values():
+            _wait_for_socket(path, proc)
+        with grpc.insecure_channel(f"unix:{sockets['grpc']}") as channel:
+            request = external_auth_pb2.CheckRequest()
+            http = request.attributes.request.http
+            http.method, http.scheme, http.host, http.path = "GET", "http", "app", "/"
+            http.header_map.headers.append(base_pb2.HeaderValue(key="cookie", raw_value=f"SESSION={token}".encode()))
+            answer = external_auth_pb2_grpc.AuthorizationStub(channel).Check(request, timeout=5)
+        assert {h.header.key: h.header.value for h in answer.ok_response.headers}["x-user-id"] == "alice"
+        allowed = _http_over_unix(
+            sockets["http"], f"GET / HTTP/1.1\r\nhost: app\r\ncookie: SESSION={token}\r\n\r\n".encode()
+        )
+        assert allowed.startswith(b"HTTP/1.1 200") and b"x-user-id: alice" in allowed.lower()
+        assert _http_over_unix(sockets["http"], b"GET / HTTP/1.1\r\nhost: app\r\n\r\n").startswith(b"HTTP/1.1 401")
+        assert _http_over_unix(sockets["admin"], b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").startswith(
+            b"HTTP/1.1 200"
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0

@@ -36,6 +36,7 @@ def test_a_disabled_http_listener_stays_disabled_for_every_worker() -> None:
         ({"SIDECAR_LISTEN__HTTP": "127.0.0.1:9300", "SIDECAR_LISTEN__API": "127.0.0.1:9302"}, 3, "listen.api"),
         ({"SIDECAR_LISTEN__HTTP": "", "SIDECAR_LISTEN__ADMIN": "127.0.0.1:9193"}, 3, "listen.admin"),
         ({"SIDECAR_LISTEN__HTTP": "", "SIDECAR_LISTEN__API": "127.0.0.1:0"}, 2, "listen.api needs a fixed port"),
+        ({"SIDECAR_LISTEN__GRPC": "unix:/run/sidecar/grpc.sock"}, 2, "listen.grpc is a unix socket"),
     ],
 )
 def test_impossible_worker_plans_are_bad_input(environ: dict[str, str], workers: int, needle: str) -> None:
@@ -60,3 +61,9 @@ def test_one_worker_keeps_every_address_as_configured_even_an_ephemeral_one() ->
     config = load_config(environ={"SIDECAR_LISTEN__GRPC": "127.0.0.1:0", "SIDECAR_LISTEN__API": "127.0.0.1:0"})
     (env,) = worker_environments(config, 1)
     assert env["SIDECAR_LISTEN__GRPC"] == env["SIDECAR_LISTEN__API"] == "127.0.0.1:0"
+
+
+def test_a_unix_socket_admin_listener_is_worker_zeros_alone() -> None:
+    environ = {"SIDECAR_LISTEN__HTTP": "", "SIDECAR_LISTEN__ADMIN": "unix:/run/sidecar/admin.sock"}
+    plans = worker_environments(load_config(environ=environ), 2)
+    assert [plan["SIDECAR_LISTEN__ADMIN"] for plan in plans] == ["unix:/run/sidecar/admin.sock", ""]

@@ -18,10 +18,32 @@ MAX_IDLE_TIMEOUT = 3600.0
 LISTENERS = ("grpc", "http", "admin", "api")
 
 
+UNIX_PREFIX = "unix:"
+# sun_path holds 108 bytes on Linux, the terminating NUL included.
+MAX_UNIX_PATH_BYTES = 107
+
+
+def unix_path(address: str) -> str | None:
+    """The socket path of a ``unix:/path`` address; None for ``host:port``."""
+    return address[len(UNIX_PREFIX) :] if address.startswith(UNIX_PREFIX) else None
+
+
+def _check_unix(value: str, path: str) -> str:
+    if not path.startswith("/") or path.endswith("/"):
+        raise ValueError(f"invalid address {value!r}: a unix socket is unix:/absolute/path/to/file")
+    if "\x00" in path or len(path.encode("utf-8", "surrogateescape")) > MAX_UNIX_PATH_BYTES:
+        raise ValueError(
+            f"invalid address {value!r}: a unix socket path is at most {MAX_UNIX_PATH_BYTES} bytes, no NUL"
+        )
+    return value
+
+
 def _check_address(value: str) -> str:
+    if (path := unix_path(value)) is not None:
+        return _check_unix(value, path)
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or len(port) > 5:
-        raise ValueError(f"invalid address {value!r} (use host:port or [ipv6]:port)")
+        raise ValueError(f"invalid address {value!r} (use host:port, [ipv6]:port or unix:/path)")
     if int(port) > 65535:
         raise ValueError(f"invalid address {value!r}: port must be 0-65535")
     if host.startswith("[") and host.endswith("]"):
@@ -30,7 +52,7 @@ def _check_address(value: str) -> str:
         except ValueError:
             raise ValueError(f"invalid address {value!r}: {host} is not an IPv6 address") from None
     elif not _HOSTNAME.fullmatch(host):
-        raise ValueError(f"invalid address {value!r} (use host:port or [ipv6]:port)")
+        raise ValueError(f"invalid address {value!r} (use host:port, [ipv6]:port or unix:/path)")
     return value
 
 

@@ -40,6 +40,16 @@ def test_problems_with_the_new_listener_keys_are_reported_together(tmp_path: Pat
     ]
 
 
+def test_every_listener_may_be_a_unix_socket() -> None:
+    environ = {
+        f"SIDECAR_LISTEN__{key.upper()}": f"unix:/run/sidecar/{key}.sock" for key in ("grpc", "http", "admin", "api")
+    }
+    listen = load_config(environ=environ).listen
+    assert (listen.grpc, listen.http, listen.admin, listen.api) == tuple(
+        f"unix:/run/sidecar/{key}.sock" for key in ("grpc", "http", "admin", "api")
+    )
+
+
 def test_ephemeral_api_port_may_repeat_another_listeners() -> None:
     config = load_config(environ={"SIDECAR_LISTEN__GRPC": "127.0.0.1:0", "SIDECAR_LISTEN__API": "127.0.0.1:0"})
     assert config.listen.api == "127.0.0.1:0"
@@ -59,6 +69,10 @@ def test_ephemeral_api_port_may_repeat_another_listeners() -> None:
         ("listen: {api: '127.0.0.1:9191'}", "listen.api: same address as listen.grpc (127.0.0.1:9191)"),
         ("listen: {api: '127.0.0.1:9090'}", "listen.api: same address as listen.admin (127.0.0.1:9090)"),
         ("listen: {api: 'nohost'}", "listen.api: invalid address 'nohost'"),
+        ("listen: {grpc: 'unix:run/grpc.sock'}", "listen.grpc: invalid address 'unix:run/grpc.sock': a unix socket is"),
+        ("listen: {http: 'unix:/run/'}", "listen.http: invalid address 'unix:/run/': a unix socket is"),
+        (f"listen: {{admin: 'unix:/{'a' * 107}'}}", "listen.admin: invalid address"),
+        ("listen: {http: 'unix:/run/s.sock', admin: 'unix:/run/s.sock'}", "listen.admin: same address as listen.http"),
         ("listen: {idle_timeout: 500ms}", "listen.idle_timeout: must be between 1s and 1h (got 500ms)"),
         ("listen: {idle_timeout: 2h}", "listen.idle_timeout: must be between 1s and 1h (got 2h)"),
         ("listen: {idle_timeout: soon}", "listen.idle_timeout: invalid duration 'soon'"),
