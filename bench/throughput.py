@@ -12,6 +12,8 @@ One Valkey, one Envoy (1 worker) with one listener per scenario, every listener 
                   the gRPC ceiling);
 - ``http_hit``    ext_authz ``http_service`` → the sidecar's ``listen.http`` (cache on), when the HTTP mode exists
                   (``sidecar/authz/http.py`` and ``mesh-config/envoy/envoy-http.yaml``);
+- ``grpc_hit_unix``, ``http_hit_unix``  the same two over unix sockets (``listen.grpc`` / ``listen.http`` as
+                  ``unix:/path``, one sidecar process; Envoy's cluster endpoint a ``pipe``);
 - ``const_http``  ext_authz ``http_service`` → ``bench/constant_http.py`` (uvloop + httptools, reads the cookie,
                   a constant 200: the HTTP ceiling);
 - ``spring``      ext_authz gRPC → a sidecar with ``sources: [native, spring-session, express]``, a Spring Session
@@ -70,9 +72,11 @@ from throughput_stack import (
     CONST_HTTP,
     EXPRESS,
     GRPC_HIT,
+    GRPC_HIT_UNIX,
     GRPC_MISS,
     HTTP_ADAPTER,
     HTTP_HIT,
+    HTTP_HIT_UNIX,
     HTTP_TEMPLATE,
     NAIVE,
     ROOT,
@@ -165,9 +169,9 @@ def versions(stack: Stack) -> dict[str, str]:
 
 
 def chosen(args: argparse.Namespace, with_http: bool, with_spring: bool) -> list[Scenario]:
-    scenarios = [ALONE, GRPC_HIT, GRPC_MISS, NAIVE, CONST_GRPC]
+    scenarios = [ALONE, GRPC_HIT, GRPC_MISS, NAIVE, CONST_GRPC, GRPC_HIT_UNIX]
     if with_http:
-        scenarios += [HTTP_HIT, CONST_HTTP]
+        scenarios += [HTTP_HIT, CONST_HTTP, HTTP_HIT_UNIX]
     if with_spring:
         scenarios.append(SPRING)
     if not args.no_express:
@@ -194,7 +198,11 @@ def measure(workdir: Path, args: argparse.Namespace, notes: dict[str, str], star
             ok = sat[s.name].authz_ok
             if ok is not None and ok < 0.99 * sat[s.name].requests:
                 raise BenchError(f"{s.name}: Envoy counted {ok} ext_authz OKs for {sat[s.name].requests} requests")
-        low = [s for s in (ALONE, GRPC_HIT, CONST_GRPC, HTTP_HIT, CONST_HTTP) if s in scenarios]
+        low = [
+            s
+            for s in (ALONE, GRPC_HIT, GRPC_HIT_UNIX, CONST_GRPC, HTTP_HIT, HTTP_HIT_UNIX, CONST_HTTP)
+            if s in scenarios
+        ]
         log(f"low load: {args.sequential} sequential requests x {len(low)} listeners")
         low_load = sequential_latency(stack, low, args.sequential, args.block)
         paced = []
