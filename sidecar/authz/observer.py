@@ -16,6 +16,7 @@ import logging
 import random
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,14 +24,14 @@ from sidecar.core.abuse import RepeatedInvalidTokens
 from sidecar.core.decision import Allow, Decision
 from sidecar.core.request import RequestView
 from sidecar.core.session import SessionRecord
-from sidecar.metrics import Metrics, check_bucket
+from sidecar.metrics import CHECK_BOUNDS, Metrics
 from sidecar.tally import Counts, ThreadTallies
 
 decision_log = logging.getLogger("sidecar.decision")
 abuse_log = logging.getLogger("sidecar.abuse")
 
 MAX_LOGGED_PATH = 256
-_SUM = "check_seconds_sum"  # the tally key of the summed Check durations (the buckets' keys are their indexes)
+_SUM = "check_seconds_sum"  # the tally key of the summed Check durations
 _ALLOW = "allow"
 _DENY = "deny"
 
@@ -109,10 +110,9 @@ class DecisionObserver:
         tallies = self._tallies
         if tallies is not None:
             counts = tallies.mine()
-            key = (_ALLOW if allowed else _DENY, decision.status, decision.reason)
+            # One key per decision kind and duration bucket: one count for both metrics.
+            key = (_ALLOW if allowed else _DENY, decision.status, decision.reason, bisect_left(CHECK_BOUNDS, seconds))
             counts[key] = counts.get(key, 0) + 1
-            bucket = check_bucket(seconds)
-            counts[bucket] = counts.get(bucket, 0) + 1
             counts[_SUM] = counts.get(_SUM, 0.0) + seconds
         elif self.metrics is not None:
             self.metrics.decided(_ALLOW if allowed else _DENY, decision.status, decision.reason, seconds)
@@ -181,13 +181,15 @@ class DecisionObserver:
         decisions: dict[tuple[str, int, str], float] = {}
         buckets: dict[int, float] = {}
         for key, count in grown.items():
-            if isinstance(key, int):
-                buckets[key] = count
-            elif isinstance(key, tuple) and key[0] in (_ALLOW, _DENY):
-                decisions[key] = count
-            elif isinstance(key, tuple) and key[0] == "invalid":
+            if not isinstance(key, tuple):
+                continue
+            if key[0] in (_ALLOW, _DENY):
+                outcome, status, reason, bucket = key
+                decisions[outcome, status, reason] = decisions.get((outcome, status, reason), 0) + count
+                buckets[bucket] = buckets.get(bucket, 0) + count
+            elif key[0] == "invalid":
                 metrics.invalid_token_kinds[key[1]].inc(count)
-            elif isinstance(key, tuple) and key[0] == "read":
+            elif key[0] == "read":
                 metrics.source_reads.labels(key[1], key[2]).inc(count)
         metrics.add_decisions(decisions)
         metrics.add_check_seconds(buckets, grown.get(_SUM, 0.0))

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from sidecar.authz import observer as observer_module
 from sidecar.authz.observer import DecisionObserver, Observation, decision_fields, logged_path
@@ -252,3 +252,20 @@ def test_in_multiprocess_mode_each_decision_is_in_the_shared_files_at_once(tmp_p
     assert 'sidecar_invalid_tokens_total{kind="forged"} 3.0' in text
     assert 'sidecar_source_reads_total{result="session",source="native"} 1.0' in text
     assert "sidecar_check_duration_seconds_count 3.0" in text
+
+
+def test_synced_tallies_expose_what_counting_each_decision_as_it_was_made_exposes() -> None:
+    tallied, one_by_one = CollectorRegistry(), CollectorRegistry()
+    watcher, direct = observer(tallied), Metrics(one_by_one)
+    # On, between and beyond the bucket bounds, allows and denials interleaved.
+    for i, seconds in enumerate((0.00005, 0.0001, 0.00010001, 0.15, 0.1500001, 0.0, 3.0, 0.00025, 0.042)):
+        decision = ALLOW if i % 2 else DENY
+        watcher.decided(request(""), decision, seconds, route="/", record=None, invalid=None)
+        direct.decided("allow" if i % 2 else "deny", decision.status, decision.reason, seconds)
+    watcher.sync()
+
+    def exposed(registry: CollectorRegistry) -> list[str]:
+        text = generate_latest(registry).decode()
+        return [line for line in text.splitlines() if "_created" not in line]  # timestamps differ
+
+    assert exposed(tallied) == exposed(one_by_one)
