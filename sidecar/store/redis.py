@@ -63,6 +63,8 @@ from sidecar.store.redis_scripts import (
 
 __all__ = ["EVICT_BATCH", "OUTCOME_TTL_MS", "PRUNE_BATCH", "SCAN_BATCH", "RedisStore", "user_index_id"]
 
+MAX_DECODED_RECORDS = 4096  # each the sealer's max_stored bytes at most, with its key and record
+
 
 def _ms(seconds: float) -> int:
     return round(seconds * 1000)
@@ -89,6 +91,9 @@ class RedisStore:
         self._description = description
         wait = ReplicaWait(wait_replicas, max(1, _ms(wait_timeout)), description) if wait_replicas > 0 else None
         self._scripts = StoreScripts(client, wait)
+        # The records decoded last, by their stored bytes: a session's sealed value changes only when it is
+        # written (a touch moves the separate 'seen' field), so a repeated read skips the unseal and the JSON checks.
+        self._decoded: dict[tuple[str, bytes], SessionRecord] = {}
 
     @classmethod
     def connect(
@@ -158,7 +163,13 @@ class RedisStore:
     def _open(self, session_key: str, sealed: object, seen: object) -> SessionRecord:
         if not isinstance(sealed, bytes):
             raise CorruptRecord("session value is missing")
-        record = from_json(self._sealer.open(sealed, session_key.encode()))
+        record = self._decoded.get((session_key, sealed))
+        if record is None:
+            # Only what decoded is kept: a refused value is refused (and logged) on every read.
+            record = from_json(self._sealer.open(sealed, session_key.encode()))
+            if len(self._decoded) >= MAX_DECODED_RECORDS:
+                self._decoded.clear()
+            self._decoded[(session_key, sealed)] = record
         try:
             seen_ms = int(reply_text(seen))
         except ValueError:

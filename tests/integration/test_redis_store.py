@@ -33,6 +33,7 @@ from sidecar.core.session import MAX_VALUE_LENGTH, RecordTooLarge, SessionRecord
 from sidecar.core.tokens import ENTROPY_BYTES, SessionKey, mint_token, session_key, token_key, user_tag
 from sidecar.errors import BadInput, CorruptRecord, StoreTimeout, StoreUnavailable
 from sidecar.keyring import KeyRingSource
+from sidecar.store import redis as redis_module
 from sidecar.store.connect import RedisSettings
 from sidecar.store.redis import EVICT_BATCH, SCAN_BATCH, RedisStore, user_index_id
 from tests.support import processes, servers, topologies
@@ -117,6 +118,27 @@ async def test_tampered_ciphertext_is_a_corrupt_record(store: RedisStore, raw: a
     await raw.hset(name, "d", bytes(sealed))
     with pytest.raises(CorruptRecord):
         await store.resolve(key, time.time())
+
+
+async def test_a_stored_value_is_decoded_once_and_a_changed_one_again(
+    store: RedisStore, raw: aioredis.Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded: list[int] = []
+    real = redis_module.from_json
+    monkeypatch.setattr(redis_module, "from_json", lambda raw_json: decoded.append(1) or real(raw_json))
+    key = key_for("alice")
+    await store.create(key, plain_session("alice"))
+    name = f"{prefix}{{{key.tag}}}:s:{key.digest}"
+    first = await store.get(key)
+    await raw.hset(name, "seen", str(round((time.time() + 5) * 1000)))  # a touch: the sealed value is unchanged
+    second = await store.get(key)
+    assert first is not None and second is not None and len(decoded) == 1
+    assert second.last_seen_at > first.last_seen_at  # the plain last-seen field is read on every read
+    sealed = bytearray(await raw.hget(name, "d"))
+    sealed[-5] = ord("A") if sealed[-5] != ord("A") else ord("B")
+    await raw.hset(name, "d", bytes(sealed))  # tampered after it was decoded: opened again, and refused
+    with pytest.raises(CorruptRecord):
+        await store.get(key)
 
 
 async def test_sealed_value_moved_to_another_session_key_does_not_open(
