@@ -8,7 +8,6 @@ separately, raw bytes) and from the ``headers`` map otherwise (duplicates arrive
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from typing import Any
 
@@ -28,6 +27,7 @@ log = logging.getLogger("sidecar.authz")
 
 SERVICE_NAME = "envoy.service.auth.v3.Authorization"
 MAX_MEMOIZED_ALLOWS = 4096  # encoded answers of the allows seen last (a few hundred bytes each)
+MAX_MEMOIZED_ALLOW_BYTES = 2048
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _OK_STATUS = status_pb2.Status(code=code_pb2.OK)
@@ -151,7 +151,22 @@ def _encode_denial(deny: Deny) -> bytes:
 # The encoded CheckResponse of an allow, kept per Allow (equal decisions encode to equal bytes): a logged-in
 # user's repeated request has the same identity headers, cookie rewrite and metadata, so its answer is a lookup,
 # not a message built and serialized (about a fifth of a cache hit's CPU in the gRPC mode, issue #14).
-_encoded_allow = functools.lru_cache(maxsize=MAX_MEMOIZED_ALLOWS)(_encode_allow)
+_memoized_allows: dict[Allow, bytes] = {}
+
+
+def _encoded_allow(allow: Allow) -> bytes:
+    encoded = _memoized_allows.get(allow)
+    if encoded is None:
+        encoded = _encode_allow(allow)
+        # Bounded in bytes, not only in count: a client on a public route chooses the spoofed header names an
+        # allow removes, so one large answer is encoded each time rather than kept (4,096 x 2 KiB at most).
+        if len(encoded) <= MAX_MEMOIZED_ALLOW_BYTES:
+            if len(_memoized_allows) >= MAX_MEMOIZED_ALLOWS:
+                _memoized_allows.clear()
+            _memoized_allows[allow] = encoded
+    return encoded
+
+
 # The constant denials, encoded once each.
 _encoded_denial = Denials(_encode_denial).of
 

@@ -27,6 +27,7 @@ REALM = "session-sidecar"
 
 
 MAX_MEMOIZED_ALLOWS = 4096
+MAX_MEMOIZED_ALLOW_INPUT = 1024  # bytes of cookie rewrite and spoofed header names in a memoized allow's key
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +190,7 @@ def allow(
     those would not fit in ``max_header_bytes``: an upstream answering 431 to every request of a session is worse
     than a clear denial naming the reason."""
     key: tuple[object, ...] | None = None
-    if record is not None:
+    if record is not None and _memoizable(inspection):
         # The answer depends on these alone, and a logged-in user's requests repeat them: built once, then
         # looked up (issue #14). ``extra`` (the assertion) is in the key, so a renewed token builds a new one.
         key = (record.user_id, record.email, record.roles, record.session_id, inspection.cookie_changed,
@@ -203,6 +204,13 @@ def allow(
             settings.allows.clear()
         settings.allows[key] = decision
     return decision
+
+
+def _memoizable(inspection: Inspection) -> bool:
+    """An allow worth keeping: what the client chose of its key (the Cookie rewrite, the spoofed header names) is
+    small, so a client sending large or ever-new ones costs this memo a bounded amount each (issue #14)."""
+    chosen = len(inspection.cookie_header or "") + sum(len(name) + 1 for name in inspection.spoofable_headers)
+    return chosen <= MAX_MEMOIZED_ALLOW_INPUT
 
 
 def _allow(

@@ -73,6 +73,7 @@ def readings(path: str) -> tuple[frozenset[str], bool]:
 
 
 MAX_MATCHED_TARGETS = 4096
+MAX_MATCHED_TARGET_LENGTH = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +101,10 @@ class RoutePolicy:
         route = self._matched.get(path)
         if route is None:
             route = self._match(path)
-            if len(self._matched) >= MAX_MATCHED_TARGETS:
-                self._matched.clear()
-            self._matched[path] = route
+            if len(path) <= MAX_MATCHED_TARGET_LENGTH:  # bounded in bytes too: a long target is matched each time
+                if len(self._matched) >= MAX_MATCHED_TARGETS:
+                    self._matched.clear()
+                self._matched[path] = route
         return route
 
     def _match(self, path: str) -> Route:

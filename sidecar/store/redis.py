@@ -63,7 +63,8 @@ from sidecar.store.redis_scripts import (
 
 __all__ = ["EVICT_BATCH", "OUTCOME_TTL_MS", "PRUNE_BATCH", "SCAN_BATCH", "RedisStore", "user_index_id"]
 
-MAX_DECODED_RECORDS = 4096  # each the sealer's max_stored bytes at most, with its key and record
+MAX_DECODED_RECORDS = 4096
+MAX_DECODED_VALUE_BYTES = 2048  # a typical sealed record is 300-600 bytes: at most ~8 MB of values are kept
 
 
 def _ms(seconds: float) -> int:
@@ -167,9 +168,10 @@ class RedisStore:
         if record is None:
             # Only what decoded is kept: a refused value is refused (and logged) on every read.
             record = from_json(self._sealer.open(sealed, session_key.encode()))
-            if len(self._decoded) >= MAX_DECODED_RECORDS:
-                self._decoded.clear()
-            self._decoded[(session_key, sealed)] = record
+            if len(sealed) <= MAX_DECODED_VALUE_BYTES:  # a large value is decoded each time: the memo stays small
+                if len(self._decoded) >= MAX_DECODED_RECORDS:
+                    self._decoded.clear()
+                self._decoded[(session_key, sealed)] = record
         try:
             seen_ms = int(reply_text(seen))
         except ValueError:

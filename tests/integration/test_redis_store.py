@@ -13,7 +13,7 @@ import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -139,6 +139,12 @@ async def test_a_stored_value_is_decoded_once_and_a_changed_one_again(
     await raw.hset(name, "d", bytes(sealed))  # tampered after it was decoded: opened again, and refused
     with pytest.raises(CorruptRecord):
         await store.get(key)
+    big = key_for("bob")
+    await store.create(big, replace(plain_session("bob"), attributes={"a": "x" * 3000}))
+    decoded.clear()
+    for _ in range(2):
+        assert await store.get(big) is not None
+    assert len(decoded) == 2  # over MAX_DECODED_VALUE_BYTES: decoded on every read, never kept
 
 
 async def test_sealed_value_moved_to_another_session_key_does_not_open(

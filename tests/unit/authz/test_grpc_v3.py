@@ -210,6 +210,18 @@ def test_the_encoded_answer_is_the_check_response_serialized_and_kept_per_allow(
     assert grpc_v3.encoded_response(other) == grpc_v3.to_check_response(other).SerializeToString() != first
 
 
+def test_a_large_allow_is_encoded_each_time_and_the_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    spoofed = tuple(f"x-user-{i:04d}-" + "a" * 40 for i in range(100))  # names a client chose: about 5 KB
+    large = Allow(headers_to_set=(("x-user-id", "alice"),), headers_to_remove=spoofed, user_id="alice")
+    first = grpc_v3.encoded_response(large)
+    assert len(first) > grpc_v3.MAX_MEMOIZED_ALLOW_BYTES
+    assert grpc_v3.encoded_response(large) == first and grpc_v3.encoded_response(large) is not first
+    monkeypatch.setattr(grpc_v3, "MAX_MEMOIZED_ALLOWS", 3)
+    for i in range(10):
+        grpc_v3.encoded_response(Allow(headers_to_set=(("x-user-id", f"u{i}"),), headers_to_remove=()))
+        assert len(grpc_v3._memoized_allows) <= 3
+
+
 def test_an_encoded_denial_is_the_check_response_serialized() -> None:
     deny = unavailable()
     assert grpc_v3.encoded_response(deny) == grpc_v3.to_check_response(deny).SerializeToString()

@@ -647,3 +647,13 @@ def test_the_allow_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         request = _request("/app", ("cookie", f"SESSION={V1}"))
         decide(settings, request, inspect(settings, request), _found(_session(session_id=f"sid-{i}")))
         assert len(settings.allows) <= 3
+
+
+def test_an_allow_whose_client_chosen_parts_are_large_is_not_kept() -> None:
+    settings = replace(SETTINGS)
+    spoofed = tuple((f"x-user-{i:03d}", "1") for i in range(200))  # about 2.4 KB of header names
+    request = _request("/app", ("cookie", f"SESSION={V1}"), *spoofed)
+    first = decide(settings, request, inspect(settings, request), _found(FULL))
+    again = decide(settings, request, inspect(settings, request), _found(FULL))
+    assert isinstance(first, Allow) and first == again and first is not again
+    assert not settings.allows

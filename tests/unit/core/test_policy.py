@@ -213,3 +213,10 @@ def test_a_targets_rule_is_matched_once_and_remembered_within_a_bound(monkeypatc
     for i in range(5):
         policy.match(f"/p{i}")
         assert len(policy._matched) <= 2
+
+
+def test_a_long_target_is_matched_every_time_and_not_kept() -> None:
+    policy = RoutePolicy.of([Route("/admin", roles=("admin",))])
+    long_target = "/admin/" + "a" * policy_module.MAX_MATCHED_TARGET_LENGTH
+    assert policy.match(long_target).roles == ("admin",)
+    assert long_target not in policy._matched
