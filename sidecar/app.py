@@ -68,7 +68,8 @@ def grpc_server(
     if not shared_api:
         threaded = ThreadedListener()
         wait = config.redis.timeout + CHECK_WAIT_MARGIN_SECONDS
-        grpc_v3.add_to_threaded_server(threaded.server, service, asyncio.get_running_loop(), wait)
+        loop = asyncio.get_running_loop()
+        grpc_v3.add_to_threaded_server(threaded.server, service, loop, wait, threaded.pool.released)
         return threaded, health_names
     shared = AsyncListener(interceptors=[BearerTokenInterceptor(config.api.token)])
     grpc_v3.add_to_server(shared.server, service)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import grpc
@@ -26,10 +25,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
 from sidecar.errors import RuntimeFailure
+from sidecar.slotpool import SlotPool
 
-# Enough handler threads that a few Checks waiting on the store leave others to answer cache hits; few enough that
-# the GIL is not handed around more than it must be (4 measured fastest for constant answers on 2 cores, #14).
+# Handler threads running at once: few enough that the GIL is not handed around more than it must be (4 measured
+# fastest on 2 cores, issue #14). A Check waiting on a store read gives its slot up, and threads are added for the
+# work that arrives meanwhile, up to CHECK_MAX_THREADS (so that many store reads may be in flight before Checks
+# queue: at redis.timeout each, a stalled store is still answered with explicit 503s, hundreds a second).
 CHECK_THREADS = 4
+CHECK_MAX_THREADS = 64
 SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
 
 
@@ -62,12 +65,13 @@ def _bind(server: Any, key: str, address: str) -> int:
 
 
 class ThreadedListener:
-    """A sync ``grpc.server`` on ``threads`` handler threads, with the sync health servicer (its Watch streams
-    are non-blocking: a watcher holds no handler thread)."""
+    """A sync ``grpc.server`` whose handler threads run ``threads`` at a time (``SlotPool``), with the sync health
+    servicer (its Watch streams are non-blocking: a watcher holds no handler thread)."""
 
-    def __init__(self, threads: int = CHECK_THREADS) -> None:
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="grpc-check")
-        self.server: Any = grpc.server(self._pool, options=SERVER_OPTIONS)
+    def __init__(self, threads: int = CHECK_THREADS, max_threads: int = CHECK_MAX_THREADS) -> None:
+        self.pool = SlotPool(threads, max_threads)
+        # grpc-stubs name ThreadPoolExecutor; grpc itself only calls submit() on any concurrent.futures.Executor.
+        self.server: Any = grpc.server(self.pool, options=SERVER_OPTIONS)  # type: ignore[arg-type]
         self._health = health_sync.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self.server)
 
@@ -83,7 +87,7 @@ class ThreadedListener:
         # The loop keeps running while in-flight Checks drain: those waiting on a store read finish on it.
         stopped = self.server.stop(grace)
         await asyncio.to_thread(stopped.wait)
-        self._pool.shutdown(wait=False)
+        self.pool.shutdown(wait=False)
 
     async def enter_graceful_shutdown(self) -> None:
         self._health.enter_graceful_shutdown()

@@ -8,7 +8,10 @@ separately, raw bytes) and from the ``headers`` map otherwise (duplicates arrive
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import grpc
@@ -199,10 +202,18 @@ class ThreadedCheck:
     the thread waits for it. The wait is bounded: ``finish`` meets the store deadline itself, and a loop that is
     gone (shutting down) leaves the thread a 503 after ``wait_seconds``, never an error Envoy could allow."""
 
-    def __init__(self, service: AuthzService, loop: asyncio.AbstractEventLoop, wait_seconds: float) -> None:
+    def __init__(
+        self,
+        service: AuthzService,
+        loop: asyncio.AbstractEventLoop,
+        wait_seconds: float,
+        released: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+    ) -> None:
+        """``released``: entered around the wait, so the thread's pool lets another Check run meanwhile."""
         self._service = service
         self._loop = loop
         self._wait_seconds = wait_seconds
+        self._released = released
 
     def __call__(self, request: Any, context: grpc.ServicerContext) -> bytes:
         try:
@@ -221,7 +232,8 @@ class ThreadedCheck:
             finishing.close()
             return unanswerable()
         try:
-            return future.result(self._wait_seconds)
+            with self._released():
+                return future.result(self._wait_seconds)
         except Exception:  # timed out or cancelled: the loop is stopping or stalled
             future.cancel()
             log.warning(
@@ -245,7 +257,12 @@ def add_to_server(server: grpc.aio.Server, service: AuthzService) -> None:
 
 
 def add_to_threaded_server(
-    server: grpc.Server, service: AuthzService, loop: asyncio.AbstractEventLoop, wait_seconds: float
+    server: grpc.Server,
+    service: AuthzService,
+    loop: asyncio.AbstractEventLoop,
+    wait_seconds: float,
+    released: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
 ) -> None:
-    """ext_authz on a sync ``grpc.server``: cache hits in its handler threads, store reads on ``loop``."""
-    _register(server, ThreadedCheck(service, loop, wait_seconds))
+    """ext_authz on a sync ``grpc.server``: cache hits in its handler threads, store reads on ``loop`` (a thread
+    waiting for one inside ``released``)."""
+    _register(server, ThreadedCheck(service, loop, wait_seconds, released))

@@ -283,3 +283,41 @@ def test_a_threaded_check_the_event_loop_does_not_finish_in_time_is_a_503_not_an
     assert 0.2 <= waited < 2
     closed = grpc_v3.ThreadedCheck(service, stalled, wait_seconds=5)(request, None)  # a closed loop: no wait
     assert external_auth_pb2.CheckResponse.FromString(closed).denied_response.status.code == 503
+
+
+class SlowStore(MemoryStore):
+    """A store whose reads take ``delay`` seconds (a stalled Redis, within the deadline)."""
+
+    delay = 0.6
+
+    async def resolve(self, key: Any, now: float) -> Any:
+        await asyncio.sleep(self.delay)
+        return await super().resolve(key, now)
+
+
+async def test_a_check_waiting_on_a_slow_store_does_not_hold_back_one_answered_from_memory() -> None:
+    store = SlowStore()
+    keys = KeyRingSource(store, RING)
+    service = AuthzService(SETTINGS, store, keys, deadline=2.0)
+    listener = ThreadedListener(threads=1)  # one running slot: the waiting Check must give it up
+    grpc_v3.add_to_threaded_server(
+        listener.server, service, asyncio.get_running_loop(), wait_seconds=5.0, released=listener.pool.released
+    )
+    port = await listener.start("grpc", "127.0.0.1:0")
+    manager = SessionManager(store, keys, cookie_name="SESSION", idle_timeout=60, absolute_timeout=600)
+    issued = await manager.create("alice")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+            cookie = [("cookie", f"SESSION={issued.token}".encode())]
+            slow = asyncio.ensure_future(stub.Check(check_request(raw=cookie), timeout=5))
+            await asyncio.sleep(0.1)  # the slow one is waiting on the store
+            started = time.monotonic()
+            fast = await stub.Check(check_request(), timeout=5)  # no cookie: decided in a handler thread
+            fast_seconds = time.monotonic() - started
+            assert not slow.done()
+            allowed = await slow
+    finally:
+        await listener.stop(0)
+    assert fast.denied_response.status.code == 401 and fast_seconds < 0.4
+    assert allowed.status.code == code_pb2.OK
