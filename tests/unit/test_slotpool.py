@@ -61,18 +61,27 @@ def test_released_outside_a_pool_thread_changes_nothing() -> None:
         pool.shutdown()
 
 
-def test_threads_are_added_only_while_all_are_busy_and_never_past_the_bound() -> None:
+def test_slot_holders_serve_the_queue_and_threads_are_added_only_for_waits_up_to_the_bound() -> None:
     pool = SlotPool(2, 3)
     try:
-        for _ in range(5):
-            pool.submit(time.sleep, 0).result(5)
-            time.sleep(0.01)  # the thread has reported itself free again
-        assert pool.threads == 1
         gate = threading.Event()
-        busy = [pool.submit(gate.wait, 5) for _ in range(6)]
-        assert pool.threads == 3
+        busy = [pool.submit(gate.wait, 5) for _ in range(6)]  # more work than slots: it queues, no thread added
+        assert pool.threads == 2
         gate.set()
         assert all(f.result(5) for f in busy)
+        hold = threading.Event()
+
+        def waits() -> None:
+            with pool.released():
+                hold.wait(5)
+
+        waiting = [pool.submit(waits) for _ in range(4)]
+        time.sleep(0.3)
+        assert pool.threads == 3  # one more for the waits, never past max_threads
+        hold.set()
+        for f in waiting:
+            f.result(5)
+        assert pool.submit(lambda: "served").result(5) == "served"
     finally:
         pool.shutdown()
 
