@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Protocol
 
-from sidecar.authz.observer import DecisionObserver, Observation
+from sidecar.authz.observer import DecisionObserver
 from sidecar.core.decision import NO_SESSION, Decision, EdgeSettings, Found, Inspection, decide, inspect, unavailable
 from sidecar.core.reasons import RULES, Reason
 from sidecar.core.request import RequestView
@@ -248,12 +248,10 @@ class AuthzService:
                     record, invalid, origin = None, None, ""
                 else:
                     record, invalid, origin = found.record, RULES[found.reason].invalid, found.source
-                if isinstance(observer, DecisionObserver):  # no Observation built unless a log line is written
-                    observer.decided(
-                        request, decision, seconds, route=route, record=record, invalid=invalid, session_source=origin
-                    )
-                else:  # another observer (a test's recorder) gets the whole Observation
-                    observer.observe(request, Observation(decision, route, record, invalid, seconds, origin))
+                # No Observation built unless a log line is written (the observer's hot path, issue #14).
+                observer.decided(
+                    request, decision, seconds, route=route, record=record, invalid=invalid, session_source=origin
+                )
             except Exception:  # the answer matters more than its record
                 log.exception("recording a decision failed")
         return decision

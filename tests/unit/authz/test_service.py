@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.authz.observer import Observation
 from sidecar.authz.service import AuthzService
-from sidecar.core.decision import Allow, Deny
+from sidecar.core.decision import Allow, Decision, Deny
 from sidecar.core.request import RequestView
 from sidecar.core.session import RecordTooLarge, SessionRecord
 from sidecar.core.tokens import KeyRing, SessionKey, mint_token, session_key
@@ -317,6 +317,19 @@ class Recorder:
     def __init__(self) -> None:
         self.seen: list[tuple[RequestView, Observation]] = []
         self.reads: list[tuple[str, str]] = []
+
+    def decided(
+        self,
+        request: RequestView,
+        decision: Decision,
+        seconds: float,
+        *,
+        route: str | None,
+        record: SessionRecord | None,
+        invalid: str | None,
+        session_source: str = "",
+    ) -> None:
+        self.observe(request, Observation(decision, route, record, invalid, seconds, session_source))
 
     def observe(self, request: RequestView, seen: Observation) -> None:
         self.seen.append((request, seen))
