@@ -90,6 +90,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/check_cost.py
 	$(BIN)/python bench/assertion.py
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/profile_parts.py
 
 # The decision-path fuzz of tests/fuzz run long (FUZZ_ARGS, e.g. "--seconds 60"), written to bench/results/fuzz.md.
 fuzz: $(STAMP)
