@@ -146,6 +146,7 @@ class CpuRun:
     requests: int
     seconds: float
     us: dict[tuple[str, str], float]  # (role, "user" or "kernel") -> µs per request
+    elsewhere: float  # cores the rest of the machine used meanwhile (not this stack, not wrk)
 
     @property
     def total(self) -> float:
@@ -171,7 +172,7 @@ def cpu_run(stack: Stack, scenario: Scenario, seconds: int, names: dict[int, str
     # Threads that ended during the run leave the task list; their time stays in the process's total.
     ended = 1e6 * (total_after - total_before) / max(run.requests, 1) - sum(us.values())
     us[ROLES[5], "user"] = max(0.0, ended)
-    return CpuRun(run.requests, run.seconds, us)
+    return CpuRun(run.requests, run.seconds, us, run.cpu["other"] / run.seconds)
 
 
 # --------------------------------------------------------------------------------------------------- py-spy
@@ -386,10 +387,13 @@ def compare(label: str, fig: Figures, base_label: str, base: Figures, goal: floa
 
 def report(figs: dict[str, Figures], args: argparse.Namespace, notes: dict[str, str]) -> str:
     labels = {s.name: s.label for s in SCENARIOS}
+    elsewhere = [run.elsewhere for fig in figs.values() for run in fig.cpu]
     lines = [
         "# Profile by part of the authz processes (`bench/profile_parts.py`)",
         "",
-        f"- machine: {notes['machine']}; load average at the end {notes['load_end']}",
+        f"- machine: {notes['machine']}; load average at the end {notes['load_end']}; the rest of the machine (not "
+        f"this stack, not wrk) used {100 * statistics.median(elsewhere):.0f} % of a core during the CPU runs "
+        f"(median; {100 * max(elsewhere):.0f} % at most)",
         f"- commit: {notes['commit']}",
         f"- runs: `wrk -t1 -c{CONNECTIONS}` for {args.seconds} s per scenario, {args.rounds} interleaved rounds; "
         f"{notes['seconds']} s in all",
@@ -480,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-pyspy", action="store_true", help="only the per-thread CPU, no GIL samples")
     args = parser.parse_args(argv)
+    if args.seconds < 1 or args.rounds < 1:
+        parser.error("--seconds and --rounds must be at least 1")
     if shutil.which("wrk") is None:
         print("error: wrk is missing: run 'sudo apt-get install wrk'", file=sys.stderr)
         return 1
