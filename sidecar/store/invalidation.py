@@ -29,6 +29,8 @@ log = logging.getLogger("sidecar.cache")
 PING_INTERVAL_SECONDS = 0.2
 LIVENESS_TIMEOUT_SECONDS = 0.6
 CLOSE_TIMEOUT_SECONDS = 1.0
+STOP_TIMEOUT_SECONDS = 3.0  # stop() at most: then shutdown goes on (see stop)
+STOP_RETRY_SECONDS = 0.2  # how long one cancellation is given before it is repeated
 
 
 class Invalidated(Protocol):
@@ -190,8 +192,23 @@ class InvalidationListener:
         self._tasks = [asyncio.get_running_loop().create_task(self._run())]
 
     async def stop(self) -> None:
-        for task in (*self._tasks, *self._checks):
-            task.cancel()
-        for task in (*self._tasks, *self._checks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Cancel the listener, bounded: a cancellation the client library swallows (redis-py's pubsub can take one
+        for its own read timeout and go on reading) is repeated, and after STOP_TIMEOUT_SECONDS the rest is left
+        to the loop's end rather than holding the process's shutdown for ever."""
+        pending = {*self._tasks, *self._checks}
+        deadline = asyncio.get_running_loop().time() + STOP_TIMEOUT_SECONDS
+        attempts = 0
+        while pending:
+            attempts += 1
+            if attempts == 2:
+                log.info("invalidation listener ignored its cancellation; repeating it")
+            for task in pending:
+                task.cancel()
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                log.warning("invalidation listener did not stop within %.0fs; leaving it", STOP_TIMEOUT_SECONDS)
+                return
+            done, pending = await asyncio.wait(pending, timeout=min(left, STOP_RETRY_SECONDS))
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved: an error on the way out is no news
