@@ -58,15 +58,20 @@ def grpc_server(
     """The gRPC server of listen.grpc with ext_authz and, when api.enabled and listen.api is "", the
     SessionService; and the names of the services whose health follows the store.
 
-    Alone with health, ext_authz is served by handler threads (``grpcserver.ThreadedListener``: cache hits never
-    wait for the event loop). Sharing the port with the SessionService, whose methods need the bearer token, it is
+    Alone with health, ext_authz is served by handler threads, ``listen.grpc_threads`` at once
+    (``grpcserver.ThreadedListener``: cache hits never wait for the event loop); with ``grpc_threads: 0``, on the
+    event loop (grpc.aio). Sharing the port with the SessionService, whose methods need the bearer token, it is
     an asyncio server with the token interceptor; Check and grpc.health.v1 still need no token (Envoy calls them).
     The SessionService uses the same store and key ring as the request path (a token it issues verifies at once).
     """
     shared_api = config.api.enabled and not config.listen.api
     health_names = [AUTHZ_SERVICE_NAME]
+    if not shared_api and config.listen.grpc_threads == 0:
+        on_loop = AsyncListener()
+        grpc_v3.add_to_server(on_loop.server, service)
+        return on_loop, health_names
     if not shared_api:
-        threaded = ThreadedListener()
+        threaded = ThreadedListener(config.listen.grpc_threads)
         wait = config.redis.timeout + CHECK_WAIT_MARGIN_SECONDS
         loop = asyncio.get_running_loop()
         grpc_v3.add_to_threaded_server(threaded.server, service, loop, wait, threaded.pool.released)

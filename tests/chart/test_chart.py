@@ -486,6 +486,7 @@ def test_central_deployment(chart: Any) -> None:
         "api": "",
         "idle_timeout": "1m",
         "max_connections": 1000,
+        "grpc_threads": 4,
     }
 
 
@@ -670,6 +671,7 @@ def test_sidecar_mode(chart: Any) -> None:
         "api": "",
         "idle_timeout": "1m",
         "max_connections": 1000,
+        "grpc_threads": 4,
     }
     container, volumes = sidecar_container(docs, "sidecar")
     assert container["args"] == ["serve", "--config", CONFIG_PATH, "--workers", "1"]

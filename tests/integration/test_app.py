@@ -30,13 +30,16 @@ from tests.support.processes import free_port, wait_for_port
 pytestmark = pytest.mark.integration
 
 
-def serve(redis_url: str, admin_port: int | None = None) -> tuple[subprocess.Popen[str], int]:
+def serve(
+    redis_url: str, admin_port: int | None = None, extra: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], int]:
     port = free_port()
     env = {
         "PATH": "/usr/bin:/bin",
         "SIDECAR_REDIS__URL": redis_url,
         "SIDECAR_LISTEN__GRPC": f"127.0.0.1:{port}",
         "SIDECAR_LISTEN__ADMIN": f"127.0.0.1:{admin_port}" if admin_port else "",
+        **(extra or {}),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "sidecar", "serve"],
@@ -588,6 +591,20 @@ def test_every_listener_serves_on_a_unix_socket(valkey_url: str, tmp_path: Path)
         assert _http_over_unix(sockets["admin"], b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").startswith(
             b"HTTP/1.1 200"
         )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+
+
+@pytest.mark.parametrize("threads", ["0", "1"])
+def test_check_and_health_answer_with_any_number_of_grpc_threads_including_none(valkey_url: str, threads: str) -> None:
+    proc, port = serve(valkey_url, extra={"SIDECAR_LISTEN__GRPC_THREADS": threads, "SIDECAR_LISTEN__HTTP": ""})
+    try:
+        token = create_session(valkey_url, "alice")
+        allowed = check(port, f"SESSION={token}")
+        assert {h.header.key: h.header.value for h in allowed.ok_response.headers}["x-user-id"] == "alice"  # type: ignore[attr-defined]
+        assert check(port, "").denied_response.status.code == 401  # type: ignore[attr-defined]
+        assert authz_health(port) == health_pb2.HealthCheckResponse.SERVING
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0

@@ -195,6 +195,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $_ := set $listen "api" (ternary (printf "%s:%v" $host $v.listen.apiPort) "" $v.api.enabled) }}
 {{- $_ := set $listen "idle_timeout" $v.listen.idle_timeout }}
 {{- $_ := set $listen "max_connections" $v.listen.max_connections }}
+{{- $_ := set $listen "grpc_threads" $v.listen.grpc_threads }}
 {{- $_ := set $cfg "listen" $listen }}
 {{- $redis := pick $v.redis "key_prefix" "timeout" "failure_policy" "stale_for" "wait_replicas" "wait_timeout" "max_connections" "username" "sentinel_username" "tls_ca_file" "tls_cert_file" "tls_key_file" "tls_verify" }}
 {{- if not (include "session-sidecar.redisUrlInSecret" .) }}

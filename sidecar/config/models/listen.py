@@ -66,6 +66,9 @@ class ListenConfig(Section):
     # are open at once (more are refused at accept), so idle or slow clients cannot hold every file descriptor.
     idle_timeout: Duration = 60.0
     max_connections: int = Field(default=1000, ge=1, le=100_000)
+    # listen.grpc's handler threads running at once (sidecar/grpcserver.py); 0: Check runs on the event loop
+    # (grpc.aio), the model listen.grpc has anyway when the SessionService shares it.
+    grpc_threads: int = Field(default=4, ge=0, le=64)
 
     @field_validator("grpc")
     @classmethod

@@ -40,6 +40,7 @@ def test_redacted_defaults_render_as_contract_yaml() -> None:
             "api": "",
             "idle_timeout": "1m",
             "max_connections": 1000,
+            "grpc_threads": 4,
         },
         "redis": {
             "url": "redis://127.0.0.1:6379/0",

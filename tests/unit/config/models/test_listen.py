@@ -79,6 +79,8 @@ def test_ephemeral_api_port_may_repeat_another_listeners() -> None:
         ("listen: {max_connections: 0}", "listen.max_connections: must be at least 1"),
         ("listen: {max_connections: 100001}", "listen.max_connections: must be at most 100000"),
         ("listen: {max_connections: many}", "listen.max_connections: must be an integer"),
+        ("listen: {grpc_threads: -1}", "listen.grpc_threads: must be at least 0"),
+        ("listen: {grpc_threads: 65}", "listen.grpc_threads: must be at most 64"),
         ("forward_auth: {trusted_hops: -1}", "forward_auth.trusted_hops: must be at least 0"),
         ("forward_auth: {trusted_hops: 11}", "forward_auth.trusted_hops: must be at most 10"),
         (
