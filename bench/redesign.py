@@ -338,7 +338,7 @@ def report(r: Result, args: argparse.Namespace) -> str:
     all_runs = [run for m in r.merged.values() for run in m.runs]
     shares = [100 * run.cpu["other"] / run.seconds for run in all_runs]
     lines = [
-        "# Issue #12: the redesign against the code before it (`bench/redesign.py`)",
+        f"# {args.title} (`bench/redesign.py`)",
         "",
         f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC; whole run {r.seconds:.0f} s",
         *(
@@ -420,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--quiet-wait", type=float, default=10, help="max seconds to wait for an idle machine")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--title", default="Issue #12: the redesign against the code before it", help="the report's heading"
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="session-sidecar-redesign-") as tmp:
