@@ -30,6 +30,7 @@ from sidecar.health import StoreHealth
 from sidecar.httpserver.listener import HttpListener, raise_open_files_limit
 from sidecar.keyring import KeyRingSource
 from sidecar.metrics import Metrics, exposition, process_registry
+from sidecar.shutdown import BoundedStops
 from sidecar.store.base import SessionStore
 from sidecar.store.cache import SessionCache
 from sidecar.store.redis import RedisStore
@@ -147,7 +148,7 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> N
         # Each of listen.http and listen.admin may hold a share of the limit (listen.max_connections at most).
         log.info("open-files limit raised from %s to %s", before, after)
     # Everything started is stopped in reverse order, on a signal or on a failure to start.
-    async with contextlib.AsyncExitStack() as running:
+    async with BoundedStops() as running:
         registry = process_registry()
         metrics = Metrics(registry)
         metrics.workers.set(1)

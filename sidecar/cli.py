@@ -20,7 +20,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from sidecar import app, wiring, workers
+from sidecar import app, shutdown, wiring, workers
 from sidecar.authz.assertion_issuer import ALGORITHMS
 from sidecar.config import Config, load_config, redacted
 from sidecar.core.durations import parse_duration
@@ -97,7 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         uvloop.install()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(app.serve(config, reload=lambda: load_config(args.config)))
+        shutdown.run_bounded(app.serve(config, reload=lambda: load_config(args.config)))
     return EXIT_OK
 
 

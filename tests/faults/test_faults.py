@@ -489,7 +489,8 @@ def test_sentinel_primary_killed(
             if leader != victim.port:
                 victim.extra_args = ("--replicaof", LOOPBACK, str(leader))
             victim.start()
-        wait_healthy(lambda: sentinel_problem(topology), "the Sentinel topology to heal", timeout=20)
+        # A rejoined replica reaches every sentinel's view at its INFO refresh (10 s); twice that when loaded.
+        wait_healthy(lambda: sentinel_problem(topology), "the Sentinel topology to heal", timeout=45)
 
     window = recovered.done - noticed.sent
     after = [o for o in outcomes if o.sent >= recovered.done]
