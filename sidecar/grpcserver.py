@@ -86,7 +86,8 @@ class ThreadedListener:
     async def stop(self, grace: float) -> None:
         # The loop keeps running while in-flight Checks drain: those waiting on a store read finish on it.
         stopped = self.server.stop(grace)
-        await asyncio.to_thread(stopped.wait)
+        # Bounded like everything at exit: the executor thread waiting here is joined when the process ends.
+        await asyncio.to_thread(stopped.wait, grace + 2.0)
         self.pool.shutdown(wait=False)
 
     async def enter_graceful_shutdown(self) -> None:

@@ -72,7 +72,8 @@ def run_bounded(main: Awaitable[Any], leftover_seconds: float = LEFTOVER_SECONDS
                 if stuck:
                     log.warning("shutdown: %d task(s) ignored their cancellation; exiting without them", len(stuck))
             loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
+            with contextlib.suppress(TimeoutError):  # its threads' own waits are bounded; this one is too
+                loop.run_until_complete(asyncio.wait_for(loop.shutdown_default_executor(), leftover_seconds * 2))
         finally:
             asyncio.set_event_loop(None)
             loop.close()
