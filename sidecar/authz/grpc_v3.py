@@ -24,6 +24,7 @@ from google.rpc import code_pb2, status_pb2
 from sidecar.authz.answers import AllowMetadata, Denials, deny_metadata, unanswerable
 from sidecar.authz.service import AuthzService, Pending
 from sidecar.core.decision import COOKIE_HEADER, Allow, Decision, Deny
+from sidecar.core.memo import keep
 from sidecar.core.request import RequestView
 
 log = logging.getLogger("sidecar.authz")
@@ -164,9 +165,7 @@ def _encoded_allow(allow: Allow) -> bytes:
         # Bounded in bytes, not only in count: a client on a public route chooses the spoofed header names an
         # allow removes, so one large answer is encoded each time rather than kept (4,096 x 2 KiB at most).
         if len(encoded) <= MAX_MEMOIZED_ALLOW_BYTES:
-            if len(_memoized_allows) >= MAX_MEMOIZED_ALLOWS:
-                _memoized_allows.clear()
-            _memoized_allows[allow] = encoded
+            keep(_memoized_allows, allow, encoded, MAX_MEMOIZED_ALLOWS)
     return encoded
 
 
@@ -181,6 +180,15 @@ def encoded_response(decision: Decision) -> bytes:
     return _encoded_denial(decision)
 
 
+def _readable(request: Any) -> RequestView | None:
+    """The request's view; None (answered 503) for one that cannot be read, never an error Envoy could allow."""
+    try:
+        return to_request_view(request)
+    except Exception:
+        log.exception("unreadable CheckRequest; denying with 503")
+        return None
+
+
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
     def __init__(self, service: AuthzService) -> None:
         self._service = service
@@ -188,10 +196,8 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
     async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         """The encoded CheckResponse (the method is registered with no response serializer: bytes go out as
         they are)."""
-        try:
-            view = to_request_view(request)
-        except Exception:  # a request we cannot read is denied, never raised to Envoy as an error
-            log.exception("unreadable CheckRequest; denying with 503")
+        view = _readable(request)
+        if view is None:
             return _encoded_denial(unanswerable())
         return encoded_response(await self._service.check(view))
 
@@ -216,10 +222,8 @@ class ThreadedCheck:
         self._released = released
 
     def __call__(self, request: Any, context: grpc.ServicerContext) -> bytes:
-        try:
-            view = to_request_view(request)
-        except Exception:  # a request we cannot read is denied, never raised to Envoy as an error
-            log.exception("unreadable CheckRequest; denying with 503")
+        view = _readable(request)
+        if view is None:
             return _encoded_denial(unanswerable())
         step = self._service.begin(view)
         return encoded_response(self._finish(step) if isinstance(step, Pending) else step)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from sidecar.core.cookies import cookie_values, parse_cookie_headers, without_cookie
+from sidecar.core.memo import keep
 from sidecar.core.policy import Route, RoutePolicy, missing_roles
 from sidecar.core.reasons import RULES, Reason
 from sidecar.core.request import RequestView, is_browser_navigation
@@ -199,11 +200,7 @@ def allow(
         if known is not None:
             return known
     decision = _allow(settings, inspection, record, extra, reason)
-    if key is not None:
-        if len(settings.allows) >= MAX_MEMOIZED_ALLOWS:
-            settings.allows.clear()
-        settings.allows[key] = decision
-    return decision
+    return decision if key is None else keep(settings.allows, key, decision, MAX_MEMOIZED_ALLOWS)
 
 
 def _memoizable(inspection: Inspection) -> bool:

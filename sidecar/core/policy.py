@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
+from sidecar.core.memo import keep
+
 
 @dataclass(frozen=True, slots=True)
 class Route:
@@ -102,9 +104,7 @@ class RoutePolicy:
         if route is None:
             route = self._match(path)
             if len(path) <= MAX_MATCHED_TARGET_LENGTH:  # bounded in bytes too: a long target is matched each time
-                if len(self._matched) >= MAX_MATCHED_TARGETS:
-                    self._matched.clear()
-                self._matched[path] = route
+                keep(self._matched, path, route, MAX_MATCHED_TARGETS)
         return route
 
     def _match(self, path: str) -> Route:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+from sidecar.core.memo import keep
 from sidecar.core.reasons import Reason
 from sidecar.core.session import RecordTooLarge, SessionRecord, is_live
 from sidecar.core.tokens import KeyRing, SessionKey, session_key, verify_token
@@ -51,10 +52,7 @@ class VerifiedTokens:
             if key is None:
                 if not verify_token(ring, token):
                     continue
-                key = session_key(token)
-                if len(memo) >= self._max_entries:
-                    memo.clear()
-                memo[token] = key
+                key = keep(memo, token, session_key(token), self._max_entries)
             found.append(key)
             if len(found) == MAX_CANDIDATES:
                 break

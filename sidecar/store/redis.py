@@ -32,6 +32,7 @@ from dataclasses import replace
 
 from redis.exceptions import RedisClusterException, RedisError
 
+from sidecar.core.memo import keep
 from sidecar.core.redact import redact_url
 from sidecar.core.sealing import Sealer
 from sidecar.core.session import (
@@ -169,9 +170,7 @@ class RedisStore:
             # Only what decoded is kept: a refused value is refused (and logged) on every read.
             record = from_json(self._sealer.open(sealed, session_key.encode()))
             if len(sealed) <= MAX_DECODED_VALUE_BYTES:  # a large value is decoded each time: the memo stays small
-                if len(self._decoded) >= MAX_DECODED_RECORDS:
-                    self._decoded.clear()
-                self._decoded[(session_key, sealed)] = record
+                keep(self._decoded, (session_key, sealed), record, MAX_DECODED_RECORDS)
         try:
             seen_ms = int(reply_text(seen))
         except ValueError:
